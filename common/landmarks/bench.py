@@ -1,0 +1,107 @@
+"""Throughput of the training engine against a bare PyTorch loop on the same data and model.
+
+Both numbers are training images per second, warm-up steps excluded:
+
+- ``bare_loop_throughput``: preloaded, already resized tensors on the device, the spec's model,
+  loss and Adam; forward, backward, step, nothing else (autocast + GradScaler when the member
+  would use them, so the arithmetic matches).
+- ``member_throughput``: ``train_member``'s phase-2 steps (augmentation, data loading, grad
+  clipping, schedule, progress hooks included), timed from the progress reports; the gaps at
+  epoch ends (validation, checkpoints) are left out.
+
+The ratio says what the engine costs on top of the model's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common.landmarks.augment import eval_transform
+from common.landmarks.csvio import make_split, read_landmark_csv
+from common.landmarks.dataset import LandmarkDataset, dataset_paths, preload_images
+from common.landmarks.losses import build_loss
+from common.landmarks.model import build_model
+from common.landmarks.schema import N_LANDMARKS
+from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything, train_member
+from common.specs import EnsembleSpec
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop_throughput(spec: EnsembleSpec, data_dir: Path, steps: int, warmup: int = 3, seed: int = 0) -> float:
+    """Images/s of ``steps`` bare training steps (after ``warmup`` untimed ones), all layers trained."""
+    seed_everything(seed)
+    device = pick_device()
+    use_amp = spec.amp and device.type == "cuda"
+    csv_path, images_dir = dataset_paths(data_dir)
+    records = read_landmark_csv(csv_path)
+    dataset = LandmarkDataset(records, preload_images(images_dir, [r.stem for r in records]),
+                              eval_transform(spec.image_size))
+    items = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([image for image, _ in items]).to(device)
+    targets = torch.stack([target for _, target in items]).to(device)
+
+    model = build_model(spec).to(device).train()
+    loss_fn = build_loss(spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr_finetune_head, weight_decay=spec.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    n, batch = len(images), min(spec.batch_size, len(images))
+
+    def step(k: int) -> None:
+        index = torch.arange(k * batch, (k + 1) * batch, device=device) % n
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            pred = model(images[index])
+        loss = loss_fn(pred.float().view(-1, N_LANDMARKS, 2), targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for k in range(warmup):
+        step(k)
+    _sync(device)
+    start = time.perf_counter()
+    for k in range(warmup, warmup + steps):
+        step(k)
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def member_throughput(
+    spec: EnsembleSpec, data_dir: Path, seed: int = 0, warmup: int = 3, workdir: Path | None = None
+) -> float:
+    """Images/s of ``train_member``'s phase-2 steps on ``data_dir`` (split by ``spec.split``).
+
+    The first ``warmup`` phase-2 steps are not timed. Each timed interval runs from one step's
+    progress report to the next within the same epoch, so it holds one full engine step.
+    Run with a spec of few epochs (``epochs_head=0`` is fine); workdir defaults to a temporary
+    folder (a workdir holding last.pt would resume instead of training).
+    """
+    records = read_landmark_csv(dataset_paths(data_dir)[0])
+    split = make_split(records, spec.split)
+    stamps: list[tuple[float, int, int]] = []  # (time, epoch, step) of phase-2 step reports
+    batch_images: list[int] = []
+
+    def progress(report: Progress) -> None:
+        if report.phase == "finetune" and not report.epoch_done:
+            stamps.append((time.perf_counter(), report.epoch, report.step))
+            batch_images.append(min(spec.batch_size, len(split["train"]) - (report.step - 1) * spec.batch_size))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_member(spec, split, data_dir, seed, Path(workdir or tmp), TrainHooks(progress=progress))
+    seconds, images = 0.0, 0
+    for k in range(max(warmup, 1), len(stamps)):
+        (t0, e0, _), (t1, e1, _) = stamps[k - 1], stamps[k]
+        if e0 == e1:
+            seconds += t1 - t0
+            images += batch_images[k]
+    if images == 0:
+        raise ValueError("too few phase-2 steps to time: raise spec.epochs or lower warmup")
+    return images / seconds

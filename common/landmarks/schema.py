@@ -1,0 +1,27 @@
+"""Facts of the chest-landmark format (torch-free)."""
+
+from __future__ import annotations
+
+N_LANDMARKS = 15
+N_COLUMNS = 2 + 2 * N_LANDMARKS  # ID, x1, y1, ..., x15, y15, image_stem
+ORIGINAL_SIZE = 299  # the source images are 299x299
+MODEL_SCALE = 224  # the source project's reporting unit
+# 0-based symmetric left/right pairs and the mediastinal (midline) landmarks.
+FLIP_PAIRS: tuple[tuple[int, int], ...] = ((2, 3), (4, 5), (6, 7), (11, 12), (13, 14))
+MIDLINE: tuple[int, ...] = (0, 1, 8, 9, 10)
+CATEGORIES: tuple[str, ...] = ("COVID", "Normal", "Viral Pneumonia")
+# Quality buckets of per-landmark error in original pixels; >= the last edge is "review required".
+QUALITY_EDGES_PX: tuple[float, ...] = (5.0, 8.5, 15.0)
+
+
+def category_of(stem: str) -> str:
+    """The category is the part of the stem before the last '-' ("Viral Pneumonia-12")."""
+    return stem.rsplit("-", 1)[0] if "-" in stem else stem
+
+
+def flip_permutation() -> list[int]:
+    """Index map that swaps every left/right pair (applied after a horizontal flip)."""
+    perm = list(range(N_LANDMARKS))
+    for left, right in FLIP_PAIRS:
+        perm[left], perm[right] = right, left
+    return perm

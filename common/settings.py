@@ -1,0 +1,116 @@
+"""medq's settings: one typed object read from MEDQ_* environment variables.
+
+Nothing else in medq reads ``os.environ`` for configuration. An optional TOML file named by
+``MEDQ_CONFIG`` supplies defaults (keys are the field names); environment variables win.
+
+With nothing set, medq runs on one machine on the embedded default: a SQLite-backed broker
+(kombu's SQLAlchemy transport) and a SQLite results store under ``MEDQ_HOME``.
+Torch-free and celery-free, so ``medq --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import SpecError
+
+PREFIX = "MEDQ_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path.home() / ".medq"
+    broker_url: str = ""  # empty: the embedded SQLite broker under home
+    database_url: str = ""  # empty: the SQLite store under home
+    artifact_root: str = ""  # empty: home/artifacts; a shared file system when distributed
+    # Redis redelivers an unacked message after this many seconds: above the longest job.
+    visibility_timeout: int = 7 * 24 * 3600
+    lease_seconds: int = 60  # a running member's lease, renewed by its heartbeat
+    reaper_interval: float = 10.0  # how often a worker launcher looks for lapsed leases
+    max_attempts: int = 3  # redelivery cap per member: a poison job cannot loop
+    progress_interval: float = 2.0  # seconds between progress writes to the store
+    cancel_check_interval: float = 3.0  # seconds between cancellation checks
+    worker_max_tasks_per_child: int = 0  # 0: no limit (models are released at task end)
+    device: str = "cpu"  # set by the worker launcher: "cuda:0" (with CUDA_VISIBLE_DEVICES) or "cpu"
+    worker_label: str = ""  # set by the worker launcher: "gpu3", "cpu0"
+    result_backend: str = ""  # only `medq bench queue` uses results; jobs report through the store
+    redis_password: str = ""
+    broker_use_ssl: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.sqlite'}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'medq.sqlite'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.artifact_root) if self.artifact_root else self.home / "artifacts"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    def describe(self) -> dict[str, str]:
+        """Settings as a user may see them (passwords masked)."""
+        return {
+            "home": str(self.home),
+            "broker": _mask(self.resolved_broker_url),
+            "database": _mask(self.resolved_database_url),
+            "artifacts": str(self.artifacts),
+        }
+
+
+def _mask(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _coerce(field: dataclasses.Field, raw, source: str):
+    kind = field.type
+    try:
+        if kind == "Path":
+            return Path(raw).expanduser()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(text)
+            return text in {"1", "true", "yes", "on"}
+        return str(raw)
+    except ValueError:
+        raise SpecError(f"{source}: {raw!r} is not a valid {kind}") from None
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    config = env.get(PREFIX + "CONFIG")
+    if config:
+        with open(config, "rb") as fh:
+            for key, raw in tomllib.load(fh).items():
+                if key not in fields:
+                    raise SpecError(f"{config}: unknown setting {key!r}; valid: {', '.join(sorted(fields))}")
+                values[key] = _coerce(fields[key], raw, f"{config}: {key}")
+    for name, field in fields.items():
+        raw = env.get(PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(field, raw, PREFIX + name.upper())
+    return Settings(**values)

@@ -1,0 +1,102 @@
+"""Typed, frozen job specs (hyperparameters), stored as JSON on the job and in every checkpoint.
+
+Torch-free: the CLI validates a spec before anything is enqueued. The engines own the
+registries; the names they accept are listed here too, and a unit test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from common.errors import SpecError, unknown_name
+
+LANDMARK_LOSSES = ("mse", "wing", "symmetry", "distance", "complete")
+LANDMARK_BACKBONES = ("resnet18", "resnet34", "resnet50")
+AGGREGATIONS = ("mean", "median", "weighted")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """70/15/15 by a fixed seed, stratified by category; recorded with the job."""
+
+    seed: int = 42
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self) -> None:
+        if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise SpecError(f"split fractions must be positive and sum to 1, got {self.train}/{self.val}/{self.test}")
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """Family 1: ResNet + regression head, two phases, one member per seed."""
+
+    kind: ClassVar[str] = "ensemble"
+
+    backbone: str = "resnet18"
+    loss: str = "complete"
+    epochs_head: int = 5  # phase 1: frozen backbone
+    epochs: int = 40  # phase 2: all layers
+    batch_size: int = 8
+    image_size: int = 224
+    lr_head: float = 1e-3
+    lr_finetune_backbone: float = 2e-5
+    lr_finetune_head: float = 2e-4
+    weight_decay: float = 5e-5
+    cosine_final_factor: float = 0.1  # cosine decays to lr / 10
+    grad_clip: float = 1.0
+    patience: int = 10  # early stopping on validation loss (epochs)
+    wing_omega_px: float = 10.0  # Wing parameters in pixels at image_size
+    wing_epsilon_px: float = 2.0
+    symmetry_weight: float = 0.3
+    distance_weight: float = 0.2
+    flip_p: float = 0.7
+    rotation_deg: float = 15.0
+    brightness: float = 0.4
+    contrast: float = 0.4
+    pretrained: str | None = None  # local weights file; None looks in the framework cache
+    amp: bool = True  # mixed precision, used on CUDA only
+    loader_workers: int = 0
+    split: SplitSpec = field(default_factory=SplitSpec)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LANDMARK_LOSSES:
+            raise unknown_name("loss", self.loss, LANDMARK_LOSSES)
+        if self.backbone not in LANDMARK_BACKBONES:
+            raise unknown_name("model", self.backbone, LANDMARK_BACKBONES)
+        for name in ("epochs_head", "epochs", "batch_size", "image_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name.startswith("epochs") else 1):
+                raise SpecError(f"{name} must be a positive integer, got {value!r}")
+        if self.epochs_head + self.epochs < 1:
+            raise SpecError("epochs_head + epochs must be at least 1")
+        if self.image_size < 32:
+            raise SpecError(f"image_size must be at least 32, got {self.image_size}")
+        if not 0 <= self.flip_p <= 1:
+            raise SpecError(f"flip_p must be in [0, 1], got {self.flip_p}")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs_head + self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise SpecError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    data = dict(data)
+    if "split" in data and isinstance(data["split"], dict):
+        data["split"] = SplitSpec(**data["split"])
+    return cls(**data)

@@ -1,0 +1,95 @@
+"""Engines and sessions. SQLite is set up for several writer processes at once.
+
+SQLite: WAL journal, a busy timeout, and every transaction begun IMMEDIATE so that two
+processes never deadlock upgrading a read lock to a write lock (the cause of most
+'database is locked' errors); transactions are short. PostgreSQL: plain pooled engine.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.settings import Settings, load_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, future=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Store:
+    """An engine and its session factory; one session per unit of work."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    def ensure_schema(self) -> None:
+        """Bring the schema to the newest migration (cheap when it is already there)."""
+        from common.store.migrate import HEAD, upgrade
+
+        if self.schema_version() != HEAD:
+            upgrade(self)
+
+    def schema_version(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:
+            return None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_STORES: dict[tuple[int, str], Store] = {}
+
+
+def open_store(settings: Settings | None = None, *, migrate: bool = True) -> Store:
+    """The process's store for the configured URL (a new engine after a fork)."""
+    settings = settings or load_settings()
+    key = (os.getpid(), settings.resolved_database_url)
+    store = _STORES.get(key)
+    if store is None:
+        store = Store(settings.resolved_database_url)
+        if migrate:
+            store.ensure_schema()
+        _STORES[key] = store
+    return store

@@ -1,0 +1,173 @@
+"""Typed SQLAlchemy models: jobs, member runs and their attempts, results, artifacts."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class State(str, enum.Enum):
+    """States of a job and of a member run."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED
+
+
+ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+
+class EvalState(str, enum.Enum):
+    """Where the ensemble evaluation of a job stands; driven by the store, not by a chord."""
+
+    PENDING = "pending"  # members still running
+    DISPATCHED = "dispatched"  # every member ended; the evaluate task was sent
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"  # nothing to evaluate (cancelled, or no member succeeded)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as naive UTC on every backend, returned as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use common.store.models.utcnow()")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=State.QUEUED.value, index=True)
+    spec: Mapped[dict[str, Any]]
+    plan: Mapped[dict[str, Any]]  # data folder, split, seeds: what every member and the evaluation share
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    eval_state: Mapped[str] = mapped_column(String(16), default=EvalState.PENDING.value)
+    eval_lease_expires_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    members: Mapped[list[Member]] = relationship(back_populates="job", order_by="Member.seed")
+    results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.subject")
+
+
+class Member(Base):
+    """One seed of an ensemble: the unit a worker runs."""
+
+    __tablename__ = "members"
+    __table_args__ = (UniqueConstraint("job_id", "seed"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    seed: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16), default=State.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(default=0)
+    epoch: Mapped[int] = mapped_column(default=0)
+    total_epochs: Mapped[int] = mapped_column(default=0)
+    phase: Mapped[str | None] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(default=0)
+    steps_per_epoch: Mapped[int] = mapped_column(default=0)
+    train_loss: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    val_error_px: Mapped[float | None]
+    images_per_s: Mapped[float | None]
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="members")
+    attempt_rows: Mapped[list[Attempt]] = relationship(order_by="Attempt.number")
+
+
+class Attempt(Base):
+    """One try at a member: a redelivery or a re-enqueue after a lapsed lease adds one."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("member_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled, lost
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    start_epoch: Mapped[int] = mapped_column(default=0)  # > 0: resumed from a checkpoint
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Result(Base):
+    """Metrics of one subject of a job: a member ("seed-3") or an aggregation ("ensemble-mean")."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("job_id", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="results")
+
+
+class Artifact(Base):
+    """A file a job produced (checkpoints), by a name unique within the job."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))  # e.g. "seed-3/best"
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,264 @@
+"""`medq`: submit jobs, watch them, read results, run workers. Never imports torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from common.errors import MedqError
+from common.settings import load_settings
+
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
+class MedqGroup(click.Group):
+    """Turns medq's own errors into a clear message and exit code 2, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MedqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=MedqGroup)
+@click.version_option(package_name="medq")
+def main() -> None:
+    """medq: a job queue for training and inference of medical-imaging models.
+
+    With no server configured it runs on this machine (SQLite broker and store under
+    MEDQ_HOME). Set MEDQ_BROKER_URL=redis://... and MEDQ_DATABASE_URL=postgresql+psycopg://...
+    to run distributed.
+    """
+
+
+def _store():
+    from common.store import open_store
+
+    return open_store(load_settings())
+
+
+def _resolve(store, job: str) -> str:
+    from common.store.views import find_job
+
+    found = find_job(store, job)
+    if found is None:
+        raise click.ClickException(f"no job {job!r} (or the prefix matches several)")
+    return found["job_id"]
+
+
+# -- data ------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Make synthetic datasets."""
+
+
+@data.command("synth-chest")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", "n", default=300, show_default=True, help="number of images")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--size", default=299, show_default=True, help="image side in pixels")
+def synth_chest_cmd(out: Path, n: int, seed: int, size: int) -> None:
+    """Synthetic chest radiographs with 15 landmarks drawn from the 957 real annotations."""
+    from common.landmarks.synth import synth_chest
+
+    synth_chest(out, n=n, seed=seed, size=size)
+    click.echo(f"wrote {n} images to {out / 'images'} and {out / 'landmarks.csv'}")
+
+
+# -- submit ----------------------------------------------------------------------------------
+@main.group()
+def submit() -> None:
+    """Submit a job. The new job id is printed alone on the first line."""
+
+
+@submit.command("ensemble")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="folder with landmarks.csv and images/")
+@click.option("--seeds", default=5, show_default=True, help="number of members (seeds 0..N-1)")
+@click.option("--epochs-head", default=5, show_default=True, help="phase 1: frozen backbone")
+@click.option("--epochs", default=40, show_default=True, help="phase 2: all layers")
+@click.option("--loss", default="complete", show_default=True, help="mse, wing, symmetry, distance, complete")
+@click.option("--model", "backbone", default="resnet18", show_default=True, help="backbone name")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--patience", default=10, show_default=True, help="early stopping (epochs)")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="local ImageNet weights (never downloaded)")
+@click.option("--split-seed", default=42, show_default=True)
+@click.option("--wait", is_flag=True, help="follow progress and print the results")
+def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
+                        pretrained, split_seed, wait) -> None:
+    """A seed ensemble of the chest-landmark regressor, one member per worker."""
+    from common.specs import EnsembleSpec, SplitSpec
+    from scheduler.submit import submit_ensemble
+
+    if seeds < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--seeds")
+    spec = EnsembleSpec(backbone=backbone, loss=loss, epochs_head=epochs_head, epochs=epochs, batch_size=batch_size,
+                        image_size=image_size, patience=patience, pretrained=pretrained,
+                        split=SplitSpec(seed=split_seed))
+    settings = load_settings()
+    job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+    click.echo(job_id)
+    if wait:
+        sys.exit(_wait_and_report(job_id))
+
+
+def _wait_and_report(job_id: str) -> int:
+    from rich.console import Console
+
+    from scheduler.render import print_results
+    from scheduler.watch import watch_job
+
+    store = _store()
+    console = Console(stderr=False)
+    state = watch_job(store, job_id, Console(stderr=True))
+    from common.store.views import job_results
+
+    print_results(console, job_results(store, job_id))
+    return 0 if state == "succeeded" else 1
+
+
+# -- status, watch, results, cancel ----------------------------------------------------------
+@main.command()
+@click.argument("job", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--limit", default=20, show_default=True)
+def status(job, as_json, limit) -> None:
+    """Jobs, or one job's members: state, epoch, loss, validation error, worker, device."""
+    from common.store.views import find_job, list_jobs
+
+    store = _store()
+    if job:
+        view = find_job(store, job)
+        if view is None:
+            raise click.ClickException(f"no job {job!r}")
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+            return
+        from rich.console import Console
+
+        from scheduler.render import members_table
+
+        Console().print(members_table(view))
+        if view["error"]:
+            click.echo(f"error: {view['error']}")
+        return
+    views = list_jobs(store, limit)
+    if as_json:
+        click.echo(json.dumps(views, indent=2))
+        return
+    from rich.console import Console
+
+    from scheduler.render import jobs_table
+
+    Console().print(jobs_table(views))
+
+
+@main.command()
+@click.argument("job")
+def watch(job) -> None:
+    """Live progress bars until the job ends."""
+    from rich.console import Console
+
+    from scheduler.watch import watch_job
+
+    store = _store()
+    state = watch_job(store, _resolve(store, job), Console())
+    sys.exit(0 if state == "succeeded" else 1)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def results(job, as_json) -> None:
+    """Per-seed and ensemble metrics on the held-out test split."""
+    from common.store.views import job_results
+
+    store = _store()
+    view = job_results(store, _resolve(store, job))
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    from rich.console import Console
+
+    from scheduler.render import print_results
+
+    print_results(Console(), view)
+
+
+@main.command()
+@click.argument("job")
+def cancel(job) -> None:
+    """Stop a job: queued members now, running ones within an epoch. Survives restarts."""
+    from common.store import jobs
+
+    store = _store()
+    row = jobs.request_cancel(store, _resolve(store, job))
+    click.echo(f"job {row.id}: cancellation requested" if row.cancel_requested else f"job {row.id} already {row.state}")
+
+
+# -- workers ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--gpus", default="", help="comma-separated GPU indices: one worker process each")
+@click.option("--cpu", "cpu", default=0, help="number of CPU worker processes")
+@click.option("--queues", default="", help="extra queues to consume, comma-separated")
+@click.option("--logs", type=click.Path(path_type=Path), default=None, help="write each worker's log here")
+def worker(gpus, cpu, queues, logs) -> None:
+    """Start workers: one Celery process per GPU (CUDA_VISIBLE_DEVICES=k), or N CPU ones."""
+    import logging
+
+    from tasks.app import app
+    from workers.plan import plan_workers
+    from workers.supervisor import Supervisor
+
+    indices = [int(g) for g in gpus.split(",") if g.strip()]
+    if not indices and cpu <= 0:
+        raise click.UsageError("give --gpus 0,1,... or --cpu N")
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    extra = tuple(q for q in queues.split(",") if q)
+    plans = plan_workers(indices, cpu, extra_queues=extra)
+    for key, value in settings.describe().items():
+        click.echo(f"{key}: {value}", err=True)
+    sys.exit(Supervisor(plans, settings, app, log_dir=logs).run())
+
+
+# -- demo, bench, db -------------------------------------------------------------------------
+@main.command()
+@click.option("--seeds", default=3, show_default=True)
+@click.option("--workers", "n_workers", default=2, show_default=True)
+@click.option("--images", default=150, show_default=True)
+@click.option("--epochs", default=6, show_default=True)
+def demo(seeds, n_workers, images, epochs) -> None:
+    """Synthetic data, local workers, a small ensemble, the metrics table; then stop."""
+    from scheduler.demo import run_demo
+
+    sys.exit(run_demo(load_settings(), seeds=seeds, n_workers=n_workers, n_images=images, epochs=epochs))
+
+
+@main.group()
+def db() -> None:
+    """The results store."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the store's migrations (also done automatically on first use)."""
+    from common.store.db import Store
+    from common.store.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(Store(settings.resolved_database_url))
+    click.echo(f"store at {settings.describe()['database']} is at the newest schema")
+
+
+from scheduler.bench import bench  # noqa: E402  (a command group of its own)
+
+main.add_command(bench)

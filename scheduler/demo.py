@@ -1,0 +1,40 @@
+"""`medq demo`: the whole product on one machine with no server, in a few minutes."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+
+from common.settings import Settings
+from common.specs import EnsembleSpec
+from common.store import open_store
+from common.store.views import job_results
+from scheduler.local import local_workers
+from scheduler.render import print_results
+from scheduler.submit import submit_ensemble
+from scheduler.watch import watch_job
+
+
+def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epochs: int) -> int:
+    console = Console()
+    for key, value in settings.describe().items():
+        console.print(f"[dim]{key}: {value}[/]")
+    data_dir = settings.home / "demo-data"
+    if not (data_dir / "landmarks.csv").exists():
+        from common.landmarks.synth import synth_chest
+
+        console.print(f"making {n_images} synthetic chest radiographs in {data_dir}")
+        synth_chest(data_dir, n=n_images, seed=1)
+    spec = EnsembleSpec(epochs_head=1, epochs=max(1, epochs - 1), batch_size=16, image_size=128, patience=epochs)
+    started = time.monotonic()
+    with local_workers(n_workers, settings.home / "logs"):
+        job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+        console.print(f"submitted job [bold]{job_id}[/]: {seeds} seeds on {n_workers} local CPU workers "
+                      f"(logs in {settings.home / 'logs'})")
+        store = open_store(settings)
+        state = watch_job(store, job_id, console)
+        print_results(console, job_results(store, job_id))
+    console.print(f"job {job_id} {state} in {time.monotonic() - started:.0f}s; "
+                  f"`medq results {job_id} --json` prints every metric")
+    return 0 if state == "succeeded" else 1

@@ -1,0 +1,94 @@
+"""Tables and progress bars for people (rich); --json output for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+STATE_STYLE = {"queued": "dim", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "yellow"}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _state(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, '')}]{state}[/]"
+
+
+def jobs_table(jobs: list[dict]) -> Table:
+    table = Table(title="jobs")
+    for col in ("job", "kind", "state", "members", "created", "error"):
+        table.add_column(col)
+    for job in jobs:
+        counts: dict[str, int] = {}
+        for m in job.get("members", []):
+            counts[m["state"]] = counts.get(m["state"], 0) + 1
+        members = " ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        table.add_row(job["job_id"], job["kind"], _state(job["state"]), members, (job["created_at"] or "")[:19],
+                      (job["error"] or "")[:60])
+    return table
+
+
+def members_table(job: dict) -> Table:
+    title = f"job {job['job_id']} ({job['kind']}): {job['state']}"
+    if job.get("cancel_requested") and job["state"] == "running":
+        title += " (cancelling)"
+    table = Table(title=title)
+    for col in ("seed", "state", "epoch", "phase", "step", "loss", "val loss", "val err px", "img/s", "attempt",
+                "worker", "device"):
+        table.add_column(col, justify="right" if col not in ("state", "phase", "worker", "device") else "left")
+    for m in job["members"]:
+        table.add_row(str(m["seed"]), _state(m["state"]), f"{m['epoch']}/{m['total_epochs']}", _fmt(m["phase"]),
+                      f"{m['step']}/{m['steps_per_epoch']}", _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
+                      _fmt(m["val_error_px"]), _fmt(m["images_per_s"], 1), str(m["attempt"]), _fmt(m["worker"]),
+                      _fmt(m["device"]))
+    return table
+
+
+METRIC_COLUMNS = (("mean_error_px", "mean px"), ("median_error_px", "median px"), ("p95_error_px", "p95 px"),
+                  ("mean_error_px_224", "mean px@224"), ("normalised_error", "norm. err"))
+
+
+def results_table(results: dict) -> Table:
+    table = Table(title=f"job {results['job_id']}: {results['state']} (test split)")
+    table.add_column("model")
+    table.add_column("state")
+    for _, label in METRIC_COLUMNS:
+        table.add_column(label, justify="right")
+    for m in results["members"]:
+        metrics = m["metrics"] or {}
+        table.add_row(f"seed {m['seed']}", _state(m["state"]),
+                      *(_fmt(metrics.get(key), 4 if key == "normalised_error" else 2) for key, _ in METRIC_COLUMNS))
+    for e in results["ensemble"]:
+        table.add_row(f"ensemble ({e['aggregation']})", "", *(
+            _fmt(e["metrics"].get(key), 4 if key == "normalised_error" else 2) for key, _ in METRIC_COLUMNS),
+            style="bold")
+    return table
+
+
+def per_category_table(results: dict) -> Table | None:
+    best = next((e for e in results["ensemble"] if e["aggregation"] == "mean"), None)
+    if not best or "per_category" not in best["metrics"]:
+        return None
+    table = Table(title="ensemble (mean) by category")
+    for col in ("category", "images", "mean px", "mean px@224"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for name, row in sorted(best["metrics"]["per_category"].items()):
+        table.add_row(name, str(row["n_images"]), _fmt(row["mean_error_px"]), _fmt(row["mean_error_px_224"]))
+    return table
+
+
+def print_results(console: Console, results: dict) -> None:
+    console.print(results_table(results))
+    extra = per_category_table(results)
+    if extra is not None:
+        console.print(extra)
+    if results.get("error"):
+        console.print(f"[red]{results['error']}[/]")

@@ -1,0 +1,21 @@
+"""The Celery app, configured from medq's settings. `celery -A tasks.app worker` finds it here."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.settings import load_settings
+from tasks.config import celery_config
+
+
+def make_app(settings=None) -> Celery:
+    settings = settings or load_settings()
+    app = Celery("medq")
+    app.conf.update(celery_config(settings))
+    app.conf.medq_settings = settings
+    # Task modules: imported by workers, never by the CLI (it sends by name).
+    app.conf.imports = ("tasks.landmarks", "tasks.bench")
+    return app
+
+
+app = make_app()

@@ -1,0 +1,9 @@
+"""A no-op task: measures medq's queue round trip (`medq bench queue`)."""
+
+from tasks import names
+from tasks.app import app
+
+
+@app.task(name=names.NOOP, ignore_result=False)
+def noop(i: int) -> int:
+    return i

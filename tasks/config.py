@@ -1,0 +1,62 @@
+"""The Celery settings that keep hour-long GPU jobs safe on Redis (DESIGN.md's trap table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.settings import Settings
+from tasks import names
+
+ROUTES = {
+    names.TRAIN_MEMBER: {"queue": names.GPU_QUEUE},
+    names.EVALUATE_ENSEMBLE: {"queue": names.GPU_QUEUE},
+    names.NOOP: {"queue": names.GPU_QUEUE},
+}
+
+
+def broker_url(settings: Settings) -> str:
+    url = settings.resolved_broker_url
+    if settings.redis_password and url.startswith(("redis://", "rediss://")) and "@" not in url:
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://:{settings.redis_password}@{rest}"
+    return url
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = broker_url(settings)
+    transport_options: dict[str, Any] = {}
+    if url.startswith(("redis", "sentinel")):
+        # Unacked messages come back after this long: above the longest job plus its queue
+        # wait, so a healthy run is never delivered twice. A dead worker is found sooner by
+        # the lease reaper (workers/reaper.py), not by this timeout.
+        transport_options["visibility_timeout"] = settings.visibility_timeout
+    elif url.startswith("sqla+"):
+        transport_options["polling_interval"] = 0.2
+    return {
+        "broker_url": url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_use_ssl": settings.broker_use_ssl or None,
+        # JSON only: pickle over the broker would be remote code execution.
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        # Our store is the source of truth; no result keys pile up in Redis.
+        "task_ignore_result": True,
+        "result_backend": settings.result_backend or None,
+        # A killed worker's message is requeued, not dropped; the store caps redeliveries.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        "task_default_queue": names.GPU_QUEUE,
+        "task_routes": ROUTES,
+        "task_create_missing_queues": True,
+        # Progress goes to Flower as events as well as to the store.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }

@@ -1,0 +1,94 @@
+"""Thin tasks of the chest-landmark ensemble: ids in, one engine call, record, map errors."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from common.errors import JobError, TransientError
+from common.store import State, open_store
+from common.store import jobs
+from tasks import names
+from tasks.app import app
+from tasks.runtime import MemberRun, outcome_fields
+
+log = logging.getLogger("medq.worker")
+TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
+
+
+@app.task(name=names.TRAIN_MEMBER, bind=True)
+def train_member(self, member_id: int) -> str:
+    settings = app.conf.medq_settings
+    with MemberRun(self, member_id, settings) as run:
+        claim = run.claim
+        if not claim.run:
+            _dispatch_evaluation(claim.job_id, claim.dispatch_evaluation)
+            return f"skipped: {claim.reason}"
+        from common.landmarks.train import TrainHooks, train_member as train
+        from common.specs import EnsembleSpec
+
+        workdir = settings.artifacts / claim.job_id / f"seed-{claim.seed}"
+        try:
+            outcome = train(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
+                            claim.seed, workdir, TrainHooks(progress=run.progress, should_stop=run.should_stop))
+        except TransientError as exc:
+            run.release(str(exc))
+            raise self.retry(exc=exc, countdown=TRANSIENT_RETRY_DELAYS[min(self.request.retries, 2)], max_retries=3)
+        except JobError as exc:
+            last = run.finish(State.FAILED, error=str(exc))
+        except Exception as exc:  # a bug or an environment fault: fail this member, keep the worker
+            log.exception("member %s (seed %s) crashed", member_id, claim.seed)
+            last = run.finish(State.FAILED, error=f"{type(exc).__name__}: {exc}")
+        else:
+            if run.lease_lost.is_set() and not run.cancelled.is_set():
+                return "stood down: lease lost"
+            state = State.CANCELLED if outcome.cancelled else State.SUCCEEDED
+            artifacts = {f"seed-{claim.seed}/best": str(outcome.best_checkpoint),
+                         f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
+            last = run.finish(state, artifacts=artifacts, **outcome_fields(outcome))
+        finally:
+            _release_memory()
+    _dispatch_evaluation(claim.job_id, last)
+    return "done"
+
+
+@app.task(name=names.EVALUATE_ENSEMBLE, bind=True)
+def evaluate_ensemble(self, job_id: str) -> str:
+    settings = app.conf.medq_settings
+    store = open_store(settings)
+    claim = jobs.claim_evaluation(store, job_id, settings.lease_seconds * 10)
+    if claim is None:
+        return "skipped: not ours"
+    from common.landmarks.evaluate import evaluate_ensemble as evaluate
+    from common.specs import EnsembleSpec
+
+    members = [(seed, Path(path), val_loss) for _, seed, val_loss, path in claim.members]
+    try:
+        report = evaluate(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]), members)
+    except Exception as exc:
+        log.exception("evaluation of job %s failed", job_id)
+        jobs.fail_evaluation(store, job_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        _release_memory()
+    results = {f"seed-{seed}": metrics for seed, metrics in report["members"].items()}
+    results.update({f"ensemble-{how}": metrics for how, metrics in report["ensemble"].items()})
+    member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}
+    jobs.record_results(store, job_id, results, member_ids)
+    return "done"
+
+
+def _dispatch_evaluation(job_id: str, needed: bool) -> None:
+    if needed:
+        app.send_task(names.EVALUATE_ENSEMBLE, args=[job_id])
+
+
+def _release_memory() -> None:
+    """GPU memory is not returned between tasks unless we let go of it."""
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,115 @@
+"""The life of one member attempt inside a worker: claim, heartbeat, progress, cancel, finish.
+
+The training loop never waits on the database: progress is handed to a heartbeat thread,
+which renews the lease with the latest numbers every few seconds and turns a cancellation
+request (or a lost lease) into a flag the loop reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from common.settings import Settings
+from common.store import State, open_store
+from common.store import jobs
+
+log = logging.getLogger("medq.worker")
+
+
+class MemberRun:
+    def __init__(self, task, member_id: int, settings: Settings):
+        self.task, self.member_id, self.settings = task, member_id, settings
+        self.store = open_store(settings)
+        self.owner = uuid.uuid4().hex
+        self.worker = task.request.hostname or settings.worker_label or "worker"
+        self.claim = jobs.claim_member(self.store, member_id, self.owner, self.worker, settings.device,
+                                       settings.lease_seconds, settings.max_attempts)
+        self._latest: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self.cancelled = threading.Event()
+        self.lease_lost = threading.Event()
+        self._last_event = 0.0
+        self._thread: threading.Thread | None = None
+
+    # -- used by the task -------------------------------------------------------------------
+    def __enter__(self) -> "MemberRun":
+        if self.claim.run:
+            self._thread = threading.Thread(target=self._heartbeat, name=f"medq-heartbeat-{self.member_id}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def progress(self, p) -> None:
+        """TrainHooks.progress: remember the latest numbers; send a Celery event now and then."""
+        self._latest = {
+            "epoch": p.epoch, "total_epochs": p.total_epochs, "phase": p.phase, "step": p.step,
+            "steps_per_epoch": p.steps_per_epoch, "train_loss": _finite(p.train_loss),
+            "images_per_s": _finite(p.images_per_s),
+            **({"val_loss": _finite(p.val_loss), "val_error_px": _finite(p.val_error_px)} if p.epoch_done else {}),
+        }
+        now = time.monotonic()
+        if p.epoch_done or now - self._last_event >= self.settings.progress_interval:
+            self._last_event = now
+            try:
+                self.task.send_event("task-progress", member_id=self.member_id, job_id=self.claim.job_id,
+                                     seed=self.claim.seed, **self._latest)
+            except Exception:  # events are a convenience; never fail training over them
+                log.debug("could not send a progress event", exc_info=True)
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.lease_lost.is_set()
+
+    def finish(self, state: State, *, error: str | None = None, artifacts: dict[str, str] | None = None,
+               **fields: Any) -> bool:
+        self._stop.set()
+        fields = {**self._latest, **fields}
+        return jobs.finish_member(self.store, self.member_id, self.owner, state, error=error,
+                                  artifacts=artifacts, **fields)
+
+    def release(self, reason: str) -> None:
+        self._stop.set()
+        jobs.release_member(self.store, self.member_id, self.owner, reason)
+
+    # -- the heartbeat thread ---------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
+        last_cancel_check = 0.0
+        while not self._stop.wait(interval):
+            try:
+                ours = jobs.renew_lease(self.store, self.member_id, self.owner, self.settings.lease_seconds,
+                                        **self._latest)
+                if not ours and not self._stop.is_set():
+                    log.warning("member %s: lease lost; stopping this attempt", self.member_id)
+                    self.lease_lost.set()
+                    return
+                now = time.monotonic()
+                if now - last_cancel_check >= self.settings.cancel_check_interval:
+                    last_cancel_check = now
+                    if jobs.cancel_requested(self.store, self.claim.job_id):
+                        self.cancelled.set()
+            except Exception:  # a database hiccup: the lease has slack, try again next beat
+                log.warning("member %s: heartbeat failed", self.member_id, exc_info=True)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return float(value)
+
+
+def outcome_fields(outcome) -> dict[str, Any]:
+    """The engine's outcome as member columns."""
+    data = dataclasses.asdict(outcome)
+    return {"epoch": data["epochs_run"], "val_loss": _finite(data["best_val_loss"]),
+            "val_error_px": _finite(data["best_val_error_px"]), "device": data["device"],
+            "images_per_s": _finite(data["train_images_per_s"])}

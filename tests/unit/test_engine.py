@@ -1,0 +1,206 @@
+"""The chest-landmark engine: augmentation geometry, model registry, training, resume, evaluation.
+
+Tiny and on the CPU: 16 synthetic 299-px radiographs, image_size 64, batch 4, 1 + 1 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import JobError
+from common.landmarks.augment import apply_transform, eval_transform, train_transform
+from common.landmarks.csvio import make_split
+from common.landmarks.dataset import LandmarkDataset, preload_images
+from common.landmarks.evaluate import evaluate_ensemble, load_member, predict
+from common.landmarks.model import BACKBONES, build_model
+from common.landmarks.synth import synth_chest
+from common.landmarks.train import LAST_NAME, Progress, TrainHooks, train_member
+from common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
+
+TINY = EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse")
+LAST_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best_val_loss", "best_epoch",
+             "bad_epochs", "spec", "seed", "code_version", "rng"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """16 synthetic radiographs (299 px): 11 train / 3 val / 2 test after the default split."""
+    folder = tmp_path_factory.mktemp("chest")
+    summary = synth_chest(folder, 16, seed=3, size=299)
+    return folder, make_split(summary.records, TINY.split)
+
+
+def _steps_and_epochs(calls: list[Progress]) -> tuple[list[Progress], list[Progress]]:
+    return [c for c in calls if not c.epoch_done], [c for c in calls if c.epoch_done]
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+
+def test_forced_flip_puts_the_mirrored_right_landmark_in_the_left_slot():
+    """Flip convention: x -> (S - 1) - x on the S-px output (albumentations' pixel-centre mirror)."""
+    width, height, size = 120, 100, 60
+    image = np.zeros((height, width), np.uint8)
+    points = np.column_stack([np.linspace(5, 110, 15), np.linspace(3, 95, 15)])
+    spec = dataclasses.replace(TINY, image_size=size, flip_p=1.0, rotation_deg=0.0, brightness=0.0, contrast=0.0)
+    out_image, out = apply_transform(train_transform(spec), image, points)
+    assert out_image.shape == (size, size)
+    # input landmark 3 at (42.5, 29.29): resized to (21.25, 17.57), mirrored to 59 - 21.25 = 37.75
+    x3, y3 = points[3]
+    assert out[2] == pytest.approx([size - 1 - x3 * size / width, y3 * size / height], abs=1e-4)
+    assert out[2] == pytest.approx([37.75, 17.5714], abs=1e-3)
+    x2, y2 = points[2]
+    assert out[3] == pytest.approx([size - 1 - x2 * size / width, y2 * size / height], abs=1e-4)
+    # midline landmarks keep their index
+    assert out[0] == pytest.approx([size - 1 - points[0, 0] * size / width, points[0, 1] * size / height], abs=1e-4)
+
+
+def test_evaluation_pass_scales_coordinates_exactly_by_the_resize_factor():
+    image = np.zeros((100, 200), np.uint8)
+    points = np.column_stack([np.arange(15) * 10.0 + 7.0, np.arange(15) * 6.0 + 1.0])
+    _, out = apply_transform(eval_transform(50), image, points)
+    np.testing.assert_allclose(out, points * [50 / 200, 50 / 100], atol=1e-5)
+
+
+def test_dataset_targets_are_original_pixels_over_image_size(data):
+    folder, split = data
+    from common.landmarks.dataset import split_records
+
+    records = split_records(folder, split, ("val",))["val"]
+    dataset = LandmarkDataset(records, preload_images(folder / "images", [r.stem for r in records]),
+                              eval_transform(64))
+    image, target = dataset[0]
+    assert image.shape == (1, 64, 64) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    np.testing.assert_allclose(target.numpy(), records[0].points / 299.0, atol=1e-5)
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def test_backbone_registry_names_equal_the_spec_names():
+    assert BACKBONES.names() == sorted(LANDMARK_BACKBONES)
+
+
+@pytest.mark.parametrize("name", LANDMARK_BACKBONES)
+def test_model_maps_grey_images_to_30_outputs_in_unit_range(name):
+    model = build_model(dataclasses.replace(TINY, backbone=name)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 64, 64))
+    assert out.shape == (2, 30)
+    assert torch.all((out >= 0) & (out <= 1))
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def test_member_trains_both_phases_and_writes_both_checkpoints(data, tmp_path):
+    folder, split = data
+    calls: list[Progress] = []
+    outcome = train_member(TINY, split, folder, 7, tmp_path, TrainHooks(progress=calls.append))
+    steps, epochs = _steps_and_epochs(calls)
+    assert [(p.epoch, p.phase) for p in epochs] == [(1, "head"), (2, "finetune")]
+    assert len(steps) == 2 * 3  # 11 training images in batches of 4 -> 3 steps per epoch
+    assert all(math.isfinite(p.val_loss) and p.val_error_px > 0 for p in epochs)
+    assert outcome.epochs_run == 2 and not outcome.cancelled and outcome.resumed_from_epoch is None
+    assert outcome.best_val_loss == min(p.val_loss for p in epochs)
+
+    last = torch.load(outcome.last_checkpoint, weights_only=True)
+    assert LAST_KEYS <= set(last)
+    assert last["epoch"] == 2 and last["phase"] == "finetune" and last["seed"] == 7
+    assert last["spec"] == TINY.to_dict()
+    best = torch.load(outcome.best_checkpoint, weights_only=True)
+    assert {"model", "spec", "seed", "epoch", "val_loss", "val_error_px"} <= set(best)
+    assert best["epoch"] == outcome.best_epoch
+    model, spec = load_member(outcome.best_checkpoint)
+    assert spec == TINY
+
+
+def test_should_stop_cancels_within_the_epoch(data, tmp_path):
+    folder, split = data
+    calls: list[Progress] = []
+    outcome = train_member(TINY, split, folder, 1, tmp_path,
+                           TrainHooks(progress=calls.append, should_stop=lambda: len(calls) >= 2))
+    assert outcome.cancelled
+    assert [(p.epoch, p.step, p.epoch_done) for p in calls] == [(1, 1, False), (1, 2, False)]
+    assert outcome.epochs_run == 0 and outcome.best_val_loss is None
+    saved = torch.load(tmp_path / LAST_NAME, weights_only=True)
+    assert saved["epoch"] == 0 and saved["state"]["partial"]["steps"] == 2
+
+
+def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(data, tmp_path):
+    folder, split = data
+    straight = train_member(TINY, split, folder, 5, tmp_path / "straight")
+
+    first: list[Progress] = []
+    cut = train_member(TINY, split, folder, 5, tmp_path / "cut",
+                       TrainHooks(progress=first.append, should_stop=lambda: any(p.epoch_done for p in first)))
+    assert cut.cancelled and cut.epochs_run == 1
+    second: list[Progress] = []
+    resumed = train_member(TINY, split, folder, 5, tmp_path / "cut", TrainHooks(progress=second.append))
+    assert resumed.resumed_from_epoch == 1 and not resumed.cancelled
+    assert [p.epoch for p in second if p.epoch_done] == [2]  # only the remaining epoch ran
+    assert resumed.epochs_run == 2
+
+    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_resume_with_another_spec_or_seed_is_refused(data, tmp_path):
+    folder, split = data
+    train_member(TINY, split, folder, 2, tmp_path, TrainHooks(should_stop=lambda: True))
+    with pytest.raises(JobError, match="different spec.*epochs"):
+        train_member(dataclasses.replace(TINY, epochs=3), split, folder, 2, tmp_path)
+    with pytest.raises(JobError, match="seed 2, not seed 3"):
+        train_member(TINY, split, folder, 3, tmp_path)
+
+
+def test_nan_loss_fails_the_member_naming_epoch_and_step(data, tmp_path, monkeypatch):
+    from common.errors import TrainingDiverged
+    import common.landmarks.train as train
+
+    folder, split = data
+    monkeypatch.setattr(train, "build_loss", lambda spec: lambda pred, target: (pred - target).sum() * math.nan)
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
+        train_member(TINY, split, folder, 0, tmp_path)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def test_evaluate_ensemble_reports_each_member_and_every_aggregation(data, tmp_path):
+    folder, split = data
+    members = []
+    for seed in (0, 1):
+        outcome = train_member(dataclasses.replace(TINY, epochs=0), split, folder, seed, tmp_path / str(seed))
+        members.append((seed, outcome.best_checkpoint, outcome.best_val_loss))
+    result = evaluate_ensemble(TINY, split, folder, members)
+    assert set(result["members"]) == {"0", "1"}
+    assert set(result["ensemble"]) == set(AGGREGATIONS)
+    for report in [*result["members"].values(), *result["ensemble"].values()]:
+        assert report["n_images"] == len(split["test"]) and math.isfinite(report["mean_error_px"])
+    # triangle inequality: |(a + b) / 2 - t| <= (|a - t| + |b - t|) / 2 for every landmark
+    member_mean = np.mean([r["mean_error_px"] for r in result["members"].values()])
+    assert result["ensemble"]["mean"]["mean_error_px"] <= member_mean + 1e-9
+
+
+def test_predict_returns_original_pixels(data, tmp_path):
+    folder, split = data
+    from common.landmarks.dataset import split_records
+
+    records = split_records(folder, split, ("test",))["test"]
+    model = build_model(TINY).eval()
+    pred = predict(model, records, folder / "images", 64)
+    with torch.no_grad():
+        images = torch.stack([LandmarkDataset(records, preload_images(folder / "images", [r.stem for r in records]),
+                                              eval_transform(64))[i][0] for i in range(len(records))])
+        normalised = model(images).view(-1, 15, 2).numpy()
+    assert pred.shape == (len(records), 15, 2)
+    np.testing.assert_allclose(pred, normalised * 299.0, rtol=1e-5)

@@ -1,0 +1,124 @@
+"""Starts the planned worker processes, restarts any that die, and runs the lease reaper.
+
+The supervisor itself never imports torch, so it can never initialise CUDA before a fork.
+Ctrl-C or SIGTERM: a warm shutdown (running members finish their step and are requeued by
+Celery, or finish outright); a second signal: a cold one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from common.settings import Settings
+from common.store import open_store
+from workers.plan import WorkerPlan, worker_command
+from workers.reaper import reap_once
+
+log = logging.getLogger("medq.supervisor")
+RESTART_BACKOFF = (1, 2, 5, 10, 30)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker dies with its launcher rather than running on orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    plan: WorkerPlan
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log_file: object | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, plans: list[WorkerPlan], settings: Settings, app, log_dir=None):
+        self.children = [Child(plan) for plan in plans]
+        self.settings, self.app, self.log_dir = settings, app, log_dir
+        self.store = open_store(settings)  # migrates once, before any worker starts
+        self.stopping = 0
+
+    def start(self, child: Child) -> None:
+        env = {**os.environ, **child.plan.env}
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{child.plan.label}.log", "ab")
+            child.log_file = out
+        child.process = subprocess.Popen(worker_command(child.plan, self.settings), env=env, stdout=out,
+                                         stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent)
+        log.info("started %s (pid %s) on queues %s", child.plan.nodename, child.process.pid, ",".join(child.plan.queues))
+
+    def run(self, until=None) -> int:
+        """Supervise until a signal (or ``until()`` returns True). Returns an exit code."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        for child in self.children:
+            self.start(child)
+        next_reap = time.monotonic()
+        try:
+            while not self.stopping and not (until and until()):
+                now = time.monotonic()
+                for child in self.children:
+                    self._check(child, now)
+                if now >= next_reap:
+                    next_reap = now + self.settings.reaper_interval
+                    self._reap()
+                time.sleep(0.5)
+        finally:
+            self.shutdown()
+        return 0
+
+    def _check(self, child: Child, now: float) -> None:
+        if child.process is None or child.process.poll() is None:
+            if child.process is None and now >= child.next_start:
+                self.start(child)
+            return
+        code = child.process.returncode
+        delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+        log.error("%s exited with code %s; restarting in %ss", child.plan.nodename, code, delay)
+        child.process, child.restarts, child.next_start = None, child.restarts + 1, now + delay
+
+    def _reap(self) -> None:
+        try:
+            reap_once(self.store, self.app)
+        except Exception:
+            log.warning("reaper round failed; will retry", exc_info=True)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping += 1
+        if self.stopping > 1:
+            self._signal_all(signal.SIGQUIT)
+
+    def _signal_all(self, sig: int) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                try:
+                    child.process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %ss; killing it", child.plan.nodename, timeout)
+                child.process.kill()
+                child.process.wait()
+            if child.log_file is not None:
+                child.log_file.close()
