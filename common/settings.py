@@ -4,7 +4,7 @@ Nothing else in medq reads ``os.environ`` for configuration. An optional TOML fi
 ``MEDQ_CONFIG`` supplies defaults (keys are the field names); environment variables win.
 
 With nothing set, medq runs on one machine on the embedded default: a SQLite-backed broker
-(kombu's SQLAlchemy transport) and a SQLite results store under ``MEDQ_HOME``.
+(kombu's SQLAlchemy transport, see tasks/embedded_broker.py) and a SQLite results store under ``MEDQ_HOME``.
 Torch-free and celery-free, so ``medq --help`` starts fast.
 """
 
@@ -44,7 +44,7 @@ class Settings:
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.sqlite'}"
+        return self.broker_url or f"medq+sqlite:///{self.home / 'broker.sqlite'}"
 
     @property
     def resolved_database_url(self) -> str:

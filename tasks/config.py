@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.settings import Settings
-from tasks import names
+from tasks import embedded_broker, names  # noqa: F401  (registers the medq+sqlite transport)
 
 ROUTES = {
     names.TRAIN_MEMBER: {"queue": names.GPU_QUEUE},
@@ -30,8 +30,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # wait, so a healthy run is never delivered twice. A dead worker is found sooner by
         # the lease reaper (workers/reaper.py), not by this timeout.
         transport_options["visibility_timeout"] = settings.visibility_timeout
-    elif url.startswith("sqla+"):
-        transport_options["polling_interval"] = 0.2
     return {
         "broker_url": url,
         "broker_transport_options": transport_options,
