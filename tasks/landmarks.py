@@ -46,7 +46,8 @@ def train_member(self, member_id: int) -> str:
             state = State.CANCELLED if outcome.cancelled else State.SUCCEEDED
             artifacts = {f"seed-{claim.seed}/best": str(outcome.best_checkpoint),
                          f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
-            last = run.finish(state, artifacts=artifacts, **outcome_fields(outcome))
+            last = run.finish(state, artifacts=artifacts, resumed_from_epoch=outcome.resumed_from_epoch,
+                              **outcome_fields(outcome))
         finally:
             _release_memory()
     _dispatch_evaluation(claim.job_id, last)

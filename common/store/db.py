@@ -63,9 +63,11 @@ class Store:
 
     def ensure_schema(self) -> None:
         """Bring the schema to the newest migration (cheap when it is already there)."""
-        from common.store.migrate import HEAD, upgrade
+        from common.store.models import SCHEMA_HEAD
 
-        if self.schema_version() != HEAD:
+        if self.schema_version() != SCHEMA_HEAD:
+            from common.store.migrate import upgrade
+
             upgrade(self)
 
     def schema_version(self) -> str | None:

@@ -102,7 +102,7 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
             old.state, old.ended_at = "lost", now
         number = member.attempts + 1
         s.add(Attempt(member_id=member_id, number=number, state="running", worker=worker, device=device,
-                      start_epoch=member.epoch, started_at=now))
+                      started_at=now))
         if job.state == State.QUEUED.value:
             job.state, job.started_at = State.RUNNING.value, now
         return Claim(True, attempt=number, job_id=job.id, seed=member.seed, spec=job.spec, plan=job.plan)
@@ -126,7 +126,8 @@ def cancel_requested(store: Store, job_id: str) -> bool:
 
 
 def finish_member(store: Store, member_id: int, owner: str, state: State, *, error: str | None = None,
-                  artifacts: dict[str, str] | None = None, **fields: Any) -> bool:
+                  artifacts: dict[str, str] | None = None, resumed_from_epoch: int | None = None,
+                  **fields: Any) -> bool:
     """Record a member's end and its artifacts in one transaction.
 
     Returns True when this call ended the job's last running member and so must dispatch
@@ -139,6 +140,10 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
             return False
         for key, value in fields.items():
             setattr(member, key, value)
+        if resumed_from_epoch:
+            for attempt in member.attempt_rows:
+                if attempt.state == "running":
+                    attempt.start_epoch = resumed_from_epoch
         _end_member(member, state, error, now)
         for name, path in (artifacts or {}).items():
             _put_artifact(s, member.job_id, member.id, name, path)

@@ -9,9 +9,9 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from common.store.db import Store
+from common.store.models import SCHEMA_HEAD as HEAD
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0001"  # newest revision; tests check it matches the scripts
 
 
 def alembic_config() -> Config:

@@ -10,6 +10,8 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Te
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+SCHEMA_HEAD = "0001"  # the newest Alembic revision; a test checks it against the scripts
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",

@@ -80,9 +80,10 @@ def test_a_lapsed_lease_is_reaped_once_and_the_member_resumes(store):
     assert sent == [m0]
     again = jobs.claim_member(store, m0, "alive", "w2", "cpu", 60, 3)
     assert again.run and again.attempt == 2
+    jobs.finish_member(store, m0, "alive", jobs.State.SUCCEEDED, resumed_from_epoch=2)
     with store.session() as s:
         attempts = s.scalars(select(Attempt).where(Attempt.member_id == m0).order_by(Attempt.number)).all()
-        assert [(a.state, a.start_epoch) for a in attempts] == [("lost", 0), ("running", 2)]
+        assert [(a.state, a.worker, a.start_epoch) for a in attempts] == [("lost", "w1", 0), ("succeeded", "w2", 2)]
 
 
 def test_a_broker_error_while_reaping_leaves_the_member_for_the_next_round(store):

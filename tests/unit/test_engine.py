@@ -51,10 +51,10 @@ def test_forced_flip_puts_the_mirrored_right_landmark_in_the_left_slot():
     spec = dataclasses.replace(TINY, image_size=size, flip_p=1.0, rotation_deg=0.0, brightness=0.0, contrast=0.0)
     out_image, out = apply_transform(train_transform(spec), image, points)
     assert out_image.shape == (size, size)
-    # input landmark 3 at (42.5, 29.29): resized to (21.25, 17.57), mirrored to 59 - 21.25 = 37.75
+    # input landmark 3 at (27.5, 22.714): resized x0.5, x0.6 to (13.75, 13.629), mirrored 59 - 13.75
     x3, y3 = points[3]
     assert out[2] == pytest.approx([size - 1 - x3 * size / width, y3 * size / height], abs=1e-4)
-    assert out[2] == pytest.approx([37.75, 17.5714], abs=1e-3)
+    assert out[2] == pytest.approx([45.25, 13.6286], abs=1e-3)
     x2, y2 = points[2]
     assert out[3] == pytest.approx([size - 1 - x2 * size / width, y2 * size / height], abs=1e-4)
     # midline landmarks keep their index

@@ -1,0 +1,103 @@
+"""Drives medq as a user does: the real `medq` CLI and real worker processes, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from common.store import Attempt, Member, Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Cluster:
+    def __init__(self, home: Path, broker_url: str = "", database_url: str = "", **settings: str):
+        self.home = home
+        self.env = {**os.environ, "MEDQ_HOME": str(home), "PYTHONUNBUFFERED": "1",
+                    "MEDQ_LEASE_SECONDS": "6", "MEDQ_REAPER_INTERVAL": "1", "MEDQ_PROGRESS_INTERVAL": "0.5",
+                    "MEDQ_CANCEL_CHECK_INTERVAL": "0.5", "MEDQ_LOG_LEVEL": "INFO"}
+        self.env.pop("MEDQ_BROKER_URL", None)
+        self.env.pop("MEDQ_DATABASE_URL", None)
+        if broker_url:
+            self.env["MEDQ_BROKER_URL"] = broker_url
+        if database_url:
+            self.env["MEDQ_DATABASE_URL"] = database_url
+        self.env.update({f"MEDQ_{k.upper()}": v for k, v in settings.items()})
+        self.launchers: list[subprocess.Popen] = []
+
+    @property
+    def database_url(self) -> str:
+        return self.env.get("MEDQ_DATABASE_URL") or f"sqlite:///{self.home / 'medq.sqlite'}"
+
+    def medq(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scheduler", *args], env=self.env, cwd=ROOT, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def start_workers(self, n: int, name: str) -> subprocess.Popen:
+        """`medq worker --cpu n` in its own process group, logging under home/logs-<name>."""
+        logs = self.home / f"logs-{name}"
+        logs.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", "--cpu", str(n), "--logs", str(logs)],
+                                env=self.env, cwd=ROOT, stdout=open(logs / "launcher.log", "ab"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.launchers.append(proc)
+        deadline = time.monotonic() + 90
+        while not all((logs / f"cpu{i}.log").exists() and " ready." in (logs / f"cpu{i}.log").read_text()
+                      for i in range(n)):
+            assert proc.poll() is None, (logs / "launcher.log").read_text()
+            assert time.monotonic() < deadline, "workers did not become ready in 90 s"
+            time.sleep(0.3)
+        return proc
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the launcher and its workers at once: no clean-up, no ack, no goodbye."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.launchers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.launchers:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def status(self, job_id: str) -> dict:
+        out = self.medq("status", job_id, "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def wait(self, job_id: str, until, timeout: float = 300, poll: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.status(job_id)
+            if until(view):
+                return view
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; last status: {json.dumps(view, indent=1)}\n{self.logs()}")
+            time.sleep(poll)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("logs-*/*.log")))
+
+    def attempts(self, job_id: str, seed: int) -> list[Attempt]:
+        store = Store(self.database_url)
+        try:
+            with store.session() as s:
+                member = s.scalar(select(Member).where(Member.job_id == job_id, Member.seed == seed))
+                return list(s.scalars(select(Attempt).where(Attempt.member_id == member.id).order_by(Attempt.number)))
+        finally:
+            store.dispose()
+
+
+def ended(view: dict) -> bool:
+    return view["state"] in {"succeeded", "failed", "cancelled"}
