@@ -230,6 +230,18 @@ def worker(gpus, cpu, queues, logs) -> None:
     sys.exit(Supervisor(plans, settings, app, log_dir=logs).run())
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def flower(ctx) -> None:
+    """Flower, the live Celery dashboard, on medq's broker (e.g. --port=5555; options go to Flower)."""
+    import os
+
+    args = list(ctx.args)
+    if not any(a.startswith("--address") for a in args):
+        args.append("--address=127.0.0.1")  # Flower can revoke tasks: loopback unless asked
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks.app", "flower", *args])
+
+
 # -- demo, bench, db -------------------------------------------------------------------------
 @main.command()
 @click.option("--seeds", default=3, show_default=True)

@@ -23,7 +23,8 @@ from common.landmarks.dataset import (
 from common.landmarks.metrics import aggregate_predictions, landmark_report
 from common.landmarks.model import build_model
 from common.landmarks.schema import N_LANDMARKS
-from common.landmarks.train import load_checkpoint, pick_device
+from common.landmarks.checkpoint import load_checkpoint
+from common.landmarks.train import pick_device
 from common.specs import AGGREGATIONS, EnsembleSpec
 
 PREDICT_BATCH = 32

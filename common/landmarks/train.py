@@ -20,20 +20,28 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 import common
-from common.errors import JobError, TrainingDiverged
+from common.errors import TrainingDiverged
 from common.landmarks.augment import eval_transform, train_transform
+from common.landmarks.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    check_resumable,
+    load_checkpoint,
+    rng_states,
+    save_atomic,
+    set_rng_states,
+)
 from common.landmarks.dataset import (
     LandmarkDataset,
     dataset_paths,
@@ -49,7 +57,6 @@ from common.specs import EnsembleSpec
 
 log = logging.getLogger(__name__)
 
-LAST_NAME, BEST_NAME = "last.pt", "best.pt"
 EVAL_BATCH = 32
 
 
@@ -237,62 +244,6 @@ def evaluate(model, loader, loss_fn, device, use_amp: bool) -> tuple[float, np.n
     return loss_sum / len(predictions), predictions
 
 
-# --- checkpoints ---------------------------------------------------------------------------
-
-
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to ``path.tmp``, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def rng_states() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA random states in a form ``torch.load(weights_only=True)`` reads."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file cannot be resumed
-        raise JobError(f"checkpoint {path} cannot be read: {exc}") from None
-
-
-def check_resumable(checkpoint: dict[str, Any], spec: EnsembleSpec, seed: int, path: Path) -> None:
-    """A checkpoint resumes only the same spec and seed; anything else is a different job."""
-    if checkpoint.get("seed") != seed:
-        raise JobError(f"{path} belongs to seed {checkpoint.get('seed')}, not seed {seed}")
-    saved = checkpoint.get("spec")
-    if saved != spec.to_dict():
-        differing = sorted(k for k in set(saved or {}) | set(spec.to_dict())
-                           if (saved or {}).get(k) != spec.to_dict().get(k))
-        raise JobError(f"{path} was written with a different spec (differs in: {', '.join(differing)})")
-    if checkpoint.get("code_version") != common.__version__:
-        log.warning("resuming a checkpoint of code version %s with %s", checkpoint.get("code_version"),
-                    common.__version__)
-
-
 # --- the member ----------------------------------------------------------------------------
 
 
@@ -412,7 +363,7 @@ def train_member(
                          "code_version": common.__version__}, best_path)
         elif phase == "finetune":
             state.bad_epochs += 1
-            state.stopped_early = state.bad_epochs >= spec.patience
+            state.stopped_early = state.bad_epochs >= spec.patience and epoch < spec.total_epochs
         save_last(optimizer, scheduler, phase)
         log.info("seed %d epoch %d/%d (%s): train loss %.5f, val loss %.5f, val error %.2f px",
                  seed, epoch, spec.total_epochs, phase, done.loss_sum / max(done.images, 1), val_loss, val_error)

@@ -20,7 +20,8 @@ from common.landmarks.dataset import LandmarkDataset, preload_images
 from common.landmarks.evaluate import evaluate_ensemble, load_member, predict
 from common.landmarks.model import BACKBONES, build_model
 from common.landmarks.synth import synth_chest
-from common.landmarks.train import LAST_NAME, Progress, TrainHooks, train_member
+from common.landmarks.checkpoint import LAST_NAME
+from common.landmarks.train import Progress, TrainHooks, train_member
 from common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
 
 TINY = EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse")
@@ -134,23 +135,34 @@ def test_should_stop_cancels_within_the_epoch(data, tmp_path):
     assert saved["epoch"] == 0 and saved["state"]["partial"]["steps"] == 2
 
 
-def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(data, tmp_path):
+@pytest.mark.parametrize(
+    "stop_after, resumed_from, remaining_epochs, first_step",
+    [("epoch", 1, [2], 1), ("two steps", 0, [1, 2], 3)],  # 3 steps per epoch
+)
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(
+    data, tmp_path, stop_after, resumed_from, remaining_epochs, first_step
+):
     folder, split = data
     straight = train_member(TINY, split, folder, 5, tmp_path / "straight")
 
     first: list[Progress] = []
-    cut = train_member(TINY, split, folder, 5, tmp_path / "cut",
-                       TrainHooks(progress=first.append, should_stop=lambda: any(p.epoch_done for p in first)))
-    assert cut.cancelled and cut.epochs_run == 1
+    if stop_after == "epoch":
+        stop = lambda: any(p.epoch_done for p in first)  # noqa: E731
+    else:
+        stop = lambda: len(first) >= 2  # noqa: E731
+    cut = train_member(TINY, split, folder, 5, tmp_path / "cut", TrainHooks(progress=first.append, should_stop=stop))
+    assert cut.cancelled and cut.epochs_run == resumed_from
     second: list[Progress] = []
     resumed = train_member(TINY, split, folder, 5, tmp_path / "cut", TrainHooks(progress=second.append))
-    assert resumed.resumed_from_epoch == 1 and not resumed.cancelled
-    assert [p.epoch for p in second if p.epoch_done] == [2]  # only the remaining epoch ran
+    assert resumed.resumed_from_epoch == resumed_from and not resumed.cancelled
+    assert [p.epoch for p in second if p.epoch_done] == remaining_epochs  # it did not start over
+    assert second[0].step == first_step
     assert resumed.epochs_run == 2
 
     a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert resumed.best_val_loss == pytest.approx(straight.best_val_loss, rel=1e-6)
 
 
 def test_resume_with_another_spec_or_seed_is_refused(data, tmp_path):
@@ -160,6 +172,28 @@ def test_resume_with_another_spec_or_seed_is_refused(data, tmp_path):
         train_member(dataclasses.replace(TINY, epochs=3), split, folder, 2, tmp_path)
     with pytest.raises(JobError, match="seed 2, not seed 3"):
         train_member(TINY, split, folder, 3, tmp_path)
+
+
+def test_early_stopping_counts_only_phase_two_epochs_without_improvement(data, tmp_path, monkeypatch):
+    import common.landmarks.train as train
+
+    folder, split = data
+    real_evaluate, losses = train.evaluate, iter([0.5, 0.6, 0.4, 0.45, 0.41, 0.3, 0.2])
+
+    def scripted(*args, **kwargs):  # real predictions, scripted validation losses
+        return next(losses), real_evaluate(*args, **kwargs)[1]
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    spec = dataclasses.replace(TINY, epochs_head=2, epochs=5, patience=2)
+    calls: list[Progress] = []
+    outcome = train_member(spec, split, folder, 0, tmp_path, TrainHooks(progress=calls.append))
+    # epoch 2 (head) is worse but does not count; 3 improves; 4 and 5 do not -> stop after 5 of 7
+    assert [p.epoch for p in calls if p.epoch_done] == [1, 2, 3, 4, 5]
+    assert outcome.stopped_early and outcome.epochs_run == 5
+    assert outcome.best_epoch == 3 and outcome.best_val_loss == pytest.approx(0.4)
+    assert torch.load(outcome.best_checkpoint, weights_only=True)["epoch"] == 3
+    again = train_member(spec, split, folder, 0, tmp_path)  # a finished member is not trained again
+    assert again.stopped_early and again.epochs_run == 5 and again.resumed_from_epoch == 5
 
 
 def test_nan_loss_fails_the_member_naming_epoch_and_step(data, tmp_path, monkeypatch):
@@ -204,3 +238,12 @@ def test_predict_returns_original_pixels(data, tmp_path):
         normalised = model(images).view(-1, 15, 2).numpy()
     assert pred.shape == (len(records), 15, 2)
     np.testing.assert_allclose(pred, normalised * 299.0, rtol=1e-5)
+
+
+def test_throughput_benchmarks_measure_positive_rates(data):
+    from common.landmarks.bench import bare_loop_throughput, member_throughput
+
+    folder, _ = data
+    spec = dataclasses.replace(TINY, epochs_head=0, epochs=2)
+    assert 0 < bare_loop_throughput(spec, folder, steps=2, warmup=1) < math.inf
+    assert 0 < member_throughput(spec, folder, warmup=1) < math.inf

@@ -1,0 +1,78 @@
+"""Checkpoint files of a landmark member: atomic writes, random states, resume checks.
+
+``last.pt`` holds everything needed to continue a member; ``best.pt`` the model of its best
+validation epoch. Both carry the spec (``spec.to_dict()``), the seed and the code version, and
+both load with ``torch.load(weights_only=True)`` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import common
+from common.errors import JobError
+from common.specs import EnsembleSpec
+
+log = logging.getLogger(__name__)
+
+LAST_NAME, BEST_NAME = "last.pt", "best.pt"
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to ``path.tmp``, flushed to disk, then renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA random states in a form ``torch.load(weights_only=True)`` reads."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file cannot be resumed
+        raise JobError(f"checkpoint {path} cannot be read: {exc}") from None
+
+
+def check_resumable(checkpoint: dict[str, Any], spec: EnsembleSpec, seed: int, path: Path) -> None:
+    """A checkpoint resumes only the same spec and seed; anything else is a different job."""
+    if checkpoint.get("seed") != seed:
+        raise JobError(f"{path} belongs to seed {checkpoint.get('seed')}, not seed {seed}")
+    saved = checkpoint.get("spec")
+    if saved != spec.to_dict():
+        differing = sorted(k for k in set(saved or {}) | set(spec.to_dict())
+                           if (saved or {}).get(k) != spec.to_dict().get(k))
+        raise JobError(f"{path} was written with a different spec (differs in: {', '.join(differing)})")
+    if checkpoint.get("code_version") != common.__version__:
+        log.warning("resuming a checkpoint of code version %s with %s", checkpoint.get("code_version"),
+                    common.__version__)
