@@ -1,0 +1,67 @@
+"""The Celery settings and process model that avoid the traps of long GPU jobs on Redis."""
+
+import subprocess
+import sys
+
+from common.settings import load_settings
+from tasks import names
+from tasks.config import celery_config
+from workers.plan import plan_workers, worker_command
+
+
+def test_celery_settings_for_hour_long_jobs():
+    conf = celery_config(load_settings({"MEDQ_BROKER_URL": "redis://127.0.0.1:6379/0",
+                                        "MEDQ_VISIBILITY_TIMEOUT": "200000"}))
+    assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] == 200000
+    assert conf["task_ignore_result"] and conf["result_backend"] is None
+    assert conf["worker_send_task_events"]
+    assert conf["task_routes"][names.TRAIN_MEMBER]["queue"] == names.GPU_QUEUE
+
+
+def test_redis_password_setting_reaches_the_broker_url():
+    conf = celery_config(load_settings({"MEDQ_BROKER_URL": "redis://10.0.0.5:6379/0", "MEDQ_REDIS_PASSWORD": "pw"}))
+    assert conf["broker_url"] == "redis://:pw@10.0.0.5:6379/0"
+
+
+def test_one_worker_per_gpu_pinned_by_cuda_visible_devices():
+    plans = plan_workers([0, 3], 0, host="node7")
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "3"]
+    assert all(p.env["MEDQ_DEVICE"] == "cuda:0" for p in plans)
+    assert plans[1].queues == ("gpu", "gpu.node7.3")
+    cmd = worker_command(plans[1], load_settings({}))
+    assert cmd[cmd.index("--concurrency") + 1] == "1"
+    assert cmd[cmd.index("--prefetch-multiplier") + 1] == "1"
+    assert cmd[cmd.index("--pool") + 1] == "prefork"
+
+
+def test_cpu_workers_take_training_jobs_and_share_the_cores():
+    plans = plan_workers([], 2, host="laptop")
+    assert [p.label for p in plans] == ["cpu0", "cpu1"]
+    assert all("gpu" in p.queues and "cpu" in p.queues for p in plans)
+    assert all(p.env["CUDA_VISIBLE_DEVICES"] == "" for p in plans)
+
+
+def _imported_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_cli_and_the_worker_parent_never_import_torch():
+    modules = _imported_after("from scheduler.cli import main\nimport tasks.app, tasks.landmarks, workers.supervisor")
+    assert "torch" not in modules and "tasks.landmarks" in modules
+
+
+def test_common_store_and_settings_import_neither_torch_nor_celery_nor_click():
+    modules = _imported_after("import common.store.jobs, common.store.views, common.settings")
+    assert not {"torch", "celery", "click"} & modules
+
+
+def test_medq_help_is_fast_and_torch_free():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "scheduler", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "submit" in out.stdout
+    assert "| torch" not in out.stderr
