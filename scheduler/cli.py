@@ -90,10 +90,12 @@ def submit() -> None:
 @click.option("--patience", default=10, show_default=True, help="early stopping (epochs)")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="local ImageNet weights (never downloaded)")
+@click.option("--lr-backbone", default=2e-5, show_default=True, help="phase 2 backbone learning rate")
+@click.option("--lr-head", default=2e-4, show_default=True, help="phase 2 head learning rate")
 @click.option("--split-seed", default=42, show_default=True)
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
-                        pretrained, split_seed, wait) -> None:
+                        pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
     """A seed ensemble of the chest-landmark regressor, one member per worker."""
     from common.specs import EnsembleSpec, SplitSpec
     from scheduler.submit import submit_ensemble
@@ -102,7 +104,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
     spec = EnsembleSpec(backbone=backbone, loss=loss, epochs_head=epochs_head, epochs=epochs, batch_size=batch_size,
                         image_size=image_size, patience=patience, pretrained=pretrained,
-                        split=SplitSpec(seed=split_seed))
+                        lr_finetune_backbone=lr_backbone, lr_finetune_head=lr_head, split=SplitSpec(seed=split_seed))
     settings = load_settings()
     job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
     click.echo(job_id)

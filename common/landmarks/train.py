@@ -255,7 +255,14 @@ def train_member(
     workdir: Path,
     hooks: TrainHooks = TrainHooks(),
 ) -> MemberOutcome:
-    """Train (or resume) the member of ``seed`` on split["train"], validating on split["val"]."""
+    """Train (or resume) the member of ``seed`` on split["train"], validating on split["val"].
+
+    data_dir holds landmarks.csv and images/ (csvio's layout); split maps "train"/"val" to
+    image stems. Returns when all epochs ran, early stopping fired, or ``hooks.should_stop()``
+    returned True (``cancelled``; last.pt then holds the exact mid-epoch state). Raises
+    DataError (bad CSV row, missing image, empty part), JobError (last.pt of another spec or
+    seed, unreadable checkpoint) and TrainingDiverged (NaN/inf loss, naming epoch and step).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = workdir / LAST_NAME, workdir / BEST_NAME
@@ -272,7 +279,8 @@ def train_member(
     val_sizes, val_truth = val_set.image_sizes, val_set.points_px
 
     model = build_model(spec)
-    load_pretrained(model, spec)
+    if not last_path.is_file():  # a resumed member gets its weights from last.pt
+        load_pretrained(model, spec)
     model.to(device)
     loss_fn = build_loss(spec)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -98,6 +98,29 @@ def test_model_maps_grey_images_to_30_outputs_in_unit_range(name):
     assert torch.all((out >= 0) & (out <= 1))
 
 
+def test_pretrained_weights_come_from_the_hub_cache_or_a_file_and_never_from_the_network(tmp_path, monkeypatch, caplog):
+    import torchvision
+
+    from common.errors import SpecError
+    from common.landmarks.model import load_pretrained
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download attempted"))
+    model = build_model(TINY)
+    assert load_pretrained(model, TINY) == "random"
+    assert "random initialisation: no local ImageNet weights" in caplog.text
+
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()  # with its fc.* keys
+    imagenet["conv1.weight"] = torch.full_like(imagenet["conv1.weight"], 0.25)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(imagenet, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    assert load_pretrained(model, TINY).endswith("resnet18-f37072fd.pth")
+    assert torch.equal(model.backbone.conv1.weight, imagenet["conv1.weight"])
+
+    with pytest.raises(SpecError, match="does not exist"):
+        load_pretrained(model, dataclasses.replace(TINY, pretrained=str(tmp_path / "nowhere.pth")))
+
+
 # --- training ------------------------------------------------------------------------------
 
 
@@ -135,16 +158,21 @@ def test_should_stop_cancels_within_the_epoch(data, tmp_path):
     assert saved["epoch"] == 0 and saved["state"]["partial"]["steps"] == 2
 
 
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """An uninterrupted 1 + 1 epoch run of seed 5, the reference for the resume tests."""
+    folder, split = data
+    return train_member(TINY, split, folder, 5, tmp_path_factory.mktemp("straight"))
+
+
 @pytest.mark.parametrize(
     "stop_after, resumed_from, remaining_epochs, first_step",
     [("epoch", 1, [2], 1), ("two steps", 0, [1, 2], 3)],  # 3 steps per epoch
 )
 def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(
-    data, tmp_path, stop_after, resumed_from, remaining_epochs, first_step
+    data, straight, tmp_path, stop_after, resumed_from, remaining_epochs, first_step
 ):
     folder, split = data
-    straight = train_member(TINY, split, folder, 5, tmp_path / "straight")
-
     first: list[Progress] = []
     if stop_after == "epoch":
         stop = lambda: any(p.epoch_done for p in first)  # noqa: E731
@@ -244,6 +272,6 @@ def test_throughput_benchmarks_measure_positive_rates(data):
     from common.landmarks.bench import bare_loop_throughput, member_throughput
 
     folder, _ = data
-    spec = dataclasses.replace(TINY, epochs_head=0, epochs=2)
+    spec = dataclasses.replace(TINY, epochs_head=0, epochs=1)
     assert 0 < bare_loop_throughput(spec, folder, steps=2, warmup=1) < math.inf
     assert 0 < member_throughput(spec, folder, warmup=1) < math.inf
