@@ -28,8 +28,9 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, EnsembleSpec.kind, spec.to_dict(), plan, seeds, spec.total_epochs)
     from tasks import names
-    from tasks.app import app
+    from tasks.app import app_for
 
+    app = app_for(settings)
     try:
         for member_id in member_ids:
             app.send_task(names.TRAIN_MEMBER, args=[member_id])

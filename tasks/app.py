@@ -19,3 +19,10 @@ def make_app(settings=None) -> Celery:
 
 
 app = make_app()
+
+
+def app_for(settings) -> Celery:
+    """The app for these settings: the module's own when they are the process's settings."""
+    if settings == app.conf.medq_settings:
+        return app
+    return make_app(settings)

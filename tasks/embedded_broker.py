@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqla
+from pathlib import Path
+
 from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
 
 ALIAS = "medq"
 POLLING_INTERVAL = 0.2  # seconds between polls of an empty queue
@@ -17,7 +20,10 @@ BUSY_TIMEOUT_S = 60
 
 class Channel(kombu_sqla.Channel):
     def _engine_from_config(self):
-        engine = create_engine(self.connection.client.hostname, connect_args={"timeout": BUSY_TIMEOUT_S})
+        url = make_url(self.connection.client.hostname)
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
