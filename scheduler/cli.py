@@ -113,17 +113,15 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 
 
 def _wait_and_report(job_id: str) -> int:
-    from rich.console import Console
-
-    from scheduler.render import print_results
+    from scheduler.render import console, print_results
     from scheduler.watch import watch_job
 
     store = _store()
-    console = Console(stderr=False)
-    state = watch_job(store, job_id, Console(stderr=True))
+    out = console()
+    state = watch_job(store, job_id, console(stderr=True))
     from common.store.views import job_results
 
-    print_results(console, job_results(store, job_id))
+    print_results(out, job_results(store, job_id))
     return 0 if state == "succeeded" else 1
 
 
@@ -144,11 +142,9 @@ def status(job, as_json, limit) -> None:
         if as_json:
             click.echo(json.dumps(view, indent=2))
             return
-        from rich.console import Console
+        from scheduler.render import console, members_table
 
-        from scheduler.render import members_table
-
-        Console().print(members_table(view))
+        console().print(members_table(view))
         if view["error"]:
             click.echo(f"error: {view['error']}")
         return
@@ -156,23 +152,20 @@ def status(job, as_json, limit) -> None:
     if as_json:
         click.echo(json.dumps(views, indent=2))
         return
-    from rich.console import Console
+    from scheduler.render import console, jobs_table
 
-    from scheduler.render import jobs_table
-
-    Console().print(jobs_table(views))
+    console().print(jobs_table(views))
 
 
 @main.command()
 @click.argument("job")
 def watch(job) -> None:
     """Live progress bars until the job ends."""
-    from rich.console import Console
-
+    from scheduler.render import console
     from scheduler.watch import watch_job
 
     store = _store()
-    state = watch_job(store, _resolve(store, job), Console())
+    state = watch_job(store, _resolve(store, job), console())
     sys.exit(0 if state == "succeeded" else 1)
 
 
@@ -188,11 +181,9 @@ def results(job, as_json) -> None:
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
-    from rich.console import Console
+    from scheduler.render import console, print_results
 
-    from scheduler.render import print_results
-
-    print_results(Console(), view)
+    print_results(console(), view)
 
 
 @main.command()

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
 
 from common.settings import Settings
 from common.specs import EnsembleSpec
 from common.store import open_store
 from common.store.views import job_results
 from scheduler.local import local_workers
-from scheduler.render import print_results
+from scheduler.render import console as make_console, print_results
 from scheduler.submit import submit_ensemble
 from scheduler.watch import watch_job
 
 
 def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epochs: int) -> int:
-    console = Console()
+    console = make_console()
     for key, value in settings.describe().items():
         console.print(f"[dim]{key}: {value}[/]")
     data_dir = settings.home / "demo-data"

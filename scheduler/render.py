@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 STATE_STYLE = {"queued": "dim", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "yellow"}
@@ -18,12 +20,26 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def console(stderr: bool = False) -> Console:
+    """A console; 120 columns when the output is not a terminal (a log, a pipe)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 120)
+
+
+def _worker(name: str | None) -> str:
+    """'cpu1-12345@host' -> 'cpu1@host' (the launcher's pid only keeps node names unique)."""
+    if not name:
+        return "-"
+    node, _, host = name.partition("@")
+    return f"{node.split('-')[0]}@{host}" if host else node
+
+
 def _state(state: str) -> str:
     return f"[{STATE_STYLE.get(state, '')}]{state}[/]"
 
 
 def jobs_table(jobs: list[dict]) -> Table:
-    table = Table(title="jobs")
+    table = Table(title="jobs", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("job", "kind", "state", "members", "created", "error"):
         table.add_column(col)
     for job in jobs:
@@ -40,15 +56,16 @@ def members_table(job: dict) -> Table:
     title = f"job {job['job_id']} ({job['kind']}): {job['state']}"
     if job.get("cancel_requested") and job["state"] == "running":
         title += " (cancelling)"
-    table = Table(title=title)
-    for col in ("seed", "state", "epoch", "phase", "step", "loss", "val loss", "val err px", "img/s", "attempt",
-                "worker", "device"):
-        table.add_column(col, justify="right" if col not in ("state", "phase", "worker", "device") else "left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("seed", "state", "epoch", "loss", "val loss", "val px", "img/s", "try", "worker", "device"):
+        table.add_column(col, justify="left" if col in ("state", "worker", "device") else "right", no_wrap=True)
     for m in job["members"]:
-        table.add_row(str(m["seed"]), _state(m["state"]), f"{m['epoch']}/{m['total_epochs']}", _fmt(m["phase"]),
-                      f"{m['step']}/{m['steps_per_epoch']}", _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
-                      _fmt(m["val_error_px"]), _fmt(m["images_per_s"], 1), str(m["attempt"]), _fmt(m["worker"]),
-                      _fmt(m["device"]))
+        epoch = f"{m['epoch']}/{m['total_epochs']}"
+        if m["state"] == "running" and m["phase"] == "head":
+            epoch += " head"
+        table.add_row(str(m["seed"]), _state(m["state"]), epoch, _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
+                      _fmt(m["val_error_px"]), _fmt(m["images_per_s"], 1), str(m["attempt"]),
+                      _worker(m["worker"]), _fmt(m["device"]))
     return table
 
 
@@ -57,7 +74,8 @@ METRIC_COLUMNS = (("mean_error_px", "mean px"), ("median_error_px", "median px")
 
 
 def results_table(results: dict) -> Table:
-    table = Table(title=f"job {results['job_id']}: {results['state']} (test split)")
+    table = Table(title=f"job {results['job_id']}: {results['state']} (test split)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     table.add_column("model")
     table.add_column("state")
     for _, label in METRIC_COLUMNS:
@@ -77,7 +95,7 @@ def per_category_table(results: dict) -> Table | None:
     best = next((e for e in results["ensemble"] if e["aggregation"] == "mean"), None)
     if not best or "per_category" not in best["metrics"]:
         return None
-    table = Table(title="ensemble (mean) by category")
+    table = Table(title="ensemble (mean) by category", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("category", "images", "mean px", "mean px@224"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for name, row in sorted(best["metrics"]["per_category"].items()):

@@ -128,3 +128,15 @@ def test_cancel_stops_a_running_member_and_survives_a_worker_restart(cluster, da
     assert view["state"] == "cancelled"
     assert {m["state"] for m in view["members"]} == {"cancelled"}
     assert all(m["epoch"] < 40 for m in view["members"])
+
+
+def test_cancel_stops_a_running_member_within_an_epoch(cluster, dataset):
+    cluster.start_workers(1, "only")
+    done = cluster.medq("submit", "ensemble", "--data", str(dataset), "--seeds", "1", "--epochs", "40", *TINY)
+    job_id = done.stdout.splitlines()[0]
+    cluster.wait(job_id, lambda v: v["members"][0]["state"] == "running" and v["members"][0]["epoch"] >= 2)
+    assert cluster.medq("cancel", job_id).returncode == 0
+    view = cluster.wait(job_id, ended, timeout=60)
+    assert view["state"] == "cancelled" and view["members"][0]["state"] == "cancelled"
+    assert view["members"][0]["epoch"] < 40
+    assert (cluster.home / "artifacts" / job_id / "seed-0" / "last.pt").exists()
