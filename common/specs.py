@@ -15,6 +15,8 @@ from common.errors import SpecError, unknown_name
 LANDMARK_LOSSES = ("mse", "wing", "symmetry", "distance", "complete")
 LANDMARK_BACKBONES = ("resnet18", "resnet34", "resnet50")
 AGGREGATIONS = ("mean", "median", "weighted")
+TTA_MODES = ("none", "flip")
+PRIORITIES = ("high", "normal", "low")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,55 @@ class EnsembleSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class InferSpec:
+    """Bulk inference of a trained landmark model over a study archive."""
+
+    kind: ClassVar[str] = "infer"
+
+    archive: str  # absolute path of the folder, zip or tar
+    checkpoints: tuple[str, ...]  # the members' best checkpoints
+    model_job: str | None = None  # the ensemble job they came from, if any
+    aggregation: str = "mean"
+    tta: str = "none"
+    chunk: int = 256  # studies per task
+    batch_size: int = 32
+    loader_workers: int = 2  # decoding processes per worker
+    priority: str = "normal"
+    window: str | None = None
+    out_dir: str | None = None  # overlays are written here when set
+    skip_done: bool = False
+    spread_limit_fraction: float = 0.03  # QC: ensemble spread above this fraction of the width
+
+    def __post_init__(self) -> None:
+        from common.windows import parse_window
+
+        if self.aggregation not in ("mean", "median"):
+            raise unknown_name("aggregation", self.aggregation, ("mean", "median"))
+        if self.tta not in TTA_MODES:
+            raise unknown_name("tta", self.tta, TTA_MODES)
+        if self.priority not in PRIORITIES:
+            raise unknown_name("priority", self.priority, PRIORITIES)
+        if self.window:
+            parse_window(self.window)
+        for name in ("chunk", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.checkpoints:
+            raise SpecError("no model checkpoints to run")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["checkpoints"] = list(self.checkpoints)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InferSpec":
+        data = dict(data)
+        data["checkpoints"] = tuple(data.get("checkpoints", ()))
         return _from_dict(cls, data)
 
 

@@ -240,12 +240,14 @@ def flower(ctx) -> None:
 @click.option("--seeds", default=3, show_default=True)
 @click.option("--workers", "n_workers", default=2, show_default=True)
 @click.option("--images", default=150, show_default=True)
-@click.option("--epochs", default=6, show_default=True)
-def demo(seeds, n_workers, images, epochs) -> None:
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--image-size", default=128, show_default=True)
+def demo(seeds, n_workers, images, epochs, image_size) -> None:
     """Synthetic data, local workers, a small ensemble, the metrics table; then stop."""
     from scheduler.demo import run_demo
 
-    sys.exit(run_demo(load_settings(), seeds=seeds, n_workers=n_workers, n_images=images, epochs=epochs))
+    sys.exit(run_demo(load_settings(), seeds=seeds, n_workers=n_workers, n_images=images, epochs=epochs,
+                      image_size=image_size))
 
 
 @main.group()

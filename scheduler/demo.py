@@ -15,11 +15,11 @@ from scheduler.submit import submit_ensemble
 from scheduler.watch import watch_job
 
 
-def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epochs: int) -> int:
+def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epochs: int, image_size: int) -> int:
     console = make_console()
     for key, value in settings.describe().items():
         console.print(f"[dim]{key}: {value}[/]")
-    data_dir = settings.home / "demo-data"
+    data_dir = settings.home / f"demo-data-{n_images}"
     if not (data_dir / "landmarks.csv").exists():
         from common.landmarks.synth import synth_chest
 
@@ -27,7 +27,7 @@ def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epoc
         synth_chest(data_dir, n=n_images, seed=1)
     # No ImageNet weights on a fresh machine: a randomly initialised backbone needs the larger
     # learning rates the pretrained recipe (2e-5 / 2e-4) would not use.
-    spec = EnsembleSpec(epochs_head=1, epochs=max(1, epochs - 1), batch_size=8, image_size=128, patience=epochs,
+    spec = EnsembleSpec(epochs_head=1, epochs=max(1, epochs - 1), batch_size=8, image_size=image_size, patience=epochs,
                         lr_head=1e-3, lr_finetune_backbone=1e-3, lr_finetune_head=1e-3)
     started = time.monotonic()
     with local_workers(n_workers, settings.home / "logs"):

@@ -1,8 +1,8 @@
-"""The life of one member attempt inside a worker: claim, heartbeat, progress, cancel, finish.
+"""What runs beside a task: a heartbeat that renews its lease, and the member run around it.
 
-The training loop never waits on the database: progress is handed to a heartbeat thread,
-which renews the lease with the latest numbers every few seconds and turns a cancellation
-request (or a lost lease) into a flag the loop reads.
+The training or inference loop never waits on the database: progress is handed to a
+heartbeat thread, which renews the lease with the latest numbers every few seconds and turns a
+cancellation request (or a lost lease) into a flag the loop reads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from common.settings import Settings
 from common.store import State, open_store
@@ -21,7 +21,52 @@ from common.store import jobs
 log = logging.getLogger("medq.worker")
 
 
+class Heartbeat:
+    """Renews a lease with ``renew()`` (False: the lease is gone) and polls ``cancelled()``."""
+
+    def __init__(self, settings: Settings, label: str, renew: Callable[[], bool], cancelled: Callable[[], bool]):
+        self.settings, self.label, self._renew, self._cancelled = settings, label, renew, cancelled
+        self.cancelled = threading.Event()
+        self.lease_lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"medq-heartbeat-{label}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.lease_lost.is_set()
+
+    def _run(self) -> None:
+        interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
+        last_cancel_check = 0.0
+        while not self._stop.wait(interval):
+            try:
+                if not self._renew() and not self._stop.is_set():
+                    log.warning("%s: lease lost; stopping this attempt", self.label)
+                    self.lease_lost.set()
+                    return
+                now = time.monotonic()
+                if now - last_cancel_check >= self.settings.cancel_check_interval:
+                    last_cancel_check = now
+                    if self._cancelled():
+                        self.cancelled.set()
+            except Exception:  # a database hiccup: the lease has slack, try again next beat
+                log.warning("%s: heartbeat failed", self.label, exc_info=True)
+
+
 class MemberRun:
+    """One attempt at an ensemble member: claim, heartbeat with progress, finish."""
+
     def __init__(self, task, member_id: int, settings: Settings):
         self.task, self.member_id, self.settings = task, member_id, settings
         self.store = open_store(settings)
@@ -30,24 +75,27 @@ class MemberRun:
         self.claim = jobs.claim_member(self.store, member_id, self.owner, self.worker, settings.device,
                                        settings.lease_seconds, settings.max_attempts)
         self._latest: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self.cancelled = threading.Event()
-        self.lease_lost = threading.Event()
         self._last_event = 0.0
-        self._thread: threading.Thread | None = None
+        self.heartbeat = Heartbeat(
+            settings, f"member {member_id}",
+            renew=lambda: jobs.renew_lease(self.store, member_id, self.owner, settings.lease_seconds, **self._latest),
+            cancelled=lambda: jobs.cancel_requested(self.store, self.claim.job_id))
 
-    # -- used by the task -------------------------------------------------------------------
+    @property
+    def cancelled(self) -> threading.Event:
+        return self.heartbeat.cancelled
+
+    @property
+    def lease_lost(self) -> threading.Event:
+        return self.heartbeat.lease_lost
+
     def __enter__(self) -> "MemberRun":
         if self.claim.run:
-            self._thread = threading.Thread(target=self._heartbeat, name=f"medq-heartbeat-{self.member_id}",
-                                            daemon=True)
-            self._thread.start()
+            self.heartbeat.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.heartbeat.stop()
 
     def progress(self, p) -> None:
         """TrainHooks.progress: remember the latest numbers; send a Celery event now and then."""
@@ -67,38 +115,18 @@ class MemberRun:
                 log.debug("could not send a progress event", exc_info=True)
 
     def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lease_lost.is_set()
+        return self.heartbeat.should_stop()
 
     def finish(self, state: State, *, error: str | None = None, artifacts: dict[str, str] | None = None,
                **fields: Any) -> bool:
-        self._stop.set()
+        self.heartbeat.stop()
         fields = {**self._latest, **fields}
         return jobs.finish_member(self.store, self.member_id, self.owner, state, error=error,
                                   artifacts=artifacts, **fields)
 
     def release(self, reason: str) -> None:
-        self._stop.set()
+        self.heartbeat.stop()
         jobs.release_member(self.store, self.member_id, self.owner, reason)
-
-    # -- the heartbeat thread ---------------------------------------------------------------
-    def _heartbeat(self) -> None:
-        interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
-        last_cancel_check = 0.0
-        while not self._stop.wait(interval):
-            try:
-                ours = jobs.renew_lease(self.store, self.member_id, self.owner, self.settings.lease_seconds,
-                                        **self._latest)
-                if not ours and not self._stop.is_set():
-                    log.warning("member %s: lease lost; stopping this attempt", self.member_id)
-                    self.lease_lost.set()
-                    return
-                now = time.monotonic()
-                if now - last_cancel_check >= self.settings.cancel_check_interval:
-                    last_cancel_check = now
-                    if jobs.cancel_requested(self.store, self.claim.job_id):
-                        self.cancelled.set()
-            except Exception:  # a database hiccup: the lease has slack, try again next beat
-                log.warning("member %s: heartbeat failed", self.member_id, exc_info=True)
 
 
 def _finite(value: float | None) -> float | None:

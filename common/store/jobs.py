@@ -271,6 +271,11 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
         if job is None or State(job.state).ended:
             return job
         job.cancel_requested = True
+        if job.kind == "infer":
+            from common.store.inference import cancel_chunks
+
+            cancel_chunks(s, job, now)
+            return job
         for m in job.members:
             if m.state == State.QUEUED.value:
                 _end_member(m, State.CANCELLED, "cancelled before it started", now)

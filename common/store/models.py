@@ -6,11 +6,11 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0001"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0002"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,6 +89,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Inference jobs: the queue's priority, a nightly window ("22:00-06:00"), and whether
+    # `medq resume` lifted the window.
+    priority: Mapped[str | None] = mapped_column(String(8))
+    window: Mapped[str | None] = mapped_column(String(16))
+    window_lifted: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     members: Mapped[list[Member]] = relationship(back_populates="job", order_by="Member.seed")
     results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.subject")
@@ -173,3 +178,58 @@ class Artifact(Base):
     name: Mapped[str] = mapped_column(String(128))  # e.g. "seed-3/best"
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Chunk(Base):
+    """A slice of an inference job's archive: the unit a worker runs, leased like a member."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int]
+    # waiting (outside its window), queued, running, succeeded, failed, cancelled
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    attempts: Mapped[int] = mapped_column(default=0)
+    n_studies: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Study(Base):
+    """One file of an inference archive and what became of it.
+
+    Keys are a hash of the archive-relative path and the DICOM UIDs, never patient names or
+    IDs. ``path`` is kept so the worker can read the file again; it is never logged.
+    """
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint("job_id", "path_hash"),
+        Index("ix_studies_job_id_chunk_index", "job_id", "chunk_index"),
+        Index("ix_studies_job_id_state", "job_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_index: Mapped[int]
+    path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed, skipped
+    reason: Mapped[str | None] = mapped_column(Text)
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    source_format: Mapped[str | None] = mapped_column(String(8))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    result: Mapped[dict[str, Any] | None]  # landmarks_px, landmarks_mm, spread_px, qc_reasons
+    qc_flag: Mapped[bool | None]
+    updated_at: Mapped[datetime | None]

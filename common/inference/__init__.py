@@ -1,0 +1,1 @@
+"""Bulk study inference: archives in, one record per study out."""

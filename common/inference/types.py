@@ -1,0 +1,55 @@
+"""Types shared by archive enumeration, decoding and prediction (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.errors import JobError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of an archive. ``path`` is archive-relative (POSIX) and is never logged:
+    file names in hospital exports can carry patient names."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A file enumeration refused on its own (unsafe name, symlink out of the archive, no
+    permission); it gets a study record with this reason and the job goes on."""
+
+    path: str
+    reason: str
+    state: str = "failed"  # or "skipped"
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # (H, W) uint8 greyscale, display-ready (LUTs applied, MONOCHROME1 inverted)
+    source_format: str  # "dicom" | "png" | "jpeg"
+    spacing_mm: tuple[float, float] | None = None  # (row, column) = (y, x) mm per pixel
+    uids: dict[str, str] = field(default_factory=dict)  # StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID
+    modality: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+class StudyError(JobError):
+    """One study cannot be processed; it is recorded with this reason and the job goes on.
+    The message must not contain patient data (no names, IDs or file paths)."""
+
+    state = "failed"
+
+
+class StudySkipped(StudyError):
+    """Not an image to process (a structured report, an RT structure set, ...)."""
+
+    state = "skipped"

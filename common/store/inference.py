@@ -1,0 +1,298 @@
+"""Store operations of bulk inference jobs: planning rows, chunk leases, study records.
+
+Study rows are written in batches (constant memory for any archive size). Every write is
+guarded so that a redelivered chunk, a resumed job or a second reaper never does a study twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlalchemy import func, insert, select, update
+
+from common.store.db import Store
+from common.store.models import Chunk, Job, State, Study, utcnow
+from common.windows import window_open
+
+BATCH = 1000
+CHUNK_ENDED = ("succeeded", "failed", "cancelled")
+
+
+def path_hash(path: str) -> str:
+    """The study key derived from its archive path (the path itself may name a patient)."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def create_infer_job(store: Store, job_id: str, spec: dict[str, Any], plan: dict[str, Any], priority: str,
+                     window: str | None) -> None:
+    with store.session() as s:
+        s.add(Job(id=job_id, kind="infer", spec=spec, plan=plan, priority=priority, window=window))
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    path: str
+    state: str = "pending"  # or failed / skipped, decided at enumeration
+    reason: str | None = None
+
+
+def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chunk_size: int,
+                done_elsewhere: Callable[[list[str]], dict[str, str]] | None = None) -> tuple[int, int]:
+    """Insert the studies in batches, numbering chunks as they come; returns (studies, chunks).
+
+    ``done_elsewhere(hashes)`` maps the hashes already done by an earlier job to its id
+    (--skip-done); those studies are recorded as skipped and take no chunk slot.
+    """
+    total, pending, batch = 0, 0, []
+
+    def flush() -> None:
+        if not batch:
+            return
+        seen = done_elsewhere([row["path_hash"] for row in batch]) if done_elsewhere else {}
+        nonlocal pending
+        now = utcnow()
+        for row in batch:
+            if row["path_hash"] in seen and row["state"] == "pending":
+                row["state"], row["reason"] = "skipped", f"already done by job {seen[row['path_hash']]}"
+            if row["state"] == "pending":
+                row["chunk_index"] = pending // chunk_size
+                pending += 1
+            else:
+                row["chunk_index"] = -1  # nothing to run
+            row["updated_at"] = now
+        with store.session() as s:
+            s.execute(insert(Study), batch)
+        batch.clear()
+
+    for study in studies:
+        batch.append({"job_id": job_id, "path": study.path, "path_hash": path_hash(study.path),
+                      "state": study.state, "reason": study.reason})
+        total += 1
+        if len(batch) >= BATCH:
+            flush()
+    flush()
+    n_chunks = -(-pending // chunk_size)
+    with store.session() as s:
+        sizes = dict(s.execute(select(Study.chunk_index, func.count()).where(Study.job_id == job_id,
+                                                                            Study.chunk_index >= 0)
+                               .group_by(Study.chunk_index)).all())
+        if n_chunks:
+            s.execute(insert(Chunk), [{"job_id": job_id, "index": i, "n_studies": sizes.get(i, 0),
+                                       "state": "waiting"} for i in range(n_chunks)])
+        else:  # nothing to run: every file was refused at enumeration or done before
+            job = s.get(Job, job_id)
+            job.state, job.finished_at = State.SUCCEEDED.value, utcnow()
+    return total, n_chunks
+
+
+def done_by_earlier_jobs(store: Store, archive: str, checkpoints: list[str], job_id: str):
+    """For --skip-done: a lookup of hashes done by earlier jobs on the same archive and model."""
+    with store.session() as s:
+        earlier = [j.id for j in s.scalars(select(Job).where(Job.kind == "infer", Job.id != job_id))
+                   if j.spec.get("archive") == archive and list(j.spec.get("checkpoints", [])) == checkpoints]
+
+    def lookup(hashes: list[str]) -> dict[str, str]:
+        if not earlier:
+            return {}
+        with store.session() as s:
+            rows = s.execute(select(Study.path_hash, Study.job_id).where(
+                Study.job_id.in_(earlier), Study.path_hash.in_(hashes), Study.state == "done")).all()
+        return {h: j for h, j in rows}
+
+    return lookup
+
+
+def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], None],
+                    job_id: str | None = None) -> int:
+    """Queue the waiting chunks of every inference job whose window is open (or lifted).
+
+    ``send(chunk_id, priority)`` runs inside the transaction: a broker error leaves them waiting.
+    """
+    sent = 0
+    with store.session() as s:
+        query = select(Job).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
+                                  Job.cancel_requested.is_(False))
+        if job_id:
+            query = query.where(Job.id == job_id)
+        for job in s.scalars(query):
+            if not (job.window_lifted or window_open(job.window, now_local)):
+                continue
+            chunks = list(s.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
+                                    .order_by(Chunk.index)))
+            for chunk in chunks:
+                chunk.state, chunk.updated_at = "queued", utcnow()
+                send(chunk.id, job.priority or "normal")
+                sent += 1
+    return sent
+
+
+@dataclass(frozen=True)
+class ChunkClaim:
+    run: bool
+    reason: str = ""
+    job_id: str = ""
+    index: int = 0
+    spec: dict[str, Any] | None = None
+
+
+def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: str, lease_seconds: int,
+                max_attempts: int, now_local: time) -> ChunkClaim:
+    now = utcnow()
+    with store.session() as s:
+        chunk = s.get(Chunk, chunk_id)
+        if chunk is None:
+            return ChunkClaim(False, f"chunk {chunk_id} does not exist")
+        job = s.get(Job, chunk.job_id)
+        if chunk.state in CHUNK_ENDED:
+            return ChunkClaim(False, f"chunk already {chunk.state}")
+        if job.cancel_requested:
+            chunk.state, chunk.finished_at = State.CANCELLED.value, now
+            _close_job(s, job, now)
+            return ChunkClaim(False, "job cancelled")
+        if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now \
+                and chunk.lease_owner != owner:
+            return ChunkClaim(False, f"running on {chunk.worker} with a live lease")
+        if not (job.window_lifted or window_open(job.window, now_local)):
+            chunk.state, chunk.updated_at = "waiting", now  # the window closed: wait for the next one
+            return ChunkClaim(False, "outside the job's window; waiting for it to open")
+        if chunk.attempts >= max_attempts:
+            chunk.state, chunk.finished_at = State.FAILED.value, now
+            chunk.error = f"gave up after {chunk.attempts} attempts" + (f" (last: {chunk.error})" if chunk.error else "")
+            _close_job(s, job, now)
+            return ChunkClaim(False, chunk.error)
+        taken = s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.attempts == chunk.attempts).values(
+            state="running", attempts=chunk.attempts + 1, lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds), worker=worker, device=device,
+            started_at=chunk.started_at or now, updated_at=now).execution_options(synchronize_session=False)).rowcount
+        if taken != 1:
+            return ChunkClaim(False, "another worker took it first")
+        if job.state == State.QUEUED.value:
+            job.state, job.started_at = State.RUNNING.value, now
+        return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+
+
+def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: int) -> bool:
+    now = utcnow()
+    with store.session() as s:
+        return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
+                                             Chunk.state == "running")
+                         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def pending_studies(store: Store, job_id: str, chunk_index: int) -> list[tuple[int, str]]:
+    """The chunk's studies not yet done: a redelivered or resumed chunk does only these."""
+    with store.session() as s:
+        return list(s.execute(select(Study.id, Study.path).where(
+            Study.job_id == job_id, Study.chunk_index == chunk_index, Study.state == "pending")
+            .order_by(Study.id)).all())
+
+
+def record_studies(store: Store, records: list[dict[str, Any]]) -> int:
+    """One transaction for a batch of outcomes; only studies still pending are written."""
+    now = utcnow()
+    written = 0
+    with store.session() as s:
+        for r in records:
+            written += s.execute(update(Study).where(Study.id == r["study_id"], Study.state == "pending").values(
+                state=r["state"], reason=r.get("reason"), study_uid=r.get("study_uid"),
+                series_uid=r.get("series_uid"), sop_uid=r.get("sop_uid"), source_format=r.get("source_format"),
+                width=r.get("width"), height=r.get("height"), result=r.get("result"), qc_flag=r.get("qc_flag"),
+                updated_at=now).execution_options(synchronize_session=False)).rowcount
+    return written
+
+
+def finish_chunk(store: Store, chunk_id: int, owner: str, state: str, error: str | None = None) -> None:
+    now = utcnow()
+    with store.session() as s:
+        chunk = s.get(Chunk, chunk_id)
+        if chunk is None or chunk.lease_owner != owner:
+            return
+        chunk.state, chunk.error, chunk.updated_at = state, error, now
+        chunk.lease_owner = chunk.lease_expires_at = None
+        if state in CHUNK_ENDED:
+            chunk.finished_at = now
+        _close_job(s, s.get(Job, chunk.job_id), now)
+
+
+def _close_job(s, job: Job, now: datetime) -> None:
+    """An inference job ends when every chunk has ended."""
+    s.flush()
+    states = [c for (c,) in s.execute(select(Chunk.state).where(Chunk.job_id == job.id)).all()]
+    if not states or any(state not in CHUNK_ENDED for state in states) or State(job.state).ended:
+        return
+    if job.cancel_requested:
+        job.state = State.CANCELLED.value
+    elif "failed" in states:
+        job.state = State.FAILED.value
+        job.error = f"{states.count('failed')} chunk(s) failed; `medq resume {job.id}` retries their studies"
+    else:
+        job.state = State.SUCCEEDED.value
+    job.finished_at = now
+
+
+def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[int]:
+    now = utcnow()
+    reaped = []
+    with store.session() as s:
+        rows = s.execute(select(Chunk.id, Job.priority, Chunk.worker).join(Job, Job.id == Chunk.job_id)
+                         .where(Chunk.state == "running", Chunk.lease_expires_at < now)).all()
+        for chunk_id, priority, worker in rows:
+            taken = s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.state == "running",
+                                                  Chunk.lease_expires_at < now)
+                              .values(state="queued", lease_owner=None, lease_expires_at=None,
+                                      error=f"lease lapsed on {worker}", updated_at=now)
+                              .execution_options(synchronize_session=False)).rowcount
+            if taken:
+                send(chunk_id, priority or "normal")
+                reaped.append(chunk_id)
+    return reaped
+
+
+def resume_job(store: Store, job_id: str) -> int:
+    """Lift the window and give every unfinished chunk with pending studies another go."""
+    now = utcnow()
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        job.window_lifted = True
+        pending = {i for (i,) in s.execute(select(Study.chunk_index).where(
+            Study.job_id == job_id, Study.state == "pending").distinct()).all()}
+        reopened = 0
+        for chunk in s.scalars(select(Chunk).where(Chunk.job_id == job_id)):
+            if chunk.index in pending and chunk.state in ("failed", "cancelled", "waiting"):
+                chunk.state, chunk.attempts, chunk.error, chunk.finished_at = "waiting", 0, None, None
+                reopened += 1
+        if reopened and State(job.state).ended:
+            job.state, job.finished_at, job.error, job.cancel_requested = State.RUNNING.value, None, None, False
+        return reopened
+
+
+def study_counts(store: Store, job_id: str) -> dict[str, int]:
+    with store.session() as s:
+        return dict(s.execute(select(Study.state, func.count()).where(Study.job_id == job_id)
+                              .group_by(Study.state)).all())
+
+
+def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = None) -> Iterator[Study]:
+    """Every study of a job in order, streamed in batches (for CSV export)."""
+    last = 0
+    while True:
+        with store.session() as s:
+            query = select(Study).where(Study.job_id == job_id, Study.id > last)
+            if states:
+                query = query.where(Study.state.in_(states))
+            rows = list(s.scalars(query.order_by(Study.id).limit(BATCH)))
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
+
+
+def cancel_chunks(s, job: Job, now: datetime) -> None:
+    """Waiting and queued chunks end now; running ones stop at their next batch."""
+    for chunk in s.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.state.in_(["waiting", "queued"]))):
+        chunk.state, chunk.finished_at = State.CANCELLED.value, now
+    _close_job(s, job, now)
