@@ -122,3 +122,86 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int) -> Non
     out["speedup"] = round(out["1_worker_s"] / out["2_worker_s"], 2)
     click.echo(json.dumps({"seeds": seeds, "images": images, "image_size": image_size, "epochs": epochs, **out},
                           indent=2))
+
+
+def _untrained_checkpoint(path: Path, image_size: int) -> Path:
+    """A member checkpoint in best.pt's format with random weights (throughput does not care)."""
+    import common
+    from common.landmarks.checkpoint import save_atomic
+    from common.landmarks.model import build_model
+    from common.specs import EnsembleSpec
+
+    spec = EnsembleSpec(image_size=image_size)
+    save_atomic({"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "seed": 0, "epoch": 0,
+                 "val_loss": 1.0, "val_error_px": None, "code_version": common.__version__}, path)
+    return path
+
+
+def _wait_ready(log_dir: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not all((log_dir / f"cpu{i}.log").exists() and " ready." in (log_dir / f"cpu{i}.log").read_text()
+                  for i in range(n)):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"workers not ready after {timeout:.0f}s; see {log_dir}")
+        time.sleep(0.2)
+
+
+@bench.command("infer")
+@click.option("--images", default=2000, show_default=True)
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--chunk", default=256, show_default=True)
+@click.option("--loader-workers", default=1, show_default=True)
+@click.option("--plan-files", default=100_000, show_default=True, help="files in the planning-memory archive")
+def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loader_workers: int,
+                plan_files: int) -> None:
+    """End-to-end `medq submit infer` images/s vs a bare PyTorch loop; 1 vs 2 workers; the
+    submitter's peak memory while planning a large archive."""
+    import resource
+
+    from common.inference.bench import bare_inference_throughput
+    from common.landmarks.synth import synth_chest
+    from common.settings import load_settings
+    from common.store import open_store
+    from scheduler.infer_plan import submit_infer
+    from scheduler.local import local_workers, wait_for_job
+
+    root = Path(tempfile.mkdtemp(prefix="medq-bench-infer-"))
+    synth_chest(root / "data", n=images, seed=2)
+    archive = root / "data" / "images"
+    checkpoint = _untrained_checkpoint(root / "best.pt", image_size)
+    out: dict = {"images": images, "image_size": image_size, "batch_size": batch_size, "chunk": chunk}
+    big = root / "big"
+    for i in range(plan_files):
+        sub = big / f"{i // 1000:03d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True)
+        (sub / f"{i:06d}.png").touch()
+    env = {**os.environ, "MEDQ_HOME": str(root / "plan-home"), "MEDQ_BROKER_URL": ""}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "scheduler", "submit", "infer", "--archive", str(big), "--model",
+                           str(checkpoint), "--window", "00:00-00:01"], env=env, capture_output=True, text=True)
+    out["plan_files"] = plan_files
+    out["plan_seconds"] = round(time.perf_counter() - start, 1)
+    out["plan_exit_code"] = done.returncode
+    # Measured before any worker process exists: RUSAGE_CHILDREN is the largest waited-for child.
+    out["plan_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    out["bare_images_per_s"] = round(bare_inference_throughput([checkpoint], sorted(archive.glob("*.png")),
+                                                               batch_size), 2)
+    for n_workers in (1, 2):
+        env = {"MEDQ_HOME": str(root / f"home{n_workers}")}
+        settings = load_settings({**os.environ, **env})
+        logs = root / f"logs{n_workers}"
+        with local_workers(n_workers, logs, env):
+            _wait_ready(logs, n_workers)
+            start = time.perf_counter()
+            job_id, _, _ = submit_infer(settings, archive, str(checkpoint), chunk=chunk, batch_size=batch_size,
+                                        loader_workers=loader_workers)
+            job = wait_for_job(open_store(settings), job_id, timeout=3600, poll=0.2)
+            seconds = time.perf_counter() - start
+        out[f"{n_workers}_worker_images_per_s"] = round(images / seconds, 2)
+        out[f"{n_workers}_worker_state"] = job["state"]
+    out["ratio_1_worker_vs_bare"] = round(out["1_worker_images_per_s"] / out["bare_images_per_s"], 3)
+    out["scaling_2_vs_1_workers"] = round(out["2_worker_images_per_s"] / out["1_worker_images_per_s"], 2)
+
+    click.echo(json.dumps(out, indent=2))

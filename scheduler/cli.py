@@ -112,6 +112,66 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
         sys.exit(_wait_and_report(job_id))
 
 
+@submit.command("infer")
+@click.option("--archive", required=True, type=click.Path(path_type=Path),
+              help="a folder tree, .zip or .tar[.gz] of DICOM, PNG and JPEG files")
+@click.option("--model", required=True, help="an ensemble job id or a checkpoint file")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="write overlay PNGs here")
+@click.option("--chunk", default=256, show_default=True, help="studies per task")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
+@click.option("--aggregation", type=click.Choice(["mean", "median"]), default="mean", show_default=True)
+@click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--loader-workers", default=2, show_default=True, help="decoding processes per worker")
+@click.option("--skip-done", is_flag=True, help="skip files an earlier job did with the same archive and model")
+@click.option("--wait", is_flag=True, help="follow progress until the job ends")
+def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
+                     loader_workers, skip_done, wait) -> None:
+    """Landmarks for every study of an archive, with the failures listed."""
+    from scheduler.infer_plan import submit_infer
+
+    job_id, n_studies, n_chunks = submit_infer(
+        load_settings(), archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
+        priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
+        out_dir=str(out_dir.resolve()) if out_dir else None)
+    click.echo(job_id)
+    click.echo(f"{n_studies} files in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
+    if wait:
+        from scheduler.render import console
+        from scheduler.watch import watch_job
+
+        state = watch_job(_store(), job_id, console(stderr=True))
+        _print_infer_summary(_store(), job_id)
+        sys.exit(0 if state == "succeeded" else 1)
+
+
+def _print_infer_summary(store, job_id: str) -> None:
+    from common.store.views import infer_view
+    from scheduler.infer_views import summary_lines
+
+    for line in summary_lines(infer_view(store, job_id)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("job")
+def resume(job) -> None:
+    """Run an inference job's remaining studies now (lifting its window), retrying failed chunks."""
+    from datetime import datetime
+
+    from common.store import inference
+    from tasks.app import app
+    from tasks.send import send_chunk
+
+    store = _store()
+    job_id = _resolve(store, job)
+    reopened = inference.resume_job(store, job_id)
+    sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
+                                     job_id=job_id)
+    click.echo(f"job {job_id}: {reopened} chunk(s) reopened, {sent} queued")
+
+
 def _wait_and_report(job_id: str) -> int:
     from scheduler.render import console, print_results
     from scheduler.watch import watch_job
@@ -139,6 +199,15 @@ def status(job, as_json, limit) -> None:
         view = find_job(store, job)
         if view is None:
             raise click.ClickException(f"no job {job!r}")
+        if view["kind"] == "infer":
+            from common.store.views import infer_view
+
+            view = infer_view(store, view["job_id"])
+            if as_json:
+                click.echo(json.dumps(view, indent=2))
+            else:
+                _print_infer_summary(store, view["job_id"])
+            return
         if as_json:
             click.echo(json.dumps(view, indent=2))
             return
@@ -172,12 +241,29 @@ def watch(job) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def results(job, as_json) -> None:
-    """Per-seed and ensemble metrics on the held-out test split."""
+@click.option("--csv", "as_csv", is_flag=True, help="inference: one row per study")
+@click.option("--failed", is_flag=True, help="inference: each failed or skipped study with its reason")
+def results(job, as_json, as_csv, failed) -> None:
+    """Metrics of a training job; per-study records of an inference job."""
     from common.store.views import job_results
 
     store = _store()
-    view = job_results(store, _resolve(store, job))
+    job_id = _resolve(store, job)
+    view = job_results(store, job_id)
+    if view["kind"] == "infer":
+        from common.store.inference import iter_studies
+        from scheduler.infer_views import write_csv
+
+        if as_csv or failed:
+            write_csv(sys.stdout, iter_studies(store, job_id, ("failed", "skipped") if failed else None))
+        elif as_json:
+            from common.store.views import infer_view
+
+            click.echo(json.dumps(infer_view(store, job_id), indent=2))
+        else:
+            _print_infer_summary(store, job_id)
+            click.echo(f"per-study rows: medq results {job_id} --csv; failures: medq results {job_id} --failed")
+        return
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
@@ -239,9 +325,9 @@ def flower(ctx) -> None:
 @main.command()
 @click.option("--seeds", default=3, show_default=True)
 @click.option("--workers", "n_workers", default=2, show_default=True)
-@click.option("--images", default=150, show_default=True)
-@click.option("--epochs", default=15, show_default=True)
-@click.option("--image-size", default=128, show_default=True)
+@click.option("--images", default=300, show_default=True)
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--image-size", default=96, show_default=True)
 def demo(seeds, n_workers, images, epochs, image_size) -> None:
     """Synthetic data, local workers, a small ensemble, the metrics table; then stop."""
     from scheduler.demo import run_demo

@@ -27,13 +27,13 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
     plan["seeds"] = seeds
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, EnsembleSpec.kind, spec.to_dict(), plan, seeds, spec.total_epochs)
-    from tasks import names
     from tasks.app import app_for
+    from tasks.send import send_member
 
     app = app_for(settings)
     try:
         for member_id in member_ids:
-            app.send_task(names.TRAIN_MEMBER, args=[member_id])
+            send_member(app, member_id)
     except Exception as exc:
         jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
         raise

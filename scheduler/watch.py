@@ -7,7 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.store.views import find_job
+from common.store.views import find_job, infer_view
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
@@ -36,6 +36,8 @@ def watch_job(store, job_id: str, console: Console, interval: float = 1.0) -> st
         bars: dict[int, int] = {}
         while True:
             job = find_job(store, job_id)
+            if job["kind"] == "infer":
+                _infer_bar(store, job_id, progress, bars)
             for m in job["members"]:
                 if m["seed"] not in bars:
                     bars[m["seed"]] = progress.add_task(_label(m), total=1.0)
@@ -43,3 +45,15 @@ def watch_job(store, job_id: str, console: Console, interval: float = 1.0) -> st
             if job["state"] in ENDED:
                 return job["state"]
             time.sleep(interval)
+
+
+def _infer_bar(store, job_id: str, progress: Progress, bars: dict[int, int]) -> None:
+    view = infer_view(store, job_id)
+    s = view["studies"]
+    total = max(1, s["total"])
+    text = f"{s['done']} done, {s['failed']} failed, {s['skipped']} skipped, {s['remaining']} left"
+    if view["studies_per_s"]:
+        text += f" ({view['studies_per_s']:.1f}/s)"
+    if -1 not in bars:
+        bars[-1] = progress.add_task(text, total=total)
+    progress.update(bars[-1], completed=total - s["remaining"], total=total, description=text)

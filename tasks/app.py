@@ -14,7 +14,7 @@ def make_app(settings=None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.medq_settings = settings
     # Task modules: imported by workers, never by the CLI (it sends by name).
-    app.conf.imports = ("tasks.landmarks", "tasks.bench")
+    app.conf.imports = ("tasks.landmarks", "tasks.infer", "tasks.bench")
     return app
 
 

@@ -30,6 +30,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # wait, so a healthy run is never delivered twice. A dead worker is found sooner by
         # the lease reaper (workers/reaper.py), not by this timeout.
         transport_options["visibility_timeout"] = settings.visibility_timeout
+        # Take queues in the order each worker lists them (urgent inference first), not
+        # round robin: the priority of inference jobs is a choice of queue.
+        transport_options["queue_order_strategy"] = "priority"
     return {
         "broker_url": url,
         "broker_transport_options": transport_options,

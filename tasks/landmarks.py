@@ -12,6 +12,7 @@ from common.store import jobs
 from tasks import names
 from tasks.app import app
 from tasks.runtime import MemberRun, outcome_fields
+from tasks.send import send_evaluation
 
 log = logging.getLogger("medq.worker")
 TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
@@ -82,7 +83,7 @@ def evaluate_ensemble(self, job_id: str) -> str:
 
 def _dispatch_evaluation(job_id: str, needed: bool) -> None:
     if needed:
-        app.send_task(names.EVALUATE_ENSEMBLE, args=[job_id])
+        send_evaluation(app, job_id)
 
 
 def _release_memory() -> None:

@@ -12,3 +12,12 @@ CPU_QUEUE = "cpu"
 def device_queue(host: str, index: int, kind: str = "gpu") -> str:
     """A queue only one worker consumes: ``gpu.<host>.<index>``."""
     return f"{kind}.{host}.{index}"
+
+INFER_CHUNK = "medq.infer_chunk"
+INFER_QUEUES = {"high": "infer.high", "normal": "infer.normal", "low": "infer.low"}
+
+
+def consume_order(own: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The order a worker takes its queues in (strict on Redis): urgent inference, then
+    training and normal inference, then low-priority inference when nothing else waits."""
+    return (INFER_QUEUES["high"], *own, GPU_QUEUE, INFER_QUEUES["normal"], INFER_QUEUES["low"])

@@ -29,7 +29,7 @@ def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queue
     for index in gpus:
         plans.append(WorkerPlan(
             label=f"gpu{index}",
-            queues=(names.GPU_QUEUE, names.device_queue(host, index), *extra_queues),
+            queues=(*names.consume_order((names.device_queue(host, index),)), *extra_queues),
             nodename=f"gpu{index}-{tag}@{host}",
             env={"CUDA_VISIBLE_DEVICES": str(index), "MEDQ_DEVICE": "cuda:0", "MEDQ_WORKER_LABEL": f"gpu{index}"},
         ))
@@ -37,7 +37,7 @@ def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queue
     for index in range(cpu):
         plans.append(WorkerPlan(
             label=f"cpu{index}",
-            queues=(names.GPU_QUEUE, names.CPU_QUEUE, names.device_queue(host, index, "cpu"), *extra_queues),
+            queues=(*names.consume_order((names.device_queue(host, index, "cpu"), names.CPU_QUEUE)), *extra_queues),
             nodename=f"cpu{index}-{tag}@{host}",
             env={"CUDA_VISIBLE_DEVICES": "", "MEDQ_DEVICE": "cpu", "MEDQ_WORKER_LABEL": f"cpu{index}",
                  "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},

@@ -79,3 +79,39 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
                 for subject, metrics in sorted(by_subject.items()) if subject.startswith("ensemble-")
             ],
         }
+
+
+def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
+    """An inference job: done / failed / skipped / remaining, chunks, throughput, time left."""
+    from sqlalchemy import func
+
+    from common.store.models import Chunk, Study, utcnow
+
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        studies = dict(s.execute(select(Study.state, func.count()).where(Study.job_id == job_id)
+                                 .group_by(Study.state)).all())
+        chunks = dict(s.execute(select(Chunk.state, func.count()).where(Chunk.job_id == job_id)
+                                .group_by(Chunk.state)).all())
+        ran = s.execute(select(func.count(), func.min(Study.updated_at), func.max(Study.updated_at)).where(
+            Study.job_id == job_id, Study.chunk_index >= 0, Study.state != "pending")).one()
+        flagged = s.scalar(select(func.count()).where(Study.job_id == job_id, Study.qc_flag.is_(True)))
+        view = job_view(job, with_members=False)
+    remaining = studies.get("pending", 0)
+    throughput = None
+    if ran[0] and job.started_at:
+        end = ran[2] if remaining == 0 else utcnow()
+        seconds = max((end - job.started_at).total_seconds(), 1e-3)
+        throughput = ran[0] / seconds
+    view.update({
+        "priority": job.priority, "window": job.window, "window_lifted": job.window_lifted,
+        "studies": {"total": sum(studies.values()), "done": studies.get("done", 0),
+                    "failed": studies.get("failed", 0), "skipped": studies.get("skipped", 0),
+                    "remaining": remaining, "review": flagged},
+        "chunks": chunks,
+        "studies_per_s": throughput,
+        "eta_s": remaining / throughput if throughput and remaining and job.state == "running" else None,
+    })
+    return view

@@ -1,0 +1,65 @@
+"""Planning a bulk inference job: check the model and archive, stream the archive into study
+rows and chunks, and queue the chunks whose window is open. Nothing is enqueued for a missing
+archive or an unknown model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from common.errors import SpecError
+from common.inference.archive import open_archive
+from common.inference.types import Entry
+from common.settings import Settings
+from common.specs import InferSpec
+from common.store import open_store
+from common.store import inference as store_ops
+from common.store.jobs import fail_job, new_job_id
+from common.store.views import job_results
+
+
+def resolve_model(store, model: str) -> tuple[list[str], str | None]:
+    """A checkpoint file, or an ensemble job id: the best checkpoints of its members that succeeded."""
+    path = Path(model)
+    if path.is_file():
+        return [str(path.resolve())], None
+    view = job_results(store, model)
+    if view is None:
+        raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor an ensemble job id")
+    if view["kind"] != "ensemble":
+        raise SpecError(f"job {model} is a {view['kind']} job, not an ensemble")
+    checkpoints = [m["checkpoint"] for m in view["members"] if m["state"] == "succeeded" and m["checkpoint"]]
+    if not checkpoints:
+        raise SpecError(f"ensemble job {model} has no member that succeeded")
+    missing = [c for c in checkpoints if not Path(c).is_file()]
+    if missing:
+        raise SpecError(f"ensemble job {model}: checkpoint file(s) missing on this host: {', '.join(missing)}")
+    return checkpoints, view["job_id"]
+
+
+def submit_infer(settings: Settings, archive_path: Path, model: str, **options) -> tuple[str, int, int]:
+    """Returns (job id, studies, chunks)."""
+    store = open_store(settings)
+    archive = open_archive(archive_path)  # DataError for a missing path or unknown kind
+    checkpoints, model_job = resolve_model(store, model)
+    spec = InferSpec(archive=str(archive_path.resolve()), checkpoints=tuple(checkpoints), model_job=model_job,
+                     **options)
+    job_id = new_job_id()
+    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind}, spec.priority,
+                               spec.window)
+    done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
+                      if spec.skip_done else None)
+    studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)
+               else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in archive.entries())
+    try:
+        n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere)
+        from tasks.app import app_for
+        from tasks.send import send_chunk
+
+        app = app_for(settings)
+        store_ops.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
+                                  job_id=job_id)
+    except Exception as exc:
+        fail_job(store, job_id, f"could not plan or enqueue: {type(exc).__name__}: {exc}")
+        raise
+    return job_id, n_studies, n_chunks

@@ -1,0 +1,59 @@
+"""Output of inference jobs: the per-study CSV, the failure list, the progress summary."""
+
+from __future__ import annotations
+
+import csv
+from typing import IO, Iterable
+
+from common.landmarks.schema import N_LANDMARKS
+
+CSV_FIELDS = (
+    ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
+     "review", "review_reasons"]
+    + [f"{axis}{i}" for i in range(1, N_LANDMARKS + 1) for axis in ("x", "y")]
+    + [f"{axis}{i}_mm" for i in range(1, N_LANDMARKS + 1) for axis in ("x", "y")]
+    + [f"spread{i}_px" for i in range(1, N_LANDMARKS + 1)]
+)
+
+
+def study_csv_row(study) -> list:
+    result = study.result or {}
+    px = result.get("landmarks_px") or [[None, None]] * N_LANDMARKS
+    mm = result.get("landmarks_mm") or [[None, None]] * N_LANDMARKS
+    spread = result.get("spread_px") or [None] * N_LANDMARKS
+    fmt = lambda v: "" if v is None else (round(v, 2) if isinstance(v, float) else v)  # noqa: E731
+    return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
+             study.series_uid or "", study.sop_uid or "", study.source_format or "", fmt(study.width),
+             fmt(study.height), "" if study.qc_flag is None else int(study.qc_flag),
+             "; ".join(result.get("qc_reasons") or [])]
+            + [fmt(v) for point in px for v in point] + [fmt(v) for point in mm for v in point]
+            + [fmt(v) for v in spread])
+
+
+def write_csv(out: IO[str], studies: Iterable) -> int:
+    writer = csv.writer(out)
+    writer.writerow(CSV_FIELDS)
+    n = 0
+    for study in studies:
+        writer.writerow(study_csv_row(study))
+        n += 1
+    return n
+
+
+def summary_lines(view: dict) -> list[str]:
+    s = view["studies"]
+    lines = [f"job {view['job_id']} (infer, priority {view['priority']}"
+             + (f", window {view['window']}" + (" lifted" if view["window_lifted"] else "") if view["window"] else "")
+             + f"): {view['state']}",
+             f"studies: {s['total']} total, {s['done']} done, {s['failed']} failed, {s['skipped']} skipped, "
+             f"{s['remaining']} remaining; {s['review']} flagged for review",
+             "chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(view["chunks"].items()))]
+    if view["studies_per_s"]:
+        line = f"throughput: {view['studies_per_s']:.1f} studies/s"
+        if view["eta_s"] is not None:
+            minutes, seconds = divmod(int(view["eta_s"]), 60)
+            line += f", about {minutes}m{seconds:02d}s left"
+        lines.append(line)
+    if view["error"]:
+        lines.append(f"error: {view['error']}")
+    return lines

@@ -1,0 +1,89 @@
+"""The thin task of bulk inference: one chunk of an archive through the trained model."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from common.errors import JobError
+from common.store import open_store
+from common.store import inference as store_ops
+from common.store.jobs import cancel_requested
+from tasks import names
+from tasks.app import app
+from tasks.runtime import Heartbeat
+
+log = logging.getLogger("medq.worker")
+_PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
+
+
+@app.task(name=names.INFER_CHUNK, bind=True)
+def infer_chunk(self, chunk_id: int) -> str:
+    settings = app.conf.medq_settings
+    store = open_store(settings)
+    owner = uuid.uuid4().hex
+    claim = store_ops.claim_chunk(store, chunk_id, owner, self.request.hostname or settings.worker_label,
+                                  settings.device, settings.lease_seconds, settings.max_attempts,
+                                  datetime.now().time())
+    if not claim.run:
+        return f"skipped: {claim.reason}"
+    from common.inference.archive import open_archive
+    from common.specs import InferSpec
+
+    spec = InferSpec.from_dict(claim.spec)
+    beat = Heartbeat(settings, f"chunk {chunk_id}",
+                     renew=lambda: store_ops.renew_chunk_lease(store, chunk_id, owner, settings.lease_seconds),
+                     cancelled=lambda: cancel_requested(store, claim.job_id))
+    with beat:
+        try:
+            from common.inference.predict import run_chunk
+
+            items = store_ops.pending_studies(store, claim.job_id, claim.index)
+            overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
+            stats = run_chunk(items, open_archive(Path(spec.archive)), _predictor(spec), spec.batch_size,
+                              spec.loader_workers, lambda outcomes: store_ops.record_studies(
+                                  store, [study_row(o) for o in outcomes]),
+                              should_stop=beat.should_stop, overlay_dir=overlays)
+        except JobError as exc:
+            store_ops.finish_chunk(store, chunk_id, owner, "failed", str(exc))
+            return "failed"
+        except Exception as exc:
+            log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
+            store_ops.finish_chunk(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
+            return "failed"
+    if beat.lease_lost.is_set():
+        return "stood down: lease lost"
+    state = "cancelled" if beat.cancelled.is_set() else "succeeded"
+    store_ops.finish_chunk(store, chunk_id, owner, state)
+    log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f images/s", claim.index, claim.job_id,
+             stats.done, stats.failed, stats.skipped, stats.images_per_s)
+    return state
+
+
+def _predictor(spec):
+    from common.inference.predict import LandmarkPredictor
+
+    key = (spec.checkpoints, spec.aggregation, spec.tta)
+    if key not in _PREDICTOR:
+        _PREDICTOR.clear()
+        _PREDICTOR[key] = LandmarkPredictor.from_checkpoints([Path(p) for p in spec.checkpoints],
+                                                             aggregation=spec.aggregation,
+                                                             tta=None if spec.tta == "none" else spec.tta)
+    return _PREDICTOR[key]
+
+
+def study_row(outcome) -> dict:
+    """A StudyOutcome as the columns of its study row."""
+    r = outcome.to_record()
+    uids = r.get("uids") or {}
+    size = r.get("image_size") or (None, None)
+    result = None
+    if r["state"] == "done":
+        result = {key: r.get(key) for key in ("landmarks_px", "landmarks_mm", "spread_px", "qc_reasons")}
+    return {"study_id": r["study_id"], "state": r["state"], "reason": r.get("reason"),
+            "study_uid": uids.get("StudyInstanceUID"), "series_uid": uids.get("SeriesInstanceUID"),
+            "sop_uid": uids.get("SOPInstanceUID"), "source_format": r.get("source_format"),
+            "width": size[0], "height": size[1], "result": result,
+            "qc_flag": r.get("qc_flag") if r["state"] == "done" else None}

@@ -1,0 +1,17 @@
+"""Sending work by task name: the submitter, the reaper and the workers all go through here."""
+
+from __future__ import annotations
+
+from tasks import names
+
+
+def send_member(app, member_id: int) -> None:
+    app.send_task(names.TRAIN_MEMBER, args=[member_id])
+
+
+def send_evaluation(app, job_id: str) -> None:
+    app.send_task(names.EVALUATE_ENSEMBLE, args=[job_id])
+
+
+def send_chunk(app, chunk_id: int, priority: str) -> None:
+    app.send_task(names.INFER_CHUNK, args=[chunk_id], queue=names.INFER_QUEUES[priority])
