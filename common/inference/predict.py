@@ -290,8 +290,9 @@ def run_chunk(
             if batch.good:
                 sizes = np.array([item.size for item in batch.good], dtype=np.float64)
                 landmarks, spread = predictor.predict(batch.images, sizes)
-                outcomes += [(item.position, _done(item, landmarks[k], spread[k], spread_limit_fraction, overlay_dir))
-                             for k, item in enumerate(batch.good)]
+                for k, item in enumerate(batch.good):
+                    outcome = _done(item, landmarks[k], spread[k], spread_limit_fraction, overlay_dir)
+                    outcomes.append((item.position, outcome))
             ordered = [outcome for _, outcome in sorted(outcomes, key=lambda pair: pair[0])]
             on_results(ordered)
             for outcome in ordered:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 import common
 from common.errors import SpecError
 from common.inference import predict as predict_module
+from common.inference.archive import open_archive
 from common.inference.bench import bare_inference_throughput
 from common.inference.outcome import StudyOutcome
 from common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_overlay
@@ -167,26 +170,28 @@ def test_members_trained_at_different_sizes_are_refused(members, tmp_path):
 # --- one chunk of studies ----------------------------------------------------------------------
 
 
-class FolderArchive:
-    """The part of common.inference.archive.Archive that run_chunk uses; reading in the test's
-    own process is refused, to prove the loader workers do it."""
+class WorkerOnlyReads:
+    """An archive whose ``read`` refuses to run in the test's own process: it proves that the
+    DataLoader worker processes read (and so decode) the studies."""
 
-    def __init__(self, root: Path, main_pid: int | None = None):
-        self.root, self.main_pid = root, main_pid
+    def __init__(self, archive, main_pid: int):
+        self.archive, self.main_pid = archive, main_pid
 
     def read(self, path: str) -> bytes:
-        if self.main_pid is not None and os.getpid() == self.main_pid:
+        if os.getpid() == self.main_pid:
             raise RuntimeError("read in the main process")
-        return (self.root / path).read_bytes()
+        return self.archive.read(path)
 
 
 @pytest.fixture(scope="module")
 def study_folder(tmp_path_factory) -> tuple[Path, list[tuple[int, str]]]:
-    """6 synthetic radiographs (one enlarged 2x to 598 px), a zero-byte file and a text file."""
+    """6 synthetic radiographs (one enlarged 2x to 598 px), a zero-byte file and a text file,
+    in folders named after (fictitious) patients."""
     root = tmp_path_factory.mktemp("archive")
-    synth_chest(root / "synth", 5, seed=1)
+    synth = tmp_path_factory.mktemp("synth")
+    synth_chest(synth, 5, seed=1)
     names = []
-    for k, png in enumerate(sorted((root / "synth" / "images").glob("*.png"))):
+    for k, png in enumerate(sorted((synth / "images").glob("*.png"))):
         name = f"Patient Doe {k}/image.png"
         (root / name).parent.mkdir(parents=True)
         (root / name).write_bytes(png.read_bytes())
@@ -198,15 +203,20 @@ def study_folder(tmp_path_factory) -> tuple[Path, list[tuple[int, str]]]:
     (root / "Patient Empty.png").write_bytes(b"")
     (root / "Patient Notes.png").write_text("not an image at all\n")
     names += ["Patient Empty.png", "Patient Notes.png"]
-    items = [(100 + k, name) for k, name in enumerate(names)]
-    return root, items
+    return root, [(100 + k, name) for k, name in enumerate(names)]
 
 
-def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(predictor, study_folder, tmp_path):
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(predictor, study_folder, tmp_path, kind):
     root, items = study_folder
+    if kind == "zip":
+        with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:
+            for _, name in items:
+                zf.write(root / name, name)
+    archive = open_archive(root if kind == "folder" else tmp_path / "export.zip")
     calls: list[list[StudyOutcome]] = []
-    stats = run_chunk(items, FolderArchive(root, main_pid=os.getpid()), predictor, batch_size=3,
-                      loader_workers=2, on_results=calls.append, overlay_dir=tmp_path / "overlays")
+    stats = run_chunk(items, WorkerOnlyReads(archive, os.getpid()), predictor, batch_size=3, loader_workers=2,
+                      on_results=calls.append, overlay_dir=tmp_path / "overlays")
 
     assert [len(call) for call in calls] == [3, 3, 2]
     outcomes = [o for call in calls for o in call]
@@ -222,36 +232,47 @@ def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(predictor, 
         with Image.open(overlay_path(tmp_path / "overlays", o.study_id)) as overlay:
             assert overlay.mode == "RGB" and overlay.size == o.image_size
     assert done[5].image_size == (598, 598) and done[0].image_size == (299, 299)
-    # the 2x-enlarged copy of the first study: landmarks about twice as far from the origin
-    np.testing.assert_allclose(done[5].landmarks_px, 2 * np.asarray(done[0].landmarks_px), atol=3.0)
-    failed = outcomes[6:]
-    assert [o.state for o in failed] == ["failed", "failed"]
-    for o in failed:
-        assert o.reason and "Patient" not in o.reason and o.landmarks_px is None
+    # the 2x-enlarged copy of the first study: landmarks twice as far from the origin
+    np.testing.assert_allclose(done[5].landmarks_px, 2 * np.asarray(done[0].landmarks_px), atol=1.0)
+    empty, text = outcomes[6:]
+    assert (empty.state, text.state) == ("failed", "failed")
+    assert "empty" in empty.reason and "unrecognised" in text.reason
+    assert all("Patient" not in o.reason and o.landmarks_px is None for o in (empty, text))
     json.dumps([o.to_record() for o in outcomes])  # every record is JSON
 
 
-def test_chunk_converts_to_millimetres_with_the_images_spacing(predictor, study_folder, monkeypatch):
+def test_chunk_gives_millimetres_and_uids_of_a_dicom_study(predictor, tmp_path):
+    """CT_small.dcm (pydicom's fixture), saved without an extension: 0.661468 mm/px both ways."""
+    (tmp_path / "Patient Scan").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    outcomes: list[StudyOutcome] = []
+    run_chunk([(7, "Patient Scan")], open_archive(tmp_path), predictor, 4, 0, outcomes.extend)
+    (o,) = outcomes
+    assert (o.state, o.source_format, o.image_size) == ("done", "dicom", (128, 128))
+    assert o.uids["StudyInstanceUID"] == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+    np.testing.assert_allclose(o.landmarks_mm, np.asarray(o.landmarks_px) * 0.661468, rtol=1e-6)
+
+
+def test_chunk_multiplies_x_by_the_column_and_y_by_the_row_spacing(predictor, study_folder, monkeypatch):
     """Spacing (row, column) = (0.5, 0.25) mm/px: x mm = x px * 0.25, y mm = y px * 0.5."""
     root, items = study_folder
     real_decode = predict_module.decode_image
 
     def with_spacing(data: bytes) -> DecodedImage:
-        decoded = real_decode(data)
-        return DecodedImage(decoded.pixels, "dicom", (0.5, 0.25), {"StudyInstanceUID": "1.2.3"}, "CR")
+        return DecodedImage(real_decode(data).pixels, "dicom", (0.5, 0.25), {"StudyInstanceUID": "1.2.3"}, "CR")
 
     monkeypatch.setattr(predict_module, "decode_image", with_spacing)
     outcomes: list[StudyOutcome] = []
-    run_chunk(items[:2], FolderArchive(root), predictor, 2, 0, outcomes.extend)
+    run_chunk(items[:2], open_archive(root), predictor, 2, 0, outcomes.extend)
+    assert len(outcomes) == 2
     for o in outcomes:
-        np.testing.assert_allclose(o.landmarks_mm, np.asarray(o.landmarks_px) * [0.25, 0.5], rtol=1e-6)
+        np.testing.assert_allclose(o.landmarks_mm, np.asarray(o.landmarks_px) * [0.25, 0.5], rtol=1e-12)
         assert o.uids == {"StudyInstanceUID": "1.2.3"} and o.source_format == "dicom"
 
 
 def test_a_stop_request_ends_the_chunk_between_batches(predictor, study_folder):
     root, items = study_folder
     calls: list[list[StudyOutcome]] = []
-    stats = run_chunk(items, FolderArchive(root), predictor, batch_size=3, loader_workers=0,
+    stats = run_chunk(items, open_archive(root), predictor, batch_size=3, loader_workers=0,
                       on_results=calls.append, should_stop=lambda: len(calls) >= 1)
     assert len(calls) == 1 and stats.stopped and stats.done + stats.failed == 3
 
@@ -263,7 +284,6 @@ def test_bare_inference_loop_measures_images_per_second(members, study_folder):
 
 
 # --- quality control ---------------------------------------------------------------------------
-
 
 def test_no_real_annotated_shape_is_flagged():
     shapes, _ = real_shapes()
