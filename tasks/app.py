@@ -26,3 +26,18 @@ def app_for(settings) -> Celery:
     if settings == app.conf.medq_settings:
         return app
     return make_app(settings)
+
+
+def _allow_loader_processes(**_) -> None:
+    """Celery's pool processes are marked daemonic, and a daemonic process may not start
+    children; inference decodes studies in DataLoader worker processes. The pool child is
+    the one process that runs tasks, so it is safe to lift the mark there (the loader's
+    workers watch their parent and exit with it)."""
+    import multiprocessing
+
+    multiprocessing.current_process()._config["daemon"] = False
+
+
+from celery.signals import worker_process_init  # noqa: E402
+
+worker_process_init.connect(_allow_loader_processes, weak=False)

@@ -169,8 +169,8 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             started_at=chunk.started_at or now, updated_at=now).execution_options(synchronize_session=False)).rowcount
         if taken != 1:
             return ChunkClaim(False, "another worker took it first")
-        if job.state == State.QUEUED.value:
-            job.state, job.started_at = State.RUNNING.value, now
+        if job.state == State.QUEUED.value or job.started_at is None:
+            job.state, job.started_at = State.RUNNING.value, job.started_at or now
         return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
 
 
@@ -265,8 +265,11 @@ def resume_job(store: Store, job_id: str) -> int:
             if chunk.index in pending and chunk.state in ("failed", "cancelled", "waiting"):
                 chunk.state, chunk.attempts, chunk.error, chunk.finished_at = "waiting", 0, None, None
                 reopened += 1
-        if reopened and State(job.state).ended:
-            job.state, job.finished_at, job.error, job.cancel_requested = State.RUNNING.value, None, None, False
+        if reopened:
+            job.started_at = None  # throughput and time left count from the restart
+            if State(job.state).ended:
+                job.state, job.finished_at, job.error = State.QUEUED.value, None, None
+                job.cancel_requested = False
         return reopened
 
 

@@ -95,8 +95,10 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
                                  .group_by(Study.state)).all())
         chunks = dict(s.execute(select(Chunk.state, func.count()).where(Chunk.job_id == job_id)
                                 .group_by(Chunk.state)).all())
+        since = job.started_at or job.created_at  # a resumed job counts from its restart
         ran = s.execute(select(func.count(), func.min(Study.updated_at), func.max(Study.updated_at)).where(
-            Study.job_id == job_id, Study.chunk_index >= 0, Study.state != "pending")).one()
+            Study.job_id == job_id, Study.chunk_index >= 0, Study.state != "pending",
+            Study.updated_at >= since)).one()
         flagged = s.scalar(select(func.count()).where(Study.job_id == job_id, Study.qc_flag.is_(True)))
         view = job_view(job, with_members=False)
     remaining = studies.get("pending", 0)

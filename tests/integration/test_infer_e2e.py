@@ -1,0 +1,166 @@
+"""Bulk inference end to end: the real CLI, a real redis-server, real worker processes, and the
+real DICOM files that ship with pydicom and pydicom-data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Cluster, ended
+
+pytestmark = pytest.mark.integration
+PATIENT_NAMED = "DOE_JOHN_1961.dcm"  # a file name that carries a patient's name
+
+
+def _good_pngs(tmp: Path, n: int) -> list[Path]:
+    from common.landmarks.synth import synth_chest
+
+    synth_chest(tmp / "synth", n=n, seed=5)
+    return sorted((tmp / "synth" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from scheduler.bench import _untrained_checkpoint
+
+    return _untrained_checkpoint(tmp_path_factory.mktemp("model") / "best.pt", 64)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """12 synthetic PNGs in nested folders, real DICOMs, and every kind of bad file."""
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    tmp = tmp_path_factory.mktemp("archive")
+    root = tmp / "export"
+    for i, png in enumerate(_good_pngs(tmp, 12)):
+        folder = root / f"ward{i % 3}" / "day1"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, folder / png.name)
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), root / PATIENT_NAMED)
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct_without_extension")
+    data = (root / "ward0" / "day1").iterdir().__next__().read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "zero.png").write_bytes(b"")
+    (root / "notes.dcm").write_text("not an image")
+    Image.new("L", (1, 1)).save(root / "tiny.png")
+    (root / "outside").symlink_to("/etc/hostname")
+    return root
+
+
+BAD = {"truncated.png": "truncated or corrupt", "zero.png": "empty file", "notes.dcm": "unrecognised file format",
+       "tiny.png": "too small", "outside": "outside the archive"}
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_url):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
+    yield c
+    c.stop()
+
+
+def _csv(cluster, job_id, *flags) -> list[dict]:
+    out = cluster.medq("results", job_id, *flags)
+    assert out.returncode == 0, out.stderr
+    return list(csv.DictReader(io.StringIO(out.stdout)))
+
+
+def test_every_study_gets_one_record_and_every_failure_its_reason(cluster, archive, checkpoint, tmp_path):
+    cluster.start_workers(2, "a")
+    done = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(checkpoint), "--chunk", "5",
+                        "--batch-size", "4", "--out", str(tmp_path / "out"), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()
+    job_id = done.stdout.splitlines()[0]
+
+    rows = _csv(cluster, job_id, "--csv")
+    files = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file() or p.is_symlink())
+    assert sorted(r["path"] for r in rows) == files  # one record per file, none twice
+    by_path = {r["path"]: r for r in rows}
+    for name, reason in BAD.items():
+        assert by_path[name]["state"] == "failed" and reason in by_path[name]["reason"], by_path[name]
+    good = [r for r in rows if r["path"] not in BAD]
+    assert {r["state"] for r in good} == {"done"}
+    assert all(r["x15"] and r["y15"] and r["spread15_px"] for r in good)
+
+    cr = by_path[PATIENT_NAMED]
+    assert cr["format"] == "dicom" and cr["study_uid"].startswith("1.") and cr["sop_uid"]
+    ct = by_path["ct_without_extension"]
+    assert ct["x1_mm"] and float(ct["x1_mm"]) == pytest.approx(float(ct["x1"]) * 0.661468, rel=1e-3)
+
+    failed = _csv(cluster, job_id, "--failed")
+    assert sorted(r["path"] for r in failed) == sorted(BAD)
+    status = cluster.status(job_id)
+    assert status["studies"]["done"] == len(good) and status["studies"]["failed"] == len(BAD)
+    assert status["studies"]["remaining"] == 0 and status["studies_per_s"] > 0
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == len(good)
+    # No patient data in any log: file names are never written there.
+    assert "DOE_JOHN" not in cluster.logs()
+
+
+def test_a_missing_archive_or_an_unknown_model_is_refused_before_anything_is_enqueued(cluster, archive,
+                                                                                      checkpoint):
+    missing = cluster.medq("submit", "infer", "--archive", str(archive / "nope"), "--model", str(checkpoint))
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    unknown = cluster.medq("submit", "infer", "--archive", str(archive), "--model", "0123456789ab")
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+    assert json.loads(cluster.medq("status", "--json").stdout) == []
+
+
+def test_a_killed_worker_loses_no_study_and_duplicates_none(cluster, checkpoint, tmp_path):
+    archive = tmp_path / "many"
+    archive.mkdir()
+    for png in _good_pngs(tmp_path, 120):
+        shutil.copy(png, archive / png.name)
+    first = cluster.start_workers(1, "first")
+    done = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(checkpoint), "--chunk", "40",
+                        "--batch-size", "2", "--loader-workers", "0")
+    job_id = done.stdout.splitlines()[0]
+    cluster.wait(job_id, lambda v: v["studies"]["done"] >= 10, poll=0.2)
+    cluster.kill(first)
+    before = cluster.status(job_id)["studies"]["done"]
+    assert before < 120, "the job ended before the kill; make it bigger"
+    cluster.start_workers(1, "second")
+    view = cluster.wait(job_id, ended, timeout=240)
+    assert view["state"] == "succeeded" and view["studies"]["done"] == 120, cluster.logs()
+    rows = _csv(cluster, job_id, "--csv")
+    assert len(rows) == 120 and len({r["path"] for r in rows}) == 120
+
+
+def test_a_window_holds_the_job_until_resume_and_skip_done_processes_only_new_files(cluster, checkpoint,
+                                                                                    tmp_path):
+    archive = tmp_path / "nightly"
+    archive.mkdir()
+    for png in _good_pngs(tmp_path, 6):
+        shutil.copy(png, archive / png.name)
+    cluster.start_workers(1, "a")
+    later = datetime.now() + timedelta(hours=3)
+    window = f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}"
+    done = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(checkpoint), "--chunk", "4",
+                        "--window", window)
+    job_id = done.stdout.splitlines()[0]
+    time.sleep(4)
+    view = cluster.status(job_id)
+    assert view["studies"]["remaining"] == 6 and view["chunks"] == {"waiting": 2}
+    assert "queued" in cluster.medq("resume", job_id).stdout
+    assert cluster.wait(job_id, ended, timeout=120)["studies"]["done"] == 6
+
+    for png in _good_pngs(tmp_path / "more", 2):
+        shutil.copy(png, archive / f"new-{png.name}")
+    again = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(checkpoint), "--skip-done",
+                         "--wait")
+    assert again.returncode == 0, again.stderr
+    rows = _csv(cluster, again.stdout.splitlines()[0], "--csv")
+    assert sorted(r["state"] for r in rows) == ["done"] * 2 + ["skipped"] * 6
+    assert all(r["path"].startswith("new-") for r in rows if r["state"] == "done")
+    assert all(job_id in r["reason"] for r in rows if r["state"] == "skipped")
