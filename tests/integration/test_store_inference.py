@@ -1,0 +1,116 @@
+"""The inference half of the store's contract, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import time
+
+import pytest
+
+from common.store import inference as ops
+from common.store import jobs
+from common.store.views import infer_view
+from tests.integration.test_store_contract import store  # noqa: F401  (the parametrised fixture)
+
+OPEN, CLOSED = time(23, 0), time(12, 0)
+WINDOW = "22:00-06:00"
+
+
+def _job(store, n=10, chunk=4, window=None, job_id="job000000001"):
+    ops.create_infer_job(store, job_id, {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", window)
+    studies = [ops.PlannedStudy(f"p{i}.png") for i in range(n)] + [ops.PlannedStudy("x", "failed", "empty file")]
+    return job_id, ops.add_studies(store, job_id, iter(studies), chunk)
+
+
+def _chunk_ids(store, job_id):
+    from sqlalchemy import select
+
+    from common.store.models import Chunk
+
+    with store.session() as s:
+        return list(s.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.index)))
+
+
+def test_planning_numbers_chunks_and_records_refused_files(store):
+    job_id, (n_studies, n_chunks) = _job(store)
+    assert (n_studies, n_chunks) == (11, 3)
+    assert ops.study_counts(store, job_id) == {"pending": 10, "failed": 1}
+    assert [len(ops.pending_studies(store, job_id, i)) for i in range(3)] == [4, 4, 2]
+
+
+def test_the_window_holds_chunks_and_resume_lifts_it(store):
+    job_id, _ = _job(store, window=WINDOW)
+    sent = []
+    assert ops.dispatch_chunks(store, CLOSED, lambda c, p: sent.append((c, p))) == 0
+    assert ops.dispatch_chunks(store, OPEN, lambda c, p: sent.append((c, p))) == 3
+    assert {p for _, p in sent} == {"normal"}
+    # The window closed before a queued chunk started: it waits for the next night.
+    claim = ops.claim_chunk(store, sent[0][0], "o", "w", "cpu", 60, 3, CLOSED)
+    assert not claim.run and "window" in claim.reason
+    assert infer_view(store, job_id)["chunks"] == {"waiting": 1, "queued": 2}
+    ops.resume_job(store, job_id)
+    assert ops.claim_chunk(store, sent[0][0], "o", "w", "cpu", 60, 3, CLOSED).run
+
+
+def test_a_redelivered_chunk_does_only_what_is_left_and_writes_nothing_twice(store):
+    job_id, _ = _job(store)
+    first = _chunk_ids(store, job_id)[0]
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None)
+    assert ops.claim_chunk(store, first, "dead", "w1", "cpu", -1, 3, OPEN).run
+    items = ops.pending_studies(store, job_id, 0)
+    ops.record_studies(store, [{"study_id": sid, "state": "done", "result": {"landmarks_px": []}}
+                               for sid, _ in items[:2]])
+    assert ops.reap_lapsed_chunks(store, lambda c, p: None) == [first]
+    assert ops.claim_chunk(store, first, "alive", "w2", "cpu", 60, 3, OPEN).run
+    left = ops.pending_studies(store, job_id, 0)
+    assert left == items[2:]
+    # A late write from the dead attempt does not overwrite what is done.
+    assert ops.record_studies(store, [{"study_id": items[0][0], "state": "failed", "reason": "late"}]) == 0
+
+
+def test_the_job_ends_when_its_chunks_end_and_resume_retries_a_failed_chunk(store):
+    job_id, _ = _job(store, n=4, chunk=2)
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None)
+    a, b = _chunk_ids(store, job_id)
+    for chunk, state in ((a, "succeeded"), (b, "failed")):
+        assert ops.claim_chunk(store, chunk, f"o{chunk}", "w", "cpu", 60, 3, OPEN).run
+        if state == "succeeded":
+            ops.record_studies(store, [{"study_id": s, "state": "done"} for s, _ in ops.pending_studies(store, job_id, 0)])
+        ops.finish_chunk(store, chunk, f"o{chunk}", state, "disk error" if state == "failed" else None)
+    view = infer_view(store, job_id)
+    assert view["state"] == "failed" and "resume" in view["error"]
+    assert ops.resume_job(store, job_id) == 1
+    assert infer_view(store, job_id)["state"] == "queued"
+
+
+def test_cancel_ends_waiting_chunks(store):
+    job_id, _ = _job(store, window=WINDOW)
+    jobs.request_cancel(store, job_id)
+    view = infer_view(store, job_id)
+    assert view["state"] == "cancelled" and view["chunks"] == {"cancelled": 3}
+
+
+def test_skip_done_marks_files_an_earlier_job_did(store):
+    job_id, _ = _job(store, n=3)
+    ops.record_studies(store, [{"study_id": s, "state": "done"} for s, _ in ops.pending_studies(store, job_id, 0)][:2])
+    ops.create_infer_job(store, "job000000002", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
+    lookup = ops.done_by_earlier_jobs(store, "/a", ["/m"], "job000000002")
+    total, chunks = ops.add_studies(store, "job000000002", iter([ops.PlannedStudy(f"p{i}.png") for i in range(4)]),
+                                    10, lookup)
+    assert (total, chunks) == (4, 1)
+    assert ops.study_counts(store, "job000000002") == {"skipped": 2, "pending": 2}
+
+
+def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store, tmp_path):
+    from common.errors import SpecError
+    from scheduler.infer_plan import resolve_model
+
+    job_id, (m0, m1) = jobs.create_job(store, "ensemble", {}, {"data_dir": "/d"}, [0, 1])
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"x")
+    for member, owner, state in ((m0, "a", jobs.State.SUCCEEDED), (m1, "b", jobs.State.FAILED)):
+        jobs.claim_member(store, member, owner, "w", "cpu", 60, 3)
+        jobs.finish_member(store, member, owner, state, artifacts={f"seed-{0 if member == m0 else 1}/best": str(best)})
+    assert resolve_model(store, job_id) == ([str(best)], job_id)
+    assert resolve_model(store, str(best)) == ([str(best.resolve())], None)
+    with pytest.raises(SpecError, match="neither a checkpoint file nor an ensemble job"):
+        resolve_model(store, "feedfeedfeed")
