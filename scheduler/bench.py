@@ -146,6 +146,17 @@ def _wait_ready(log_dir: Path, n: int, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+# Runs `medq ...` and prints the process's own peak resident memory (VmHWM, reset at exec, so
+# the forking parent's memory is not counted) on standard error at exit.
+_PEAK_RSS_WRAPPER = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]))\n"
+    "sys.argv = ['medq', *sys.argv[1:]]\n"
+    "from scheduler.cli import main\n"
+    "main()\n"
+)
+
+
 @bench.command("infer")
 @click.option("--images", default=2000, show_default=True)
 @click.option("--image-size", default=224, show_default=True)
@@ -157,8 +168,6 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
                 plan_files: int) -> None:
     """End-to-end `medq submit infer` images/s vs a bare PyTorch loop; 1 vs 2 workers; the
     submitter's peak memory while planning a large archive."""
-    import resource
-
     from common.inference.bench import bare_inference_throughput
     from common.landmarks.synth import synth_chest
     from common.settings import load_settings
@@ -179,13 +188,14 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
         (sub / f"{i:06d}.png").touch()
     env = {**os.environ, "MEDQ_HOME": str(root / "plan-home"), "MEDQ_BROKER_URL": ""}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "scheduler", "submit", "infer", "--archive", str(big), "--model",
-                           str(checkpoint), "--window", "00:00-00:01"], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, "submit", "infer", "--archive", str(big),
+                           "--model", str(checkpoint), "--window", "00:00-00:01"],
+                          env=env, capture_output=True, text=True)
     out["plan_files"] = plan_files
     out["plan_seconds"] = round(time.perf_counter() - start, 1)
     out["plan_exit_code"] = done.returncode
-    # Measured before any worker process exists: RUSAGE_CHILDREN is the largest waited-for child.
-    out["plan_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    peak = [line for line in done.stderr.splitlines() if line.startswith("VmHWM:")]
+    out["plan_peak_rss_mib"] = round(int(peak[-1].split()[1]) / 1024, 1) if peak else None
     out["bare_images_per_s"] = round(bare_inference_throughput([checkpoint], sorted(archive.glob("*.png")),
                                                                batch_size), 2)
     for n_workers in (1, 2):

@@ -28,7 +28,7 @@ def app_for(settings) -> Celery:
     return make_app(settings)
 
 
-def _allow_loader_processes(**_) -> None:
+def _prepare_pool_process(**_) -> None:
     """Celery's pool processes are marked daemonic, and a daemonic process may not start
     children; inference decodes studies in DataLoader worker processes. The pool child is
     the one process that runs tasks, so it is safe to lift the mark there (the loader's
@@ -36,8 +36,12 @@ def _allow_loader_processes(**_) -> None:
     import multiprocessing
 
     multiprocessing.current_process()._config["daemon"] = False
+    # Import the engines once per pool process, at start-up rather than inside the first task
+    # (importing torch does not initialise CUDA; the parent still never imports it).
+    import common.inference.predict  # noqa: F401
+    import common.landmarks.train  # noqa: F401
 
 
 from celery.signals import worker_process_init  # noqa: E402
 
-worker_process_init.connect(_allow_loader_processes, weak=False)
+worker_process_init.connect(_prepare_pool_process, weak=False)

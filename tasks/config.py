@@ -52,6 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
+        # A pool process imports torch and the engines at start (tasks/app.py): give it time.
+        "worker_proc_alive_timeout": 120,
         "task_default_queue": names.GPU_QUEUE,
         "task_routes": ROUTES,
         "task_create_missing_queues": True,

@@ -1,5 +1,7 @@
-"""Finds members whose worker died (lease lapsed) and re-enqueues them within about a minute,
-instead of waiting hours for Redis's visibility timeout. Safe to run in every launcher."""
+"""The launcher's periodic round: re-enqueue members and chunks whose worker died (lease lapsed)
+within about a minute instead of waiting hours for Redis's visibility timeout, send lost
+evaluations again, and queue inference chunks whose window has opened. Safe to run in every
+launcher: each row is taken with a guarded update."""
 
 from __future__ import annotations
 
