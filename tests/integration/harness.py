@@ -64,7 +64,7 @@ class Cluster:
     def stop(self) -> None:
         for proc in self.launchers:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)  # the launcher stops its workers warmly
         for proc in self.launchers:
             try:
                 proc.wait(timeout=60)
