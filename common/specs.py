@@ -106,7 +106,7 @@ class InferSpec:
     tta: str = "none"
     chunk: int = 256  # studies per task
     batch_size: int = 32
-    loader_workers: int = 2  # decoding processes per worker
+    loader_workers: int | None = None  # decoding processes per worker; None: loader_processes()
     priority: str = "normal"
     window: str | None = None
     out_dir: str | None = None  # overlays are written here when set
@@ -127,6 +127,8 @@ class InferSpec:
         for name in ("chunk", "batch_size"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise SpecError(f"loader_workers must be 0 or more, got {self.loader_workers}")
         if not self.checkpoints:
             raise SpecError("no model checkpoints to run")
 

@@ -38,7 +38,8 @@ from common.landmarks.schema import N_LANDMARKS, flip_permutation
 from common.landmarks.train import pick_device
 from common.registry import Registry
 
-__all__ = ["LandmarkPredictor", "run_chunk", "overlay_path", "TTAS", "StudyOutcome", "ChunkStats"]
+__all__ = ["LandmarkPredictor", "run_chunk", "overlay_path", "loader_processes", "TTAS", "StudyOutcome",
+           "ChunkStats"]
 
 _FLIP_PERMUTATION = flip_permutation()
 
@@ -121,6 +122,8 @@ class LandmarkPredictor:
         if sizes.shape != (batch.shape[0], 2):
             raise ValueError(f"expected sizes of shape ({batch.shape[0]}, 2) (width, height), got {sizes.shape}")
         images = batch.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:  # decoded images travel as bytes; scaled on the device
+            images = images.float().div_(255.0)
         if self.use_amp:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -130,7 +133,7 @@ class LandmarkPredictor:
     def predict(self, batch: torch.Tensor, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (B, 15, 2) and spread (B, 15), both in pixels of each ORIGINAL image.
 
-        batch: (B, 1, S, S) float grey in [0, 1] at the members' image_size S; sizes: (B, 2)
+        batch: (B, 1, S, S) grey, float in [0, 1] or uint8, at the members' image_size S; sizes: (B, 2)
         (width, height) of the originals. The members are combined by ``aggregation``; spread is
         the population standard deviation of the members' points about their mean,
         sqrt(mean_m |p_m - mean p|^2) (radial, so sqrt(var_x + var_y)); 0 for one member.
@@ -149,6 +152,18 @@ class LandmarkPredictor:
 
 # --- decoding in DataLoader workers ------------------------------------------------------------
 
+GPU_LOADER_PROCESSES = 2
+
+
+def loader_processes(requested: int | None, device: torch.device) -> int:
+    """Decoding processes for a chunk: as requested, else 2 beside a GPU (which would otherwise
+    wait on PNG/DICOM decoding) and 0 on a CPU device, where the model's own threads already
+    use every core and separate decoders only add copies between processes."""
+    if requested is not None:
+        return requested
+    return GPU_LOADER_PROCESSES if device.type == "cuda" else 0
+
+
 
 @dataclass
 class _Decoded:
@@ -157,7 +172,7 @@ class _Decoded:
 
     position: int
     study_id: int
-    image: torch.Tensor  # (1, S, S) float in [0, 1]
+    image: torch.Tensor  # (1, S, S) uint8: a quarter of float32's bytes between processes
     size: tuple[int, int]  # (width, height) of the original
     spacing_mm: tuple[float, float] | None
     uids: dict[str, str]
@@ -167,7 +182,7 @@ class _Decoded:
 
 @dataclass
 class _Batch:
-    images: torch.Tensor | None  # (B, 1, S, S) of the good items, None when all failed
+    images: torch.Tensor | None  # (B, 1, S, S) uint8 of the good items, None when all failed
     good: list[_Decoded]
     failed: list[tuple[int, StudyOutcome]]  # (position, outcome)
 
@@ -215,7 +230,7 @@ class _StudyImages(Dataset):
         except Exception as exc:  # an unforeseen decoder failure fails this study, not the chunk
             return position, StudyOutcome(study_id, state="failed",
                                           reason=_without_path(f"{type(exc).__name__}: {exc}", path))
-        image = torch.from_numpy(np.ascontiguousarray(resized)).to(torch.float32).div_(255.0).unsqueeze(0)
+        image = torch.from_numpy(np.ascontiguousarray(resized)).unsqueeze(0)
         return _Decoded(position, study_id, image, decoded.size, decoded.spacing_mm, dict(decoded.uids),
                         decoded.source_format, pixels if self.keep_pixels else None)
 
@@ -256,7 +271,7 @@ def run_chunk(
     archive: Any,
     predictor: LandmarkPredictor,
     batch_size: int,
-    loader_workers: int,
+    loader_workers: int | None,
     on_results: Callable[[list[StudyOutcome]], None],
     should_stop: Callable[[], bool] = lambda: False,
     overlay_dir: Path | None = None,
@@ -265,7 +280,7 @@ def run_chunk(
     """Predict every (study id, archive path) of ``items``; return the chunk's counts.
 
     ``archive.read(path) -> bytes`` and ``decode_image`` run inside ``loader_workers`` DataLoader
-    worker processes (0: in this process). A study that cannot be read or decoded becomes a
+    worker processes (0: in this process; None: ``loader_processes``). A study that cannot be read or decoded becomes a
     "failed" (or "skipped") outcome with a reason free of its path; the chunk goes on.
     ``on_results`` gets each batch's outcomes in item order, once per batch; ``should_stop()``
     is asked before each batch, and True ends the chunk (``stopped``) with the rest unseen.
@@ -274,7 +289,7 @@ def run_chunk(
     if batch_size < 1:
         raise SpecError(f"batch_size must be at least 1, got {batch_size}")
     dataset = _StudyImages(items, archive, predictor.image_size, keep_pixels=overlay_dir is not None)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=max(0, loader_workers),
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_processes(loader_workers, predictor.device),
                         collate_fn=_collate, pin_memory=predictor.device.type == "cuda",
                         persistent_workers=False)
     counts = {"done": 0, "failed": 0, "skipped": 0}

@@ -48,18 +48,20 @@ def predict(
     images_dir: Path,
     image_size: int,
     images: dict[str, np.ndarray] | None = None,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Landmarks (N, 15, 2) in pixels of each ORIGINAL image, in the order of ``records``.
 
     Images are resized to ``image_size`` (the model's training size), predicted without
     augmentation, and mapped back by each image's width and height. ``images`` may pass
-    already decoded greyscale images (stem -> array) to skip decoding.
+    already decoded greyscale images (stem -> array) to skip decoding. ``device`` defaults to
+    the worker's (``pick_device``); the model is moved there.
     """
     if isinstance(model_or_checkpoint, torch.nn.Module):
         model = model_or_checkpoint
     else:
         model, _ = load_member(Path(model_or_checkpoint))
-    device = pick_device()
+    device = torch.device(device) if device is not None else pick_device()
     model = model.to(device).eval()
     if images is None:
         images = preload_images(images_dir, [record.stem for record in records])

@@ -117,7 +117,7 @@ def test_aggregations_on_hand_computed_members(three_constant, how, expected_x):
     """Members at x = 20, 30, 70 px of a 100-px image: mean 40, median 30, and weights
     1/loss = 1, 1, 0.5 -> 0.4, 0.4, 0.2 give 8 + 12 + 14 = 34. Spread: deviations -20, -10, 30
     -> sqrt((400 + 100 + 900) / 3) = 21.602 px."""
-    ensemble = LandmarkPredictor.from_checkpoints(three_constant, aggregation=how)
+    ensemble = LandmarkPredictor.from_checkpoints(three_constant, aggregation=how, device="cpu")
     landmarks, spread = ensemble.predict(torch.rand(1, 1, S, S), np.array([[100, 80]]))
     np.testing.assert_allclose(landmarks[0], at(expected_x, 40.0), atol=1e-4)
     np.testing.assert_allclose(spread[0], np.sqrt(1400 / 3), atol=1e-4)
@@ -131,9 +131,11 @@ def test_flip_test_unflips_x_and_swaps_the_pairs_back(tmp_path):
     k = np.arange(N_LANDMARKS)
     points = np.column_stack([0.1 + 0.05 * k, 0.1 + 0.04 * k])
     path = constant_member(tmp_path / "m.pt", points)
-    plain = LandmarkPredictor.from_checkpoints([path]).predict(torch.rand(1, 1, S, S), np.array([[S, S]]))[0][0]
-    flipped = LandmarkPredictor.from_checkpoints([path], tta="flip").predict(torch.rand(1, 1, S, S),
-                                                                              np.array([[S, S]]))[0][0]
+    on_cpu = {"device": "cpu"}  # hand-computed float32 values; tests/gpu compares CUDA with these
+    plain = LandmarkPredictor.from_checkpoints([path], **on_cpu).predict(torch.rand(1, 1, S, S),
+                                                                         np.array([[S, S]]))[0][0]
+    flipped = LandmarkPredictor.from_checkpoints([path], tta="flip", **on_cpu).predict(torch.rand(1, 1, S, S),
+                                                                                        np.array([[S, S]]))[0][0]
     np.testing.assert_allclose(plain[2], [12.8, 11.52], atol=1e-4)
     np.testing.assert_allclose(flipped[2], [29.9, 12.8], atol=1e-4)
     np.testing.assert_allclose(flipped[3], [33.1, 12.8], atol=1e-4)
@@ -343,3 +345,11 @@ def test_overlay_marks_each_landmark_red_when_flagged_else_green(tmp_path, flagg
     for x, y in np.rint(MEAN_SHAPE).astype(int):
         assert tuple(rgb[y, x]) == colour
     assert tuple(rgb[5, 5]) == (90, 90, 90)  # away from the drawing the radiograph shows through
+
+
+def test_loader_processes_decode_beside_a_gpu_and_inline_on_a_cpu():
+    from common.inference.predict import loader_processes
+
+    assert loader_processes(None, torch.device("cuda", 0)) == 2
+    assert loader_processes(None, torch.device("cpu")) == 0
+    assert loader_processes(3, torch.device("cpu")) == 3  # an explicit choice wins

@@ -1,0 +1,57 @@
+"""CUDA-only checks of bulk inference: float16 autocast + channels_last on the GPU agrees with
+float32 on the CPU, and a chunk decodes in loader processes beside the GPU. Skipped without one."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    import common
+    from common.landmarks.checkpoint import save_atomic
+    from common.landmarks.model import build_model
+    from common.specs import EnsembleSpec
+
+    spec = EnsembleSpec(image_size=128)
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        path = tmp_path_factory.mktemp(f"seed{seed}") / "best.pt"
+        save_atomic({"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "seed": seed, "epoch": 1,
+                     "val_loss": 0.01, "val_error_px": 1.0, "code_version": common.__version__}, path)
+        paths.append(path)
+    return paths
+
+
+def test_mixed_precision_landmarks_agree_with_float32_on_the_cpu(members):
+    from common.inference.predict import LandmarkPredictor
+
+    images = torch.rand(8, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    sizes = np.full((8, 2), 2000.0)  # a 2000-px radiograph magnifies any error 15x over 128 px
+    gpu = LandmarkPredictor.from_checkpoints(members)
+    cpu = LandmarkPredictor.from_checkpoints(members, device="cpu")
+    assert gpu.device.type == "cuda" and gpu.use_amp
+    gpu_landmarks, gpu_spread = gpu.predict(images, sizes)
+    cpu_landmarks, cpu_spread = cpu.predict(images, sizes)
+    assert np.abs(gpu_landmarks - cpu_landmarks).max() < 1.0  # px of the 2000-px original
+    assert np.abs(gpu_spread - cpu_spread).max() < 1.0
+
+
+def test_a_chunk_decodes_in_loader_processes_and_predicts_on_the_gpu(members, tmp_path):
+    from common.inference.archive import open_archive
+    from common.inference.predict import LandmarkPredictor, run_chunk
+    from common.landmarks.synth import synth_chest
+
+    synth_chest(tmp_path / "data", n=12, seed=3)
+    (tmp_path / "data" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    paths = sorted(p.name for p in (tmp_path / "data" / "images").iterdir())
+    records = []
+    stats = run_chunk(list(enumerate(paths)), open_archive(tmp_path / "data" / "images"),
+                      LandmarkPredictor.from_checkpoints(members), batch_size=5, loader_workers=None,
+                      on_results=records.extend)
+    assert (stats.done, stats.failed) == (12, 1)
+    assert [r.study_id for r in records] == list(range(13))
+    assert all(np.isfinite(np.asarray(r.landmarks_px)).all() for r in records if r.state == "done")
