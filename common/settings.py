@@ -32,6 +32,8 @@ class Settings:
     lease_seconds: int = 60  # a running member's lease, renewed by its heartbeat
     reaper_interval: float = 10.0  # how often a worker launcher looks for lapsed leases
     max_attempts: int = 3  # redelivery cap per member: a poison job cannot loop
+    # A row queued this long while its queue is empty was lost by the broker: it is sent again.
+    resend_after: float = 60.0
     progress_interval: float = 2.0  # seconds between progress writes to the store
     cancel_check_interval: float = 3.0  # seconds between cancellation checks
     worker_max_tasks_per_child: int = 0  # 0: no limit (models are released at task end)

@@ -252,6 +252,22 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
     return reaped
 
 
+def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
+                         send: Callable[[int, str], None]) -> list[int]:
+    """Chunks of ``priority`` queued since before ``older_than`` are sent again (the caller has seen
+    their queue empty: the broker lost the messages). A duplicate is harmless: the claim guards."""
+    now = utcnow()
+    with store.session() as s:
+        ids = list(s.scalars(select(Chunk.id).join(Job, Job.id == Chunk.job_id).where(
+            Chunk.state == "queued", Job.priority == priority, Job.cancel_requested.is_(False),
+            Chunk.updated_at < older_than)))
+        for chunk_id in ids:
+            s.execute(update(Chunk).where(Chunk.id == chunk_id).values(updated_at=now)
+                      .execution_options(synchronize_session=False))
+            send(chunk_id, priority)
+        return ids
+
+
 def resume_job(store: Store, job_id: str) -> int:
     """Lift the window and give every unfinished chunk with pending studies another go."""
     now = utcnow()

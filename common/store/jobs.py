@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from common.store.db import Store
 from common.store.models import ENDED, Artifact, Attempt, EvalState, Job, Member, Result, State, utcnow
@@ -320,6 +320,22 @@ def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapse
                 send(member_id)
                 reaped.append(Lapsed(member_id, job_id, seed, worker))
     return reaped
+
+
+def resend_queued_members(store: Store, older_than: datetime, send: Callable[[int], None]) -> list[int]:
+    """Members queued since before ``older_than`` are sent again (the caller has seen their queue
+    empty, so the broker lost their messages, e.g. a Redis restart without persistence). A
+    duplicate message is harmless: the claim lets only one run. ``send`` runs in the transaction."""
+    now = utcnow()
+    with store.session() as s:
+        ids = list(s.scalars(select(Member.id).join(Job, Job.id == Member.job_id).where(
+            Member.state == State.QUEUED.value, Job.cancel_requested.is_(False),
+            or_(Member.updated_at.is_(None), Member.updated_at < older_than))))
+        for member_id in ids:
+            s.execute(update(Member).where(Member.id == member_id).values(updated_at=now)
+                      .execution_options(synchronize_session=False))
+            send(member_id)
+        return ids
 
 
 def redispatch_evaluations(store: Store, send: Callable[[str], None]) -> list[str]:

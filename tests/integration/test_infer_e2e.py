@@ -164,3 +164,67 @@ def test_a_window_holds_the_job_until_resume_and_skip_done_processes_only_new_fi
     assert sorted(r["state"] for r in rows) == ["done"] * 2 + ["skipped"] * 6
     assert all(r["path"].startswith("new-") for r in rows if r["state"] == "done")
     assert all(job_id in r["reason"] for r in rows if r["state"] == "skipped")
+
+
+def test_a_broker_killed_mid_job_loses_no_study_and_duplicates_none(redis_server, checkpoint, tmp_path):
+    """Redis is SIGKILLed while chunks wait in its queues and restarted empty (no persistence):
+    the launcher sees the queues empty while the store says chunks are queued, sends them again,
+    and every study ends done exactly once."""
+    archive = tmp_path / "many"
+    archive.mkdir()
+    for png in _good_pngs(tmp_path, 90):
+        shutil.copy(png, archive / png.name)
+    cluster = Cluster(tmp_path / "home", broker_url=f"{redis_server.url}/0", resend_after="3")
+    try:
+        cluster.start_workers(1, "a")
+        done = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(checkpoint), "--chunk",
+                            "15", "--batch-size", "3")
+        job_id = done.stdout.splitlines()[0]
+        cluster.wait(job_id, lambda v: v["studies"]["done"] >= 5, poll=0.2)
+        redis_server.kill()
+        before = cluster.status(job_id)
+        assert before["studies"]["done"] < 90 and before["chunks"].get("queued", 0) >= 2, before
+        redis_server.start()  # same port, every queue empty
+        view = cluster.wait(job_id, ended, timeout=240)
+        assert view["state"] == "succeeded" and view["studies"]["done"] == 90, cluster.logs()
+        rows = _csv(cluster, job_id, "--csv")
+        assert len(rows) == 90 and len({r["path"] for r in rows}) == 90
+        assert "not on the broker; sent again" in cluster.logs()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_zip_or_tar_archive_is_read_in_place_and_an_unsafe_name_fails_alone(cluster, checkpoint, tmp_path, kind):
+    """PNGs in folders, a DICOM without an extension and a `../` entry, packed as one archive:
+    every entry gets one record, the unsafe one fails with its reason, nothing is unpacked."""
+    import tarfile
+    import zipfile
+
+    from pydicom.data import get_testdata_file
+
+    pngs = _good_pngs(tmp_path, 4)
+    entries = {f"scans/day{i % 2}/{p.name}": p.read_bytes() for i, p in enumerate(pngs)}
+    entries["scans/ct_small"] = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    entries["../escape.png"] = pngs[0].read_bytes()
+    path = tmp_path / f"export.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in entries.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz") as tf:
+            for name, data in entries.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    cluster.start_workers(1, "a")
+    done = cluster.medq("submit", "infer", "--archive", str(path), "--model", str(checkpoint), "--chunk", "2",
+                        "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr  # failed studies are listed, the job goes on
+    rows = {r["path"]: r for r in _csv(cluster, done.stdout.splitlines()[0], "--csv")}
+    assert sorted(rows) == sorted(entries)
+    assert rows["../escape.png"]["state"] == "failed" and "unsafe name" in rows["../escape.png"]["reason"]
+    assert {rows[name]["state"] for name in entries if name != "../escape.png"} == {"done"}
+    assert rows["scans/ct_small"]["format"] == "dicom" and rows["scans/ct_small"]["x1_mm"]
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "scans").exists()
