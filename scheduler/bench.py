@@ -76,19 +76,25 @@ def bench_queue(redis_url: str, n: int) -> None:
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--steps", default=24, show_default=True, help="measured steps (after warm-up)")
-def bench_train(images: int, image_size: int, batch_size: int, steps: int) -> None:
+@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--loader-workers", default=0, show_default=True, help="DataLoader processes of the member")
+def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: bool, loader_workers: int) -> None:
     """Images/s of one ensemble member vs a bare PyTorch loop, same model, batch and data."""
     from common.landmarks.bench import bare_loop_throughput, member_throughput
     from common.landmarks.synth import synth_chest
+    from common.landmarks.train import pick_device
     from common.specs import EnsembleSpec
 
     data_dir = Path(tempfile.mkdtemp(prefix="medq-bench-")) / "data"
     synth_chest(data_dir, n=images, seed=1)
-    spec = EnsembleSpec(image_size=image_size, batch_size=batch_size, epochs_head=0, epochs=1)
+    spec = EnsembleSpec(image_size=image_size, batch_size=batch_size, epochs_head=0, epochs=1, amp=amp,
+                        loader_workers=loader_workers)
     bare = bare_loop_throughput(spec, data_dir, steps)
     member = member_throughput(spec, data_dir, steps)
-    click.echo(json.dumps({"image_size": image_size, "batch_size": batch_size, "bare_images_per_s": round(bare, 2),
-                           "member_images_per_s": round(member, 2), "ratio": round(member / bare, 3)}, indent=2))
+    click.echo(json.dumps({"device": str(pick_device()), "amp": amp and pick_device().type == "cuda",
+                           "image_size": image_size, "batch_size": batch_size, "loader_workers": loader_workers,
+                           "bare_images_per_s": round(bare, 2), "member_images_per_s": round(member, 2),
+                           "ratio": round(member / bare, 3)}, indent=2))
 
 
 @bench.command("ensemble")
@@ -96,7 +102,8 @@ def bench_train(images: int, image_size: int, batch_size: int, steps: int) -> No
 @click.option("--images", default=80, show_default=True)
 @click.option("--image-size", default=96, show_default=True)
 @click.option("--epochs", default=3, show_default=True)
-def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int) -> None:
+@click.option("--gpus", default="", help="GPU indices (e.g. 0,1): 1 GPU worker vs all of them, instead of 1 vs 2 CPU workers")
+def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: str) -> None:
     """Wall time of an N-seed ensemble on 1 worker vs 2 workers (embedded broker unless set)."""
     from common.landmarks.synth import synth_chest
     from common.settings import load_settings
@@ -110,18 +117,31 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int) -> Non
     synth_chest(data_dir, n=images, seed=1)
     spec = EnsembleSpec(epochs_head=1, epochs=epochs - 1, image_size=image_size, batch_size=16)
     out = {}
-    for n_workers in (1, 2):
+    for n_workers, pool in _pools(gpus):
         env = {"MEDQ_HOME": str(root / f"home{n_workers}")}
         settings = load_settings({**os.environ, **env})
-        with local_workers(n_workers, root / f"logs{n_workers}", env):
+        with local_workers(pool, root / f"logs{n_workers}", env, ready_timeout=300):
             start = time.perf_counter()
             job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
             job = wait_for_job(open_store(settings), job_id, timeout=3600)
             out[f"{n_workers}_worker_s"] = round(time.perf_counter() - start, 1)
             out[f"{n_workers}_worker_state"] = job["state"]
-    out["speedup"] = round(out["1_worker_s"] / out["2_worker_s"], 2)
+    if len(out) > 2:
+        n = max(n for n, _ in _pools(gpus))
+        out[f"speedup_{n}_vs_1_workers"] = round(out["1_worker_s"] / out[f"{n}_worker_s"], 2)
     click.echo(json.dumps({"seeds": seeds, "images": images, "image_size": image_size, "epochs": epochs, **out},
                           indent=2))
+
+
+def _pools(gpus: str) -> list[tuple[int, "LocalPool"]]:
+    """The worker sets a bench compares: 1 vs 2 CPU workers, or 1 GPU vs every GPU listed."""
+    from scheduler.local import LocalPool
+
+    indices = tuple(int(g) for g in gpus.split(",") if g.strip())
+    if not indices:
+        return [(1, LocalPool(cpu=1)), (2, LocalPool(cpu=2))]
+    pools = [(1, LocalPool(gpus=indices[:1]))]
+    return pools + [(len(indices), LocalPool(gpus=indices))] if len(indices) > 1 else pools
 
 
 def _untrained_checkpoint(path: Path, image_size: int) -> Path:
@@ -135,15 +155,6 @@ def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     save_atomic({"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "seed": 0, "epoch": 0,
                  "val_loss": 1.0, "val_error_px": None, "code_version": common.__version__}, path)
     return path
-
-
-def _wait_ready(log_dir: Path, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not all((log_dir / f"cpu{i}.log").exists() and " ready." in (log_dir / f"cpu{i}.log").read_text()
-                  for i in range(n)):
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"workers not ready after {timeout:.0f}s; see {log_dir}")
-        time.sleep(0.2)
 
 
 # Runs `medq ...` and prints the process's own peak resident memory (VmHWM, reset at exec, so
@@ -162,10 +173,12 @@ _PEAK_RSS_WRAPPER = (
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--chunk", default=256, show_default=True)
-@click.option("--loader-workers", default=1, show_default=True)
+@click.option("--loader-workers", type=click.IntRange(min=0), default=None,
+              help="decoding processes per worker  [default: as `medq submit infer`]")
 @click.option("--plan-files", default=100_000, show_default=True, help="files in the planning-memory archive")
-def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loader_workers: int,
-                plan_files: int) -> None:
+@click.option("--gpus", default="", help="GPU indices (e.g. 0,1): GPU workers instead of 1 and 2 CPU workers")
+def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loader_workers: int | None,
+                plan_files: int, gpus: str) -> None:
     """End-to-end `medq submit infer` images/s vs a bare PyTorch loop; 1 vs 2 workers; the
     submitter's peak memory while planning a large archive."""
     from common.inference.bench import bare_inference_throughput
@@ -198,12 +211,11 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
     out["plan_peak_rss_mib"] = round(int(peak[-1].split()[1]) / 1024, 1) if peak else None
     out["bare_images_per_s"] = round(bare_inference_throughput([checkpoint], sorted(archive.glob("*.png")),
                                                                batch_size), 2)
-    for n_workers in (1, 2):
+    out["bare_device"] = "cuda" if gpus else "cpu"
+    for n_workers, pool in _pools(gpus):
         env = {"MEDQ_HOME": str(root / f"home{n_workers}")}
         settings = load_settings({**os.environ, **env})
-        logs = root / f"logs{n_workers}"
-        with local_workers(n_workers, logs, env):
-            _wait_ready(logs, n_workers)
+        with local_workers(pool, root / f"logs{n_workers}", env, ready_timeout=300):
             start = time.perf_counter()
             job_id, _, _ = submit_infer(settings, archive, str(checkpoint), chunk=chunk, batch_size=batch_size,
                                         loader_workers=loader_workers)
@@ -212,6 +224,8 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
         out[f"{n_workers}_worker_images_per_s"] = round(images / seconds, 2)
         out[f"{n_workers}_worker_state"] = job["state"]
     out["ratio_1_worker_vs_bare"] = round(out["1_worker_images_per_s"] / out["bare_images_per_s"], 3)
-    out["scaling_2_vs_1_workers"] = round(out["2_worker_images_per_s"] / out["1_worker_images_per_s"], 2)
+    n = max(n for n, _ in _pools(gpus))
+    if n > 1:
+        out[f"scaling_{n}_vs_1_workers"] = round(out[f"{n}_worker_images_per_s"] / out["1_worker_images_per_s"], 2)
 
     click.echo(json.dumps(out, indent=2))

@@ -123,7 +123,8 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
 @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--loader-workers", default=2, show_default=True, help="decoding processes per worker")
+@click.option("--loader-workers", type=click.IntRange(min=0), default=None,
+              help="decoding processes per worker  [default: 2 on a GPU worker, 0 on a CPU worker]")
 @click.option("--skip-done", is_flag=True, help="skip files an earlier job did with the same archive and model")
 @click.option("--wait", is_flag=True, help="follow progress until the job ends")
 def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
@@ -328,11 +329,15 @@ def flower(ctx) -> None:
 @click.option("--images", default=300, show_default=True)
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--image-size", default=96, show_default=True)
-def demo(seeds, n_workers, images, epochs, image_size) -> None:
+@click.option("--gpus", default="", help="GPU indices (e.g. 0,1): one GPU worker each instead of CPU workers")
+def demo(seeds, n_workers, images, epochs, image_size, gpus) -> None:
     """Synthetic data, local workers, a small ensemble, the metrics table; then stop."""
     from scheduler.demo import run_demo
+    from scheduler.local import LocalPool
 
-    sys.exit(run_demo(load_settings(), seeds=seeds, n_workers=n_workers, n_images=images, epochs=epochs,
+    indices = tuple(int(g) for g in gpus.split(",") if g.strip())
+    pool = LocalPool(gpus=indices) if indices else LocalPool(cpu=n_workers)
+    sys.exit(run_demo(load_settings(), seeds=seeds, pool=pool, n_images=images, epochs=epochs,
                       image_size=image_size))
 
 

@@ -9,13 +9,13 @@ from common.settings import Settings
 from common.specs import EnsembleSpec
 from common.store import open_store
 from common.store.views import job_results
-from scheduler.local import local_workers
+from scheduler.local import LocalPool, local_workers
 from scheduler.render import console as make_console, print_results
 from scheduler.submit import submit_ensemble
 from scheduler.watch import watch_job
 
 
-def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epochs: int, image_size: int) -> int:
+def run_demo(settings: Settings, seeds: int, pool: LocalPool, n_images: int, epochs: int, image_size: int) -> int:
     console = make_console()
     for key, value in settings.describe().items():
         console.print(f"[dim]{key}: {value}[/]")
@@ -30,9 +30,9 @@ def run_demo(settings: Settings, seeds: int, n_workers: int, n_images: int, epoc
     spec = EnsembleSpec(epochs_head=1, epochs=max(1, epochs - 1), batch_size=8, image_size=image_size, patience=epochs,
                         lr_head=1e-3, lr_finetune_backbone=1e-3, lr_finetune_head=1e-3)
     started = time.monotonic()
-    with local_workers(n_workers, settings.home / "logs"):
+    with local_workers(pool, settings.home / "logs"):
         job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
-        console.print(f"submitted job [bold]{job_id}[/]: {seeds} seeds on {n_workers} local CPU workers "
+        console.print(f"submitted job [bold]{job_id}[/]: {seeds} seeds on {pool.describe()} "
                       f"(logs in {settings.home / 'logs'})")
         store = open_store(settings)
         state = watch_job(store, job_id, console)

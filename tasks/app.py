@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from common.settings import load_settings
+from tasks import names
 from tasks.config import celery_config
 
 
@@ -40,6 +43,13 @@ def _prepare_pool_process(**_) -> None:
     # (importing torch does not initialise CUDA; the parent still never imports it).
     import common.inference.predict  # noqa: F401
     import common.landmarks.train  # noqa: F401
+
+    settings = load_settings()
+    if settings.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.init()  # the context is made now, not inside the first task
+    logging.getLogger("medq.worker").info("%s on %s", names.POOL_READY, settings.device)
 
 
 from celery.signals import worker_process_init  # noqa: E402

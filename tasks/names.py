@@ -4,6 +4,10 @@ TRAIN_MEMBER = "medq.train_member"
 EVALUATE_ENSEMBLE = "medq.evaluate_ensemble"
 NOOP = "medq.noop"
 
+# The line a pool process logs once it can run tasks at full speed (engines imported, CUDA
+# context made); `medq demo` and `medq bench` wait for it before they start their clocks.
+POOL_READY = "medq pool process ready"
+
 # Queues: the shared accelerator queue, one per device, and CPU-only work.
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"

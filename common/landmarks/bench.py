@@ -14,6 +14,8 @@ The ratio says what the engine costs on top of the model's own arithmetic.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -75,17 +77,21 @@ def bare_loop_throughput(spec: EnsembleSpec, data_dir: Path, steps: int, warmup:
 
 
 def member_throughput(
-    spec: EnsembleSpec, data_dir: Path, seed: int = 0, warmup: int = 3, workdir: Path | None = None
+    spec: EnsembleSpec, data_dir: Path, steps: int, seed: int = 0, warmup: int = 3, workdir: Path | None = None
 ) -> float:
     """Images/s of ``train_member``'s phase-2 steps on ``data_dir`` (split by ``spec.split``).
 
-    The first ``warmup`` phase-2 steps are not timed. Each timed interval runs from one step's
-    progress report to the next within the same epoch, so it holds one full engine step.
-    Run with a spec of few epochs (``epochs_head=0`` is fine); workdir defaults to a temporary
+    The spec's epochs are set so that at least ``steps`` phase-2 steps follow ``warmup`` untimed
+    ones (no head phase). Each timed interval runs from one step's progress report to the next
+    within the same epoch, so it holds one full engine step. workdir defaults to a temporary
     folder (a workdir holding last.pt would resume instead of training).
     """
     records = read_landmark_csv(dataset_paths(data_dir)[0])
     split = make_split(records, spec.split)
+    per_epoch = math.ceil(len(split["train"]) / spec.batch_size)
+    # Timed intervals never span an epoch end: one interval per epoch is lost to the boundary.
+    epochs = math.ceil((steps + warmup) / max(per_epoch - 1, 1))
+    spec = dataclasses.replace(spec, epochs_head=0, epochs=epochs, patience=epochs + 1)
     stamps: list[tuple[float, int, int]] = []  # (time, epoch, step) of phase-2 step reports
     batch_images: list[int] = []
 
