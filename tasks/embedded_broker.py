@@ -6,12 +6,15 @@ URL scheme ``medq+sqlite:///path``; registered with kombu on import of tasks.con
 
 from __future__ import annotations
 
+import fcntl
+
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqla
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 ALIAS = "medq"
 POLLING_INTERVAL = 0.2  # seconds between polls of an empty queue
@@ -19,6 +22,16 @@ BUSY_TIMEOUT_S = 60
 
 
 class Channel(kombu_sqla.Channel):
+    def _get_or_create(self, queue):
+        """kombu guards the queue row's creation with a lock of its own process only: when the
+        submitter and freshly started workers declare a queue at the same moment, all but one
+        insert fails on the unique name. That one's row is the queue."""
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
+
     def _engine_from_config(self):
         url = make_url(self.connection.client.hostname)
         if url.database and url.database != ":memory:":
@@ -32,6 +45,14 @@ class Channel(kombu_sqla.Channel):
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
             cursor.close()
 
+        if url.database and url.database != ":memory:":
+            # kombu creates its tables under a lock of its own process only; on a fresh broker
+            # file the submitter and new workers would race ("table already exists"), and kombu
+            # takes that error for a lost connection. One process at a time creates them here,
+            # so kombu's own create_all finds them.
+            with open(f"{url.database}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                kombu_sqla.metadata.create_all(engine)
         return engine
 
 

@@ -65,3 +65,43 @@ def test_medq_help_is_fast_and_torch_free():
                          capture_output=True, text=True)
     assert out.returncode == 0 and "submit" in out.stdout
     assert "| torch" not in out.stderr
+
+
+def _send_at_once(home: str, barrier, errors) -> None:
+    import os
+
+    os.environ["MEDQ_HOME"] = home
+    os.environ.pop("MEDQ_BROKER_URL", None)
+    from tasks.app import make_app
+    from tasks.send import send_chunk
+
+    app = make_app()
+    barrier.wait()
+    try:
+        send_chunk(app, 1, "normal")
+    except Exception as exc:  # reported to the test, which names it
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_declaring_one_queue_at_once_on_a_fresh_embedded_broker_all_succeed(tmp_path):
+    """`medq demo` on a fresh machine: the submitter and the new workers create the broker's
+    queue rows at the same moment; none of them may fail on the unique queue name."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, errors = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_send_at_once, args=(str(tmp_path), barrier, errors)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert failures == [] and [p.exitcode for p in procs] == [0] * 6
+
+    from tasks.app import make_app
+    from tasks.send import queue_depth
+
+    from common.settings import load_settings
+
+    settings = load_settings({"MEDQ_HOME": str(tmp_path)})
+    assert queue_depth(make_app(settings), "infer.normal") == 6
