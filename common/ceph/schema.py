@@ -1,0 +1,23 @@
+"""The 19 landmarks of the ISBI 2015 cephalometric challenge, and its folder layout.
+
+Lateral cephalograms face the image right; x to the right, y down, pixels of the original.
+"""
+
+from __future__ import annotations
+
+LANDMARKS = (
+    "Sella", "Nasion", "Orbitale", "Porion", "Subspinale", "Supramentale", "Pogonion", "Menton",
+    "Gnathion", "Gonion", "Lower incisal incision", "Upper incisal incision", "Upper lip", "Lower lip",
+    "Subnasale", "Soft tissue pogonion", "Posterior nasal spine", "Anterior nasal spine", "Articulare",
+)
+N_LANDMARKS = len(LANDMARKS)
+(SELLA, NASION, ORBITALE, PORION, SUBSPINALE, SUPRAMENTALE, POGONION, MENTON, GNATHION, GONION, LOWER_INCISOR,
+ UPPER_INCISOR, UPPER_LIP, LOWER_LIP, SUBNASALE, SOFT_POGONION, PNS, ANS, ARTICULARE) = range(N_LANDMARKS)
+
+ISBI_SPACING_MM = 0.1  # every ISBI 2015 image: 1935 x 2400 px at 0.1 mm/px
+ISBI_IMAGE_DIR = "RawImage"
+ISBI_ANNOTATION_DIR = "AnnotationsByMD"
+ISBI_ANNOTATORS = {"senior": "400_senior", "junior": "400_junior"}
+ISBI_TRAIN = "TrainingData"
+ISBI_TESTS = ("Test1Data", "Test2Data")
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
