@@ -17,6 +17,10 @@ LANDMARK_BACKBONES = ("resnet18", "resnet34", "resnet50")
 AGGREGATIONS = ("mean", "median", "weighted")
 TTA_MODES = ("none", "flip")
 PRIORITIES = ("high", "normal", "low")
+HRNET_WIDTHS = ("w18s", "w18", "w32", "w48")
+HEATMAP_REFINEMENTS = ("dark", "quadratic", "none")
+CEPH_FORMATS = ("isbi", "csv")
+CEPH_ANNOTATORS = ("senior", "junior", "mean")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,69 @@ class EnsembleSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class HRNetSpec:
+    """Family 2: HRNet heatmaps for cephalometric landmarks (DESIGN.md)."""
+
+    kind: ClassVar[str] = "hrnet"
+
+    width: str = "w32"
+    image_size: int = 512  # square model input, px
+    sigma: float = 3.5  # Gaussian sigma at input scale, px
+    refine: str = "dark"  # sub-pixel decoding
+    epochs: int = 250
+    batch_size: int = 6
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    amp: bool = True  # mixed precision, used on CUDA only
+    progressive: tuple[int, int] | None = None  # (size, epochs): train at size for the first epochs
+    patience: int = 0  # early stopping on validation MRE; 0: off
+    top_k: int = 3  # best checkpoints averaged at evaluation
+    rotation_deg: float = 10.0
+    translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    format: str = "isbi"
+    annotator: str = "senior"
+    pretrained: str | None = None  # local timm HRNet weights; nothing is downloaded
+    loader_workers: int = 0
+    split: SplitSpec = field(default_factory=SplitSpec)
+
+    def __post_init__(self) -> None:
+        for name, valid in (("width", HRNET_WIDTHS), ("refine", HEATMAP_REFINEMENTS), ("format", CEPH_FORMATS),
+                            ("annotator", CEPH_ANNOTATORS)):
+            if getattr(self, name) not in valid:
+                raise unknown_name(name, getattr(self, name), valid)
+        for name in ("epochs", "batch_size", "top_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SpecError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for size in (self.image_size, *(self.progressive[:1] if self.progressive else ())):
+            if size < 64 or size % 32:
+                raise SpecError(f"image sizes must be multiples of 32 from 64 up, got {size}")
+        if self.progressive and not 0 < self.progressive[1] < self.epochs:
+            raise SpecError(f"--progressive SIZE:EPOCHS needs 0 < EPOCHS < epochs ({self.epochs}), "
+                            f"got {self.progressive[1]}")
+        if self.sigma <= 0 or self.lr <= 0:
+            raise SpecError("sigma and lr must be positive")
+
+    def size_at(self, epoch: int) -> int:
+        """Input size of a 1-based epoch (progressive resizing: the smaller size first)."""
+        return self.progressive[0] if self.progressive and epoch <= self.progressive[1] else self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HRNetSpec":
+        data = dict(data)
+        for key in ("progressive", "scale"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return _from_dict(cls, data)
 
 

@@ -71,6 +71,22 @@ def synth_chest_cmd(out: Path, n: int, seed: int, size: int) -> None:
     click.echo(f"wrote {n} images to {out / 'images'} and {out / 'landmarks.csv'}")
 
 
+@data.command("synth-ceph")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", "n", default=120, show_default=True, help="training images")
+@click.option("--n-test", default=None, type=int, help="images in each of Test1Data and Test2Data  [default: n/4]")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--width", default=480, show_default=True)
+@click.option("--height", default=600, show_default=True)
+def synth_ceph_cmd(out: Path, n: int, n_test: int | None, seed: int, width: int, height: int) -> None:
+    """Synthetic lateral cephalograms in the ISBI 2015 layout (19 landmarks, 0.1 mm/px)."""
+    from common.ceph.synth import synth_ceph
+
+    summary = synth_ceph(out, n=n, seed=seed, n_test=n_test, width=width, height=height)
+    sets = ", ".join(f"{name} {count}" for name, count in summary.sets.items())
+    click.echo(f"wrote {sets} images of {width} x {height} px ({summary.spacing_mm} mm/px) to {out}")
+
+
 # -- submit ----------------------------------------------------------------------------------
 @main.group()
 def submit() -> None:
@@ -107,6 +123,55 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
                         lr_finetune_backbone=lr_backbone, lr_finetune_head=lr_head, split=SplitSpec(seed=split_seed))
     settings = load_settings()
     job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+    click.echo(job_id)
+    if wait:
+        sys.exit(_wait_and_report(job_id))
+
+
+@submit.command("hrnet")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="an ISBI 2015 root (RawImage/, AnnotationsByMD/) or, with --format csv, a CSV file or its folder")
+@click.option("--format", "fmt", type=click.Choice(["isbi", "csv"]), default="isbi", show_default=True)
+@click.option("--annotator", type=click.Choice(["senior", "junior", "mean"]), default="senior", show_default=True,
+              help="ISBI ground truth")
+@click.option("--test-dir", "test_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="an extra test set, scored on its own: ROOT/RawImage/Test1Data, or a CSV (repeatable)")
+@click.option("--width", type=click.Choice(["w18s", "w18", "w32", "w48"]), default="w32", show_default=True)
+@click.option("--image-size", default=512, show_default=True)
+@click.option("--sigma", default=3.5, show_default=True, help="heatmap Gaussian sigma at the input scale, px")
+@click.option("--refine", type=click.Choice(["dark", "quadratic", "none"]), default="dark", show_default=True)
+@click.option("--epochs", default=250, show_default=True)
+@click.option("--batch-size", default=6, show_default=True)
+@click.option("--lr", default=5e-4, show_default=True)
+@click.option("--warmup-epochs", default=5, show_default=True)
+@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--progressive", default=None, help="SIZE:EPOCHS, e.g. 384:100: the first EPOCHS at SIZE px")
+@click.option("--top-k", default=3, show_default=True, help="best checkpoints averaged at evaluation")
+@click.option("--patience", default=0, show_default=True, help="early stopping on validation MRE (0: off)")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="local timm HRNet weights (never downloaded)")
+@click.option("--loader-workers", default=0, show_default=True)
+@click.option("--split-seed", default=42, show_default=True)
+@click.option("--wait", is_flag=True, help="follow progress and print the results")
+def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
+                     warmup_epochs, amp, progressive, top_k, patience, pretrained, loader_workers, split_seed,
+                     wait) -> None:
+    """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
+    from common.specs import HRNetSpec, SplitSpec
+    from scheduler.submit import submit_hrnet
+
+    stages = None
+    if progressive:
+        try:
+            size, count = (int(v) for v in progressive.split(":"))
+        except ValueError:
+            raise click.BadParameter("expected SIZE:EPOCHS, e.g. 384:100", param_hint="--progressive") from None
+        stages = (size, count)
+    spec = HRNetSpec(width=width, image_size=image_size, sigma=sigma, refine=refine, epochs=epochs,
+                     batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, amp=amp, progressive=stages,
+                     top_k=top_k, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
+                     loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
+    job_id = submit_hrnet(load_settings(), spec, data_dir, list(test_dirs))
     click.echo(job_id)
     if wait:
         sys.exit(_wait_and_report(job_id))

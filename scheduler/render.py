@@ -103,10 +103,44 @@ def per_category_table(results: dict) -> Table | None:
     return table
 
 
+SDR_KEYS = ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")
+
+
+def sets_table(results: dict) -> Table:
+    """A single-model job's evaluation sets: MRE ± SD and SDR (in pixels when a spacing is unknown)."""
+    table = Table(title=f"job {results['job_id']}: {results['state']}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("set", "images", "checkpoints", "MRE ± SD", "SDR 2 mm", "2.5 mm", "3 mm", "4 mm"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    for entry in results["sets"]:
+        m, unit = entry["metrics"], entry["metrics"].get("unit", "mm")
+        table.add_row(entry["name"], str(m.get("n_images", "")), str(m.get("checkpoints", "")),
+                      f"{_fmt(m.get(f'mre_{unit}'))} ± {_fmt(m.get(f'sd_{unit}'))} {unit}",
+                      *(f"{100 * m[k]:.1f} %" if k in m else "-" for k in SDR_KEYS))
+    return table
+
+
+def per_landmark_table(entry: dict) -> Table:
+    m = entry["metrics"]
+    unit = m.get("unit", "mm")
+    table = Table(title=f"{entry['name']}: per landmark", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("landmark", f"MRE {unit}", f"SD {unit}", "SDR 2 mm", "SDR 4 mm"):
+        table.add_column(col, justify="left" if col == "landmark" else "right")
+    for row in m.get("per_landmark", []):
+        table.add_row(row["landmark"], _fmt(row.get(f"mre_{unit}")), _fmt(row.get(f"sd_{unit}")),
+                      *(f"{100 * row[k]:.1f} %" if k in row else "-" for k in ("sdr_2mm", "sdr_4mm")))
+    return table
+
+
 def print_results(console: Console, results: dict) -> None:
-    console.print(results_table(results))
-    extra = per_category_table(results)
-    if extra is not None:
-        console.print(extra)
+    if results.get("sets"):
+        console.print(sets_table(results))
+        console.print(per_landmark_table(results["sets"][0]))
+    elif results.get("kind") == "ensemble" or results.get("ensemble"):
+        console.print(results_table(results))
+        extra = per_category_table(results)
+        if extra is not None:
+            console.print(extra)
+    else:
+        console.print(f"job {results['job_id']}: {results['state']}; no results yet")
     if results.get("error"):
         console.print(f"[red]{results['error']}[/]")

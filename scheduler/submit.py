@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.landmarks.csvio import make_split, validate_dataset
 from common.settings import Settings
-from common.specs import EnsembleSpec
+from common.specs import EnsembleSpec, HRNetSpec
 from common.store import open_store
 from common.store import jobs
 
@@ -34,6 +34,35 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
     try:
         for member_id in member_ids:
             send_member(app, member_id)
+    except Exception as exc:
+        jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
+        raise
+    return job_id
+
+
+def plan_hrnet(spec: HRNetSpec, data_dir: Path, test_dirs: list[Path]) -> dict:
+    """Read and check the training data and every test set, and fix the split (torch-free)."""
+    from common.ceph.readers import read_dataset, read_test_set, split_stems
+
+    data = read_dataset(data_dir, spec.format, spec.annotator)
+    tests = {str(Path(p).resolve()): read_test_set(Path(p), spec.format, spec.annotator) for p in test_dirs}
+    return {"data_dir": str(Path(data_dir).resolve()), "n_images": len(data.records),
+            "spacing_known": data.spacing_known and all(t.spacing_known for t in tests.values()),
+            "split": split_stems([r.stem for r in data.records], spec.split),
+            "test_dirs": list(tests), "test_images": {p: len(t.records) for p, t in tests.items()}}
+
+
+def submit_hrnet(settings: Settings, spec: HRNetSpec, data_dir: Path, test_dirs: list[Path], seed: int = 0) -> str:
+    """One member (one model, one seed) on the GPU queue; its evaluation scores the best
+    ``spec.top_k`` epochs together on the test split and on every test set."""
+    plan = plan_hrnet(spec, data_dir, test_dirs)
+    store = open_store(settings)
+    job_id, (member_id,) = jobs.create_job(store, HRNetSpec.kind, spec.to_dict(), plan, [seed], spec.epochs)
+    from tasks.app import app_for
+    from tasks.send import send_member
+
+    try:
+        send_member(app_for(settings), member_id)
     except Exception as exc:
         jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
         raise

@@ -1,17 +1,18 @@
-"""Thin tasks of the chest-landmark ensemble: ids in, one engine call, record, map errors."""
+"""Thin tasks of the training jobs: ids in, the engine of the job's kind (tasks/engines.py),
+record, map errors. The task names are those of the first job type, the chest ensemble."""
 
 from __future__ import annotations
 
 import gc
 import logging
-from pathlib import Path
 
 from common.errors import JobError, TransientError
 from common.store import State, open_store
 from common.store import jobs
 from tasks import names
 from tasks.app import app
-from tasks.runtime import MemberRun, outcome_fields
+from tasks.engines import EVALUATORS, TRAINERS
+from tasks.runtime import MemberRun
 from tasks.send import send_evaluation
 
 log = logging.getLogger("medq.worker")
@@ -26,13 +27,12 @@ def train_member(self, member_id: int) -> str:
         if not claim.run:
             _dispatch_evaluation(claim.job_id, claim.dispatch_evaluation)
             return f"skipped: {claim.reason}"
-        from common.landmarks.train import TrainHooks, train_member as train
-        from common.specs import EnsembleSpec
+        from common.landmarks.train import TrainHooks
 
         workdir = settings.artifacts / claim.job_id / f"seed-{claim.seed}"
         try:
-            outcome = train(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
-                            claim.seed, workdir, TrainHooks(progress=run.progress, should_stop=run.should_stop))
+            trained = TRAINERS.get(claim.kind)(claim, workdir, TrainHooks(progress=run.progress,
+                                                                         should_stop=run.should_stop))
         except TransientError as exc:
             run.release(str(exc))
             raise self.retry(exc=exc, countdown=TRANSIENT_RETRY_DELAYS[min(self.request.retries, 2)], max_retries=3)
@@ -44,11 +44,9 @@ def train_member(self, member_id: int) -> str:
         else:
             if run.lease_lost.is_set() and not run.cancelled.is_set():
                 return "stood down: lease lost"
-            state = State.CANCELLED if outcome.cancelled else State.SUCCEEDED
-            artifacts = {f"seed-{claim.seed}/best": str(outcome.best_checkpoint),
-                         f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
-            last = run.finish(state, artifacts=artifacts, resumed_from_epoch=outcome.resumed_from_epoch,
-                              **outcome_fields(outcome))
+            state = State.CANCELLED if trained.cancelled else State.SUCCEEDED
+            last = run.finish(state, artifacts=trained.artifacts, resumed_from_epoch=trained.resumed_from_epoch,
+                              **trained.fields)
         finally:
             _release_memory()
     _dispatch_evaluation(claim.job_id, last)
@@ -62,20 +60,14 @@ def evaluate_ensemble(self, job_id: str) -> str:
     claim = jobs.claim_evaluation(store, job_id, settings.lease_seconds * 10)
     if claim is None:
         return "skipped: not ours"
-    from common.landmarks.evaluate import evaluate_ensemble as evaluate
-    from common.specs import EnsembleSpec
-
-    members = [(seed, Path(path), val_loss) for _, seed, val_loss, path in claim.members]
     try:
-        report = evaluate(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]), members)
+        results = EVALUATORS.get(claim.kind)(claim)
     except Exception as exc:
         log.exception("evaluation of job %s failed", job_id)
         jobs.fail_evaluation(store, job_id, f"{type(exc).__name__}: {exc}")
         return "failed"
     finally:
         _release_memory()
-    results = {f"seed-{seed}": metrics for seed, metrics in report["members"].items()}
-    results.update({f"ensemble-{how}": metrics for how, metrics in report["ensemble"].items()})
     member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}
     jobs.record_results(store, job_id, results, member_ids)
     return "done"

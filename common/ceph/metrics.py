@@ -29,15 +29,20 @@ def radial_errors_mm(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequ
     return np.linalg.norm(pred - truth, axis=-1) * spacing[:, None]
 
 
-def _summary(errors: np.ndarray, radii: Sequence[float]) -> dict:
-    return {"mre_mm": float(errors.mean()), "sd_mm": float(errors.std()),
-            **{f"sdr_{r:g}mm": float((errors <= r).mean()) for r in radii}}
+def _summary(errors: np.ndarray, radii: Sequence[float], unit: str) -> dict:
+    return {f"mre_{unit}": float(errors.mean()), f"sd_{unit}": float(errors.std()),
+            **{f"sdr_{r:g}mm": float((errors <= r).mean()) for r in (radii if unit == "mm" else ())}}
 
 
-def ceph_metrics(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequence[float],
+def ceph_metrics(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequence[float] | None,
                  names: Sequence[str] | None = None, radii: Sequence[float] = SDR_RADII_MM) -> dict:
-    """MRE, SD and SDR over the set, and per landmark (named by ``names`` when given)."""
-    errors = radial_errors_mm(pred_px, truth_px, spacing_mm)
+    """MRE, SD and SDR over the set, and per landmark (named by ``names`` when given). With no
+    spacing (``None``: some image's is unknown) the errors stay in pixels: ``mre_px``, ``sd_px``
+    and no SDR, whose radii are millimetres."""
+    unit = "mm" if spacing_mm is not None else "px"
+    pred = np.asarray(pred_px, dtype=np.float64)
+    errors = radial_errors_mm(pred, truth_px, spacing_mm if spacing_mm is not None else np.ones(len(pred)))
     names = list(names) if names is not None else [f"L{k + 1}" for k in range(errors.shape[1])]
-    return {**_summary(errors, radii), "n_images": int(errors.shape[0]),
-            "per_landmark": [{"landmark": name, **_summary(errors[:, k], radii)} for k, name in enumerate(names)]}
+    return {"unit": unit, **_summary(errors, radii, unit), "n_images": int(errors.shape[0]),
+            "per_landmark": [{"landmark": name, **_summary(errors[:, k], radii, unit)}
+                             for k, name in enumerate(names)]}

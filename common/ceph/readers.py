@@ -18,12 +18,14 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from common.ceph import schema as S
 from common.errors import DataError, unknown_name
+from common.specs import SplitSpec
 
 ANNOTATORS = ("senior", "junior", "mean")
 CSV_COLUMNS = ("image", "spacing_mm", *(f"{a}{k}" for k in range(1, S.N_LANDMARKS + 1) for a in "xy"))
@@ -187,3 +189,38 @@ def read_ceph_csv(path: Path) -> CephDataset:
     if problems:
         raise DataError(problems)
     return CephDataset(path.name, tuple(records))
+
+
+def split_stems(stems: Sequence[str], split: SplitSpec) -> dict[str, list[str]]:
+    """A seeded shuffle cut train/val/test by the spec's fractions (at least one image each)."""
+    stems = sorted(stems)
+    if len(stems) < 3:
+        raise DataError(f"{len(stems)} image(s): need at least 3 for train/val/test")
+    order = [stems[k] for k in np.random.default_rng(split.seed).permutation(len(stems))]
+    n_val = max(1, round(len(stems) * split.val))
+    n_test = max(1, round(len(stems) * split.test))
+    return {"train": sorted(order[n_val + n_test:]), "val": sorted(order[:n_val]),
+            "test": sorted(order[n_val:n_val + n_test])}
+
+
+def read_dataset(path: Path, fmt: str, annotator: str = "senior") -> CephDataset:
+    """The training data: an ISBI root (its TrainingData set), or a CSV file (or a folder
+    holding ``landmarks.csv``)."""
+    path = Path(path)
+    if fmt == "csv":
+        return read_ceph_csv(path / "landmarks.csv" if path.is_dir() else path)
+    if fmt == "isbi":
+        return read_isbi(path, annotator=annotator)
+    raise unknown_name("format", fmt, ("isbi", "csv"))
+
+
+def read_test_set(path: Path, fmt: str, annotator: str = "senior") -> CephDataset:
+    """An extra evaluation set: an image folder of an ISBI layout (``ROOT/RawImage/Test1Data``),
+    or a CSV file."""
+    path = Path(path)
+    if fmt == "csv":
+        return read_ceph_csv(path)
+    if path.parent.name != S.ISBI_IMAGE_DIR:
+        raise DataError(f"{path}: for the ISBI layout give a set's image folder, "
+                        f"such as ROOT/{S.ISBI_IMAGE_DIR}/Test1Data")
+    return read_isbi(path.parent.parent, path.name, annotator)

@@ -62,6 +62,7 @@ class Claim:
     plan: dict[str, Any] | None = None
     gave_up: bool = False  # the redelivery cap was reached: the member is now failed
     dispatch_evaluation: bool = False  # this claim ended the job's last member
+    kind: str = ""  # the job's kind: which engine runs the member
 
 
 def claim_member(store: Store, member_id: int, owner: str, worker: str, device: str,
@@ -105,7 +106,8 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
                       started_at=now))
         if job.state == State.QUEUED.value:
             job.state, job.started_at = State.RUNNING.value, now
-        return Claim(True, attempt=number, job_id=job.id, seed=member.seed, spec=job.spec, plan=job.plan)
+        return Claim(True, attempt=number, job_id=job.id, seed=member.seed, spec=job.spec, plan=job.plan,
+                     kind=job.kind)
 
 
 def renew_lease(store: Store, member_id: int, owner: str, lease_seconds: int, **progress: Any) -> bool:
@@ -213,6 +215,7 @@ class EvaluationClaim:
     spec: dict[str, Any]
     plan: dict[str, Any]
     members: list[tuple[int, int, float | None, str]]  # (member id, seed, best val loss, best checkpoint)
+    kind: str = ""
 
 
 def claim_evaluation(store: Store, job_id: str, lease_seconds: int) -> EvaluationClaim | None:
@@ -232,7 +235,7 @@ def claim_evaluation(store: Store, job_id: str, lease_seconds: int) -> Evaluatio
         paths = {a.name: a.path for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         members = [(m.id, m.seed, m.val_loss, paths.get(f"seed-{m.seed}/best", ""))
                    for m in job.members if m.state == State.SUCCEEDED.value]
-        return EvaluationClaim(job.id, job.spec, job.plan, members)
+        return EvaluationClaim(job.id, job.spec, job.plan, members, job.kind)
 
 
 def record_results(store: Store, job_id: str, results: dict[str, dict[str, Any]],

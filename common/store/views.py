@@ -78,6 +78,11 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
                 {"aggregation": subject.removeprefix("ensemble-"), "metrics": metrics}
                 for subject, metrics in sorted(by_subject.items()) if subject.startswith("ensemble-")
             ],
+            "sets": [  # evaluation sets of a single-model job (the test split, ISBI Test1 / Test2)
+                {"name": subject.removeprefix("set-"), "metrics": metrics}
+                for subject, metrics in sorted(by_subject.items(), key=lambda kv: (kv[0] != "set-test", kv[0]))
+                if subject.startswith("set-")
+            ],
         }
 
 

@@ -82,3 +82,8 @@ def test_a_missing_or_bad_spacing_is_refused():
         radial_errors_mm(np.zeros((2, 1, 2)), np.zeros((2, 1, 2)), [0.1])
     with pytest.raises(ValueError, match="positive"):
         radial_errors_mm(np.zeros((1, 1, 2)), np.zeros((1, 1, 2)), [0.0])
+
+
+def test_without_a_spacing_the_errors_stay_in_pixels_and_no_sdr_is_claimed():
+    m = ceph_metrics(np.array([[[3.0, 4.0]]]), np.zeros((1, 1, 2)), None)
+    assert m["unit"] == "px" and m["mre_px"] == 5.0 and not any(k.startswith("sdr") for k in m)

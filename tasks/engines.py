@@ -1,0 +1,101 @@
+"""Which engine trains a member and evaluates a job, by the job's kind.
+
+The member and evaluation tasks stay thin: they claim, call the engine registered for the job's
+kind, and record what it returns. Engines import torch inside, so the worker's parent never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common.registry import Registry
+
+
+@dataclass(frozen=True)
+class Trained:
+    cancelled: bool
+    fields: dict[str, Any]  # member columns: epoch, val_loss, val_error_px, device, images_per_s
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path
+    resumed_from_epoch: int | None = None
+
+
+Trainer = Callable[[Any, Path, Any], Trained]  # (member claim, workdir, TrainHooks)
+Evaluator = Callable[[Any], dict[str, dict[str, Any]]]  # evaluation claim -> result subject -> metrics
+TRAINERS: Registry[Trainer] = Registry("job kind")
+EVALUATORS: Registry[Evaluator] = Registry("job kind")
+
+
+# --- family 1: chest-landmark ensembles ---------------------------------------------------------
+
+
+@TRAINERS.register("ensemble")
+def train_chest_member(claim, workdir: Path, hooks) -> Trained:
+    from common.landmarks.train import train_member
+    from common.specs import EnsembleSpec
+    from tasks.runtime import outcome_fields
+
+    outcome = train_member(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
+                           claim.seed, workdir, hooks)
+    return Trained(outcome.cancelled, outcome_fields(outcome),
+                   {f"seed-{claim.seed}/best": str(outcome.best_checkpoint),
+                    f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}, outcome.resumed_from_epoch)
+
+
+@EVALUATORS.register("ensemble")
+def evaluate_chest_ensemble(claim) -> dict[str, dict[str, Any]]:
+    from common.landmarks.evaluate import evaluate_ensemble
+    from common.specs import EnsembleSpec
+
+    members = [(seed, Path(path), val_loss) for _, seed, val_loss, path in claim.members]
+    report = evaluate_ensemble(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
+                               members)
+    results = {f"seed-{seed}": metrics for seed, metrics in report["members"].items()}
+    results.update({f"ensemble-{how}": metrics for how, metrics in report["ensemble"].items()})
+    return results
+
+
+# --- family 2: HRNet heatmaps for cephalometric landmarks -----------------------------------
+
+
+def _ceph_records(plan: dict[str, Any], spec) -> dict[str, list]:
+    from common.ceph.readers import read_dataset
+
+    data = read_dataset(Path(plan["data_dir"]), spec.format, spec.annotator)
+    by_stem = {r.stem: r for r in data.records}
+    return {part: [by_stem[s] for s in stems] for part, stems in plan["split"].items()}
+
+
+@TRAINERS.register("hrnet")
+def train_hrnet_member(claim, workdir: Path, hooks) -> Trained:
+    from common.ceph.train import train_hrnet
+    from common.specs import HRNetSpec
+
+    spec = HRNetSpec.from_dict(claim.spec)
+    outcome = train_hrnet(spec, _ceph_records(claim.plan, spec), workdir, claim.seed, hooks)
+    artifacts = {f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
+    if outcome.best_checkpoints:
+        artifacts[f"seed-{claim.seed}/best"] = str(outcome.best_checkpoints[0])
+    fields = {"epoch": outcome.epochs_run, "val_loss": outcome.best_val_mre, "val_error_px": None,
+              "device": outcome.device, "images_per_s": outcome.train_images_per_s}
+    return Trained(outcome.cancelled, fields, artifacts, outcome.resumed_from_epoch)
+
+
+@EVALUATORS.register("hrnet")
+def evaluate_hrnet_job(claim) -> dict[str, dict[str, Any]]:
+    """The best k checkpoints together on the held-out test split and on every extra test set."""
+    from common.ceph.readers import read_test_set
+    from common.ceph.train import evaluate_hrnet
+    from common.specs import HRNetSpec
+
+    if not claim.members:  # the member failed; the job says why
+        return {}
+    spec = HRNetSpec.from_dict(claim.spec)
+    (_, _, _, best), = claim.members
+    checkpoints = sorted(Path(best).parent.glob("best-*.pt"))
+    results = {"set-test": evaluate_hrnet(checkpoints, _ceph_records(claim.plan, spec)["test"])}
+    for path in claim.plan.get("test_dirs", []):
+        results[f"set-{Path(path).name}"] = evaluate_hrnet(
+            checkpoints, list(read_test_set(Path(path), spec.format, spec.annotator).records))
+    return results

@@ -1,0 +1,71 @@
+"""The HRNet engine on a tiny model and tiny synthetic data: it trains, checkpoints, resumes,
+keeps the best k epochs and evaluates them together in millimetres."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from common.ceph.readers import read_isbi
+from common.ceph.synth import synth_ceph
+from common.ceph.readers import split_stems
+from common.ceph.train import evaluate_hrnet, train_hrnet, warmup_cosine
+from common.landmarks.checkpoint import load_checkpoint
+from common.landmarks.train import TrainHooks
+from common.specs import HRNetSpec
+
+TINY = HRNetSpec(width="w18s", image_size=96, epochs=3, batch_size=4, warmup_epochs=1, top_k=2, amp=False,
+                 progressive=(64, 1))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ceph")
+    synth_ceph(root, n=10, seed=2, n_test=0, width=160, height=200)
+    data = read_isbi(root)
+    split = split_stems([r.stem for r in data.records], TINY.split)
+    by_stem = {r.stem: r for r in data.records}
+    return {part: [by_stem[s] for s in stems] for part, stems in split.items()}
+
+
+def test_the_split_is_seeded_and_covers_every_image_once():
+    stems = [f"{k:03d}" for k in range(20)]
+    split = split_stems(stems, TINY.split)
+    assert sorted(sum(split.values(), [])) == stems and (len(split["val"]), len(split["test"])) == (3, 3)
+    assert split == split_stems(list(reversed(stems)), TINY.split)
+
+
+def test_warm_up_then_cosine():
+    f = warmup_cosine(warmup_steps=4, total_steps=12)
+    assert [f(0), f(3)] == [0.25, 1.0]
+    assert f(8) == pytest.approx(0.5) and f(12) == pytest.approx(0.0)
+
+
+def test_training_checkpoints_resumes_and_evaluates_the_best_k_together(records, tmp_path):
+    torch.set_num_threads(2)
+    reports = []
+    first = train_hrnet(TINY, records, tmp_path, seed=0, hooks=TrainHooks(progress=reports.append))
+    assert first.epochs_run == 3 and len(first.best_checkpoints) == 2 and first.resumed_from_epoch is None
+    assert [r.phase for r in reports if r.epoch_done] == ["64px", "96px", "96px"]
+    assert all(math.isfinite(r.val_loss) for r in reports if r.epoch_done)
+    assert all(p.is_file() for p in first.best_checkpoints)
+    assert len(list(tmp_path.glob("best-*.pt"))) == 2  # the third-best epoch's file was removed
+
+    # A redelivered run of a finished member resumes at its end and trains nothing more.
+    again = train_hrnet(TINY, records, tmp_path, seed=0)
+    assert again.resumed_from_epoch == 3 and again.epochs_run == 3 and again.train_images_per_s == 0.0
+    assert load_checkpoint(first.last_checkpoint)["state"]["epoch"] == 3
+
+    metrics = evaluate_hrnet(first.best_checkpoints, records["test"])
+    assert metrics["unit"] == "mm" and metrics["checkpoints"] == 2 and metrics["n_images"] == len(records["test"])
+    assert metrics["mre_mm"] > 0 and 0 <= metrics["sdr_2mm"] <= metrics["sdr_4mm"] <= 1
+    assert [row["landmark"] for row in metrics["per_landmark"]][:2] == ["Sella", "Nasion"]
+
+
+def test_a_resume_with_another_spec_is_refused(records, tmp_path):
+    train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None), records, tmp_path, seed=0)
+    from common.errors import JobError
+
+    with pytest.raises(JobError, match="another spec or seed"):
+        train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path, seed=0)
