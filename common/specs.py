@@ -113,6 +113,7 @@ class HRNetSpec:
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
     amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores)
     progressive: tuple[int, int] | None = None  # (size, epochs): train at size for the first epochs
     patience: int = 0  # early stopping on validation MRE; 0: off
     top_k: int = 3  # best checkpoints averaged at evaluation

@@ -97,6 +97,40 @@ def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: 
                            "ratio": round(member / bare, 3)}, indent=2))
 
 
+@bench.command("hrnet")
+@click.option("--width", type=click.Choice(["w18s", "w18", "w32", "w48"]), default="w32", show_default=True)
+@click.option("--image-size", "sizes", multiple=True, type=int, default=(256, 512), show_default=True)
+@click.option("--images", default=24, show_default=True)
+@click.option("--batch-size", default=6, show_default=True)
+@click.option("--steps", default=8, show_default=True, help="measured steps (after warm-up)")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True)
+@click.option("--loader-workers", default=0, show_default=True)
+def bench_hrnet(width, sizes, images, batch_size, steps, amp, channels_last, loader_workers) -> None:
+    """Images/s of one HRNet member vs a bare PyTorch loop, same model, batch and data."""
+    from common.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
+    from common.ceph.readers import read_isbi
+    from common.ceph.synth import synth_ceph
+    from common.landmarks.train import pick_device
+    from common.specs import HRNetSpec
+
+    root = Path(tempfile.mkdtemp(prefix="medq-bench-hrnet-"))
+    synth_ceph(root, n=images, seed=1, n_test=0)
+    records = read_isbi(root).records
+    rows = []
+    for size in sizes:
+        spec = HRNetSpec(width=width, image_size=size, batch_size=batch_size, amp=amp, channels_last=channels_last,
+                         loader_workers=loader_workers)
+        bare = bare_hrnet_throughput(spec, records, steps)
+        member = member_hrnet_throughput(spec, records, steps)
+        rows.append({"image_size": size, "bare_images_per_s": round(bare, 2), "member_images_per_s": round(member, 2),
+                     "ratio": round(member / bare, 3)})
+    device = pick_device()
+    click.echo(json.dumps({"device": str(device), "width": width, "batch_size": batch_size,
+                           "amp": amp and device.type == "cuda", "channels_last": channels_last,
+                           "loader_workers": loader_workers, "sizes": rows}, indent=2))
+
+
 @bench.command("ensemble")
 @click.option("--seeds", default=4, show_default=True)
 @click.option("--images", default=80, show_default=True)

@@ -145,6 +145,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--lr", default=5e-4, show_default=True)
 @click.option("--warmup-epochs", default=5, show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (tensor cores)")
 @click.option("--progressive", default=None, help="SIZE:EPOCHS, e.g. 384:100: the first EPOCHS at SIZE px")
 @click.option("--top-k", default=3, show_default=True, help="best checkpoints averaged at evaluation")
 @click.option("--patience", default=0, show_default=True, help="early stopping on validation MRE (0: off)")
@@ -154,7 +155,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--split-seed", default=42, show_default=True)
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
-                     warmup_epochs, amp, progressive, top_k, patience, pretrained, loader_workers, split_seed,
+                     warmup_epochs, amp, channels_last, progressive, top_k, patience, pretrained, loader_workers, split_seed,
                      wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
     from common.specs import HRNetSpec, SplitSpec
@@ -168,7 +169,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
             raise click.BadParameter("expected SIZE:EPOCHS, e.g. 384:100", param_hint="--progressive") from None
         stages = (size, count)
     spec = HRNetSpec(width=width, image_size=image_size, sigma=sigma, refine=refine, epochs=epochs,
-                     batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, amp=amp, progressive=stages,
+                     batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, amp=amp,
+                     channels_last=channels_last, progressive=stages,
                      top_k=top_k, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
                      loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
     job_id = submit_hrnet(load_settings(), spec, data_dir, list(test_dirs))

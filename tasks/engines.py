@@ -93,8 +93,14 @@ def evaluate_hrnet_job(claim) -> dict[str, dict[str, Any]]:
         return {}
     spec = HRNetSpec.from_dict(claim.spec)
     (_, _, _, best), = claim.members
+    from common.ceph.train import INIT_NAME
+
     checkpoints = sorted(Path(best).parent.glob("best-*.pt"))
-    results = {"set-test": evaluate_hrnet(checkpoints, _ceph_records(claim.plan, spec)["test"])}
+    test = _ceph_records(claim.plan, spec)["test"]
+    results = {"set-test": evaluate_hrnet(checkpoints, test)}
+    untrained = Path(best).parent / INIT_NAME
+    if untrained.is_file():  # the same model before training, for comparison
+        results["set-test-untrained"] = evaluate_hrnet([untrained], test)
     for path in claim.plan.get("test_dirs", []):
         results[f"set-{Path(path).name}"] = evaluate_hrnet(
             checkpoints, list(read_test_set(Path(path), spec.format, spec.annotator).records))

@@ -40,6 +40,7 @@ from common.specs import HRNetSpec
 
 log = logging.getLogger(__name__)
 LAST_NAME = "last.pt"
+INIT_NAME = "init.pt"  # the weights before the first step: the untrained baseline of the evaluation
 EVAL_BATCH = 8
 
 
@@ -125,7 +126,9 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
     images = {r.stem: load_grey(r.image) for part in ("train", "val") for r in records[part]}
-    model = build_hrnet(spec.width, N_LANDMARKS, None if last_path.is_file() else spec.pretrained).to(device)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = build_hrnet(spec.width, N_LANDMARKS, None if last_path.is_file() else spec.pretrained).to(
+        device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     steps_per_epoch = math.ceil(len(records["train"]) / spec.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -146,6 +149,9 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
         resumed_from = state.epoch
         log.info("resuming from epoch %d in %s", state.epoch, workdir)
 
+    if resumed_from is None:
+        save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0,
+                     "code_version": common.__version__}, workdir / INIT_NAME)
     val_set = HeatmapDataset(records["val"], images, spec, spec.image_size, train=False)
     seconds, trained, cancelled = 0.0, 0, False
     for epoch in range(state.epoch + 1, spec.epochs + 1):
@@ -162,6 +168,7 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
                 cancelled = True
                 break
             batch, targets, weights = (t.to(device, non_blocking=True) for t in (batch, targets, weights))
+            batch = batch.contiguous(memory_format=memory_format)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 pred = model(batch)
             loss = heatmap_loss(pred, targets, weights)

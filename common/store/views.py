@@ -80,7 +80,7 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
             ],
             "sets": [  # evaluation sets of a single-model job (the test split, ISBI Test1 / Test2)
                 {"name": subject.removeprefix("set-"), "metrics": metrics}
-                for subject, metrics in sorted(by_subject.items(), key=lambda kv: (kv[0] != "set-test", kv[0]))
+                for subject, metrics in sorted(by_subject.items(), key=lambda kv: (not kv[0].startswith("set-test"), kv[0]))
                 if subject.startswith("set-")
             ],
         }

@@ -60,6 +60,7 @@ def test_training_checkpoints_resumes_and_evaluates_the_best_k_together(records,
     metrics = evaluate_hrnet(first.best_checkpoints, records["test"])
     assert metrics["unit"] == "mm" and metrics["checkpoints"] == 2 and metrics["n_images"] == len(records["test"])
     assert metrics["mre_mm"] > 0 and 0 <= metrics["sdr_2mm"] <= metrics["sdr_4mm"] <= 1
+    assert (tmp_path / "init.pt").is_file()  # the untrained baseline the evaluation reports
     assert [row["landmark"] for row in metrics["per_landmark"]][:2] == ["Sella", "Nasion"]
 
 
@@ -69,3 +70,37 @@ def test_a_resume_with_another_spec_is_refused(records, tmp_path):
 
     with pytest.raises(JobError, match="another spec or seed"):
         train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path, seed=0)
+
+
+def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
+    from common.ceph.codec import REFINEMENTS
+    from common.ceph.model import HRNET_WIDTHS
+    from common.errors import SpecError
+    from common.specs import HEATMAP_REFINEMENTS
+    from common.specs import HRNET_WIDTHS as SPEC_WIDTHS
+
+    assert sorted(HRNET_WIDTHS) == sorted(SPEC_WIDTHS) and REFINEMENTS.names() == sorted(HEATMAP_REFINEMENTS)
+    with pytest.raises(SpecError, match="unknown width 'w64'; valid: w18, w18s, w32, w48"):
+        HRNetSpec(width="w64")
+    with pytest.raises(SpecError, match="0 < EPOCHS < epochs"):
+        HRNetSpec(epochs=10, progressive=(384, 10))
+    with pytest.raises(SpecError, match="multiples of 32"):
+        HRNetSpec(image_size=500)
+    assert HRNetSpec(epochs=10, progressive=(384, 4)).size_at(4) == 384
+    assert HRNetSpec(epochs=10, progressive=(384, 4)).size_at(5) == 512
+    spec = HRNetSpec(progressive=(384, 100), channels_last=True)
+    assert HRNetSpec.from_dict(spec.to_dict()) == spec  # JSON round trip (lists back to tuples)
+
+
+def test_the_jobs_engines_are_registered_for_every_training_kind():
+    from tasks.engines import EVALUATORS, TRAINERS
+
+    assert TRAINERS.names() == EVALUATORS.names() == ["ensemble", "hrnet"]
+
+
+def test_the_throughput_benchmarks_measure_positive_rates(records):
+    from common.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
+
+    spec = dataclasses.replace(TINY, progressive=None, image_size=64)
+    assert 0 < bare_hrnet_throughput(spec, records["train"], steps=2, warmup=1) < math.inf
+    assert 0 < member_hrnet_throughput(spec, records["train"], steps=2, warmup=1) < math.inf
