@@ -129,7 +129,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 
 
 @submit.command("hrnet")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
               help="an ISBI 2015 root (RawImage/, AnnotationsByMD/) or, with --format csv, a CSV file or its folder")
 @click.option("--format", "fmt", type=click.Choice(["isbi", "csv"]), default="isbi", show_default=True)
 @click.option("--annotator", type=click.Choice(["senior", "junior", "mean"]), default="senior", show_default=True,
@@ -153,13 +153,24 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
               help="local timm HRNet weights (never downloaded)")
 @click.option("--loader-workers", default=0, show_default=True)
 @click.option("--split-seed", default=42, show_default=True)
+@click.option("--resume", "resume_job", default=None,
+              help="go on with this failed or cancelled hrnet job from its last checkpoint (its spec and data kept)")
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
                      warmup_epochs, amp, channels_last, progressive, top_k, patience, pretrained, loader_workers, split_seed,
-                     wait) -> None:
+                     resume_job, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
     from common.specs import HRNetSpec, SplitSpec
     from scheduler.submit import submit_hrnet
+
+    if resume_job:
+        job_id = _resume_training(resume_job, "hrnet")
+        click.echo(job_id)
+        if wait:
+            sys.exit(_wait_and_report(job_id))
+        return
+    if data_dir is None:
+        raise click.UsageError("give --data DIR (or --resume JOB)")
 
     stages = None
     if progressive:
@@ -225,19 +236,43 @@ def _print_infer_summary(store, job_id: str) -> None:
 @main.command()
 @click.argument("job")
 def resume(job) -> None:
-    """Run an inference job's remaining studies now (lifting its window), retrying failed chunks."""
+    """Go on with a job: an inference job's remaining studies now (lifting its window, retrying
+    failed chunks); a training job's failed or cancelled members from their last checkpoints."""
     from datetime import datetime
 
     from common.store import inference
+    from common.store.views import find_job
     from tasks.app import app
     from tasks.send import send_chunk
 
     store = _store()
     job_id = _resolve(store, job)
+    if find_job(store, job_id)["kind"] != "infer":
+        _resume_training(job_id)
+        return
     reopened = inference.resume_job(store, job_id)
     sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
                                      job_id=job_id)
     click.echo(f"job {job_id}: {reopened} chunk(s) reopened, {sent} queued")
+
+
+def _resume_training(job: str, kind: str | None = None) -> str:
+    """Requeue a training job's failed and cancelled members; progress on standard error."""
+    from common.store.jobs import resume_training_job
+    from common.store.views import find_job
+    from tasks.app import app
+    from tasks.send import send_member
+
+    store = _store()
+    job_id = _resolve(store, job)
+    if kind and find_job(store, job_id)["kind"] != kind:
+        raise click.UsageError(f"job {job_id} is not an {kind} job")
+    members = resume_training_job(store, job_id)
+    for member_id in members:
+        send_member(app, member_id)
+    click.echo(f"job {job_id}: {len(members)} member(s) queued again, each from its last checkpoint"
+               if members else f"job {job_id}: nothing to resume (still running, or every member succeeded)", err=True)
+    return job_id
 
 
 def _wait_and_report(job_id: str) -> int:

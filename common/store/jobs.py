@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from common.store.db import Store
 from common.store.models import ENDED, Artifact, Attempt, EvalState, Job, Member, Result, State, utcnow
@@ -101,7 +101,8 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
             return Claim(False, "another worker took it first")
         for old in s.scalars(select(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")):
             old.state, old.ended_at = "lost", now
-        number = member.attempts + 1
+        # Attempt rows number on across a resume, which gives the member a fresh budget.
+        number = (s.scalar(select(func.max(Attempt.number)).where(Attempt.member_id == member_id)) or 0) + 1
         s.add(Attempt(member_id=member_id, number=number, state="running", worker=worker, device=device,
                       started_at=now))
         if job.state == State.QUEUED.value:
@@ -285,6 +286,27 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
         s.flush()
         _close_members_phase(s, job, now)
         return job
+
+
+def resume_training_job(store: Store, job_id: str) -> list[int]:
+    """Give a training job's failed and cancelled members another go: back to queued with a
+    fresh attempt budget, the job reopened and its evaluation pending again. Each member resumes
+    from its last checkpoint (its work folder is kept). Returns the members to enqueue; none
+    when every member succeeded or the job is still running."""
+    now = utcnow()
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or not State(job.state).ended:
+            return []
+        again = [m for m in job.members if m.state in (State.FAILED.value, State.CANCELLED.value)]
+        for m in again:
+            m.state, m.attempts, m.error, m.finished_at = State.QUEUED.value, 0, None, None
+            m.lease_owner = m.lease_expires_at = None
+            m.updated_at = now
+        if again:
+            job.state, job.error, job.finished_at, job.cancel_requested = State.QUEUED.value, None, None, False
+            job.eval_state, job.eval_lease_expires_at = EvalState.PENDING.value, None
+        return [m.id for m in again]
 
 
 @dataclass(frozen=True)
