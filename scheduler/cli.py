@@ -358,7 +358,11 @@ def results(job, as_json, as_csv, failed) -> None:
         from scheduler.infer_views import write_csv
 
         if as_csv or failed:
-            write_csv(sys.stdout, iter_studies(store, job_id, ("failed", "skipped") if failed else None))
+            from common.landmarks.schema import N_LANDMARKS
+            from common.store.inference import landmark_count
+
+            write_csv(sys.stdout, iter_studies(store, job_id, ("failed", "skipped") if failed else None),
+                      landmark_count(store, job_id) or N_LANDMARKS)
         elif as_json:
             from common.store.views import infer_view
 

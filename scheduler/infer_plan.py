@@ -19,18 +19,21 @@ from common.store.views import job_results
 
 
 def resolve_model(store, model: str) -> tuple[list[str], str | None]:
-    """A checkpoint file, or an ensemble job id: the best checkpoints of its members that succeeded."""
+    """A checkpoint file; an ensemble job id: the best checkpoints of its members that succeeded;
+    an hrnet job id: its best k checkpoints (averaged, as its evaluation does)."""
     path = Path(model)
     if path.is_file():
         return [str(path.resolve())], None
     view = job_results(store, model)
     if view is None:
-        raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor an ensemble job id")
-    if view["kind"] != "ensemble":
-        raise SpecError(f"job {model} is a {view['kind']} job, not an ensemble")
+        raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor a training job id")
+    if view["kind"] not in ("ensemble", "hrnet"):
+        raise SpecError(f"job {model} is a {view['kind']} job, not a trained model (ensemble or hrnet)")
     checkpoints = [m["checkpoint"] for m in view["members"] if m["state"] == "succeeded" and m["checkpoint"]]
     if not checkpoints:
-        raise SpecError(f"ensemble job {model} has no member that succeeded")
+        raise SpecError(f"{view['kind']} job {model} has no member that succeeded")
+    if view["kind"] == "hrnet":
+        checkpoints = sorted(str(p) for p in Path(checkpoints[0]).parent.glob("best-*.pt")) or checkpoints
     missing = [c for c in checkpoints if not Path(c).is_file()]
     if missing:
         raise SpecError(f"ensemble job {model}: checkpoint file(s) missing on this host: {', '.join(missing)}")

@@ -7,20 +7,23 @@ from typing import IO, Iterable
 
 from common.landmarks.schema import N_LANDMARKS
 
-CSV_FIELDS = (
-    ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
-     "review", "review_reasons"]
-    + [f"{axis}{i}" for i in range(1, N_LANDMARKS + 1) for axis in ("x", "y")]
-    + [f"{axis}{i}_mm" for i in range(1, N_LANDMARKS + 1) for axis in ("x", "y")]
-    + [f"spread{i}_px" for i in range(1, N_LANDMARKS + 1)]
-)
+STUDY_FIELDS = ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
+                "review", "review_reasons"]
 
 
-def study_csv_row(study) -> list:
+def csv_fields(n_landmarks: int = N_LANDMARKS) -> list[str]:
+    """The header: the study's columns, then x1, y1, ... in px, in mm, and the spread per landmark."""
+    return (STUDY_FIELDS
+            + [f"{axis}{i}" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
+            + [f"{axis}{i}_mm" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
+            + [f"spread{i}_px" for i in range(1, n_landmarks + 1)])
+
+
+def study_csv_row(study, n_landmarks: int = N_LANDMARKS) -> list:
     result = study.result or {}
-    px = result.get("landmarks_px") or [[None, None]] * N_LANDMARKS
-    mm = result.get("landmarks_mm") or [[None, None]] * N_LANDMARKS
-    spread = result.get("spread_px") or [None] * N_LANDMARKS
+    px = result.get("landmarks_px") or [[None, None]] * n_landmarks
+    mm = result.get("landmarks_mm") or [[None, None]] * n_landmarks
+    spread = result.get("spread_px") or [None] * n_landmarks
     fmt = lambda v: "" if v is None else (round(v, 2) if isinstance(v, float) else v)  # noqa: E731
     return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
              study.series_uid or "", study.sop_uid or "", study.source_format or "", fmt(study.width),
@@ -30,12 +33,13 @@ def study_csv_row(study) -> list:
             + [fmt(v) for v in spread])
 
 
-def write_csv(out: IO[str], studies: Iterable) -> int:
+def write_csv(out: IO[str], studies: Iterable, n_landmarks: int = N_LANDMARKS) -> int:
+    """One row per study; ``n_landmarks`` is the model's (15 for the chest, 19 cephalometric)."""
     writer = csv.writer(out)
-    writer.writerow(CSV_FIELDS)
+    writer.writerow(csv_fields(n_landmarks))
     n = 0
     for study in studies:
-        writer.writerow(study_csv_row(study))
+        writer.writerow(study_csv_row(study, n_landmarks))
         n += 1
     return n
 

@@ -63,14 +63,13 @@ def infer_chunk(self, chunk_id: int) -> str:
 
 
 def _predictor(spec):
-    from common.inference.predict import LandmarkPredictor
+    from common.inference.predict import build_predictor
 
     key = (spec.checkpoints, spec.aggregation, spec.tta)
     if key not in _PREDICTOR:
         _PREDICTOR.clear()
-        _PREDICTOR[key] = LandmarkPredictor.from_checkpoints([Path(p) for p in spec.checkpoints],
-                                                             aggregation=spec.aggregation,
-                                                             tta=None if spec.tta == "none" else spec.tta)
+        _PREDICTOR[key] = build_predictor([Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
+                                          tta=None if spec.tta == "none" else spec.tta)
     return _PREDICTOR[key]
 
 

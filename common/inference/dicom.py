@@ -116,10 +116,10 @@ def _read(data: bytes, stop_before_pixels: bool) -> Dataset:
         ds = dcmread(BytesIO(data), force=not preamble, stop_before_pixels=stop_before_pixels)
     except Exception as exc:  # pydicom raises many types for a broken file; none is ours to pass on
         if not preamble:
-            raise StudyError("unrecognised file format (not a DICOM, PNG or JPEG file)") from None
+            raise StudyError("unrecognised file format (not a DICOM, PNG, JPEG, BMP or TIFF file)") from None
         raise StudyError(f"corrupt DICOM file ({type(exc).__name__})") from None
     if not preamble and not _plausible(ds):
-        raise StudyError("unrecognised file format (not a DICOM, PNG or JPEG file)")
+        raise StudyError("unrecognised file format (not a DICOM, PNG, JPEG, BMP or TIFF file)")
     return ds
 
 

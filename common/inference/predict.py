@@ -38,7 +38,7 @@ from common.landmarks.schema import N_LANDMARKS, flip_permutation
 from common.landmarks.train import pick_device
 from common.registry import Registry
 
-__all__ = ["LandmarkPredictor", "run_chunk", "overlay_path", "loader_processes", "TTAS", "StudyOutcome",
+__all__ = ["LandmarkPredictor", "build_predictor", "run_chunk", "overlay_path", "loader_processes", "TTAS", "StudyOutcome",
            "ChunkStats"]
 
 _FLIP_PERMUTATION = flip_permutation()
@@ -69,6 +69,8 @@ def _flip(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 class LandmarkPredictor:
     """An ensemble's members in eval mode on one device (channels_last + float16 autocast on CUDA)."""
+
+    qc_flags = staticmethod(qc_flags)  # the chest's own checks (geometry, left/right pairs)
 
     def __init__(self, models: Sequence[nn.Module], image_size: int, aggregation: str = "mean",
                  tta: str | None = None, device: torch.device | str | None = None,
@@ -148,6 +150,18 @@ class LandmarkPredictor:
         self.models = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def build_predictor(paths: Sequence[Path], aggregation: str = "mean", tta: str | None = None,
+                    device: torch.device | str | None = None):
+    """The predictor for these checkpoints, chosen by what they hold: an HRNet spec (a ``width``)
+    gives the heatmap predictor of the cephalometric family, else the chest ensemble's."""
+    spec = load_checkpoint(Path(paths[0])).get("spec") or {}
+    if "width" in spec:
+        from common.ceph.predict import HeatmapPredictor
+
+        return HeatmapPredictor(paths, aggregation, tta, device)
+    return LandmarkPredictor.from_checkpoints(list(paths), aggregation=aggregation, tta=tta, device=device)
 
 
 # --- decoding in DataLoader workers ------------------------------------------------------------
@@ -251,8 +265,8 @@ def overlay_path(overlay_dir: Path, study_id: int) -> Path:
 
 
 def _done(item: _Decoded, landmarks: np.ndarray, spread: np.ndarray, spread_limit_fraction: float,
-          overlay_dir: Path | None) -> StudyOutcome:
-    reasons = qc_flags(landmarks, spread, item.size, spread_limit_fraction * item.size[0])
+          overlay_dir: Path | None, checks: Callable = qc_flags) -> StudyOutcome:
+    reasons = checks(landmarks, spread, item.size, spread_limit_fraction * item.size[0])
     landmarks_mm = None
     if item.spacing_mm is not None:
         row, column = item.spacing_mm
@@ -269,7 +283,7 @@ def _done(item: _Decoded, landmarks: np.ndarray, spread: np.ndarray, spread_limi
 def run_chunk(
     items: Sequence[tuple[int, str]],
     archive: Any,
-    predictor: LandmarkPredictor,
+    predictor: Any,  # LandmarkPredictor, or any with its interface (common.ceph.predict.HeatmapPredictor)
     batch_size: int,
     loader_workers: int | None,
     on_results: Callable[[list[StudyOutcome]], None],
@@ -306,7 +320,8 @@ def run_chunk(
                 sizes = np.array([item.size for item in batch.good], dtype=np.float64)
                 landmarks, spread = predictor.predict(batch.images, sizes)
                 for k, item in enumerate(batch.good):
-                    outcome = _done(item, landmarks[k], spread[k], spread_limit_fraction, overlay_dir)
+                    outcome = _done(item, landmarks[k], spread[k], spread_limit_fraction, overlay_dir,
+                                    predictor.qc_flags)
                     outcomes.append((item.position, outcome))
             ordered = [outcome for _, outcome in sorted(outcomes, key=lambda pair: pair[0])]
             on_results(ordered)

@@ -111,3 +111,13 @@ def qc_flags(
     size = (int(image_size[0]), int(image_size[1]))
     limit = default_spread_limit(size) if spread_limit_px is None else float(spread_limit_px)
     return [reason for check in CHECKS for reason in check(points, spread, size, limit)]
+
+
+def landmark_qc_flags(landmarks_px: np.ndarray, spread_px: np.ndarray, image_size: tuple[int, int],
+                      spread_limit_px: float | None = None) -> list[str]:
+    """The checks that hold for any landmark set (spread, inside the image), for models of other
+    anatomy than the chest: landmarks (K, 2), spread (K,)."""
+    points, spread = np.asarray(landmarks_px, dtype=float), np.asarray(spread_px, dtype=float)
+    size = (int(image_size[0]), int(image_size[1]))
+    limit = default_spread_limit(size) if spread_limit_px is None else float(spread_limit_px)
+    return [reason for check in (spread_reasons, outside_reasons) for reason in check(points, spread, size, limit)]

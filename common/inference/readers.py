@@ -2,10 +2,11 @@
 
 File names in hospital exports say nothing reliable (DICOM files often have no extension, or a
 number for a name), so a reader is picked from a registry by sniffing the first bytes: PNG
-(``\\x89PNG``), JPEG (``\\xff\\xd8\\xff``), DICOM (``DICM`` at offset 128, or a preamble-less
-dataset with plausible tags). Anything else fails the study with "unrecognised file format".
+(``\\x89PNG``), JPEG (``\\xff\\xd8\\xff``), BMP (``BM`` and a known DIB header size; the ISBI
+cephalograms are BMP), TIFF (``II*\\0`` / ``MM\\0*``), DICOM (``DICM`` at offset 128, or a
+preamble-less dataset with plausible tags). Anything else fails the study with "unrecognised file format".
 
-PNG and JPEG: the header is parsed by Pillow's format plugin directly (not ``Image.open``, whose
+PNG, JPEG, BMP and TIFF: the header is parsed by Pillow's format plugin directly (not ``Image.open``, whose
 decompression-bomb check would raise before ours and without the size), the declared size is
 checked against ``common.inference.limits``, and only then are the pixels decoded. The result is
 8-bit grey: 16-bit and 32-bit grey scaled by the image's own range, colour by BT.601 luma.
@@ -19,7 +20,7 @@ from io import BytesIO
 from typing import Callable
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, PngImagePlugin
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from common.inference import dicom
 from common.inference.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE, check_image_size
@@ -52,7 +53,7 @@ def decode_image(data: bytes) -> DecodedImage:
         raise StudyError("empty file")
     name = sniff_format(data)
     if name is None:
-        raise StudyError("unrecognised file format (not a DICOM, PNG or JPEG file)")
+        raise StudyError("unrecognised file format (not a DICOM, PNG, JPEG, BMP or TIFF file)")
     return READERS.get(name).decode(data)
 
 
@@ -95,4 +96,22 @@ READERS.register("jpeg")(Reader(
 READERS.register("dicom")(Reader(
     sniff=lambda head: dicom.has_preamble(head) or dicom.may_be_preamble_less(head),
     decode=dicom.decode_dicom,
+))
+
+
+BMP_DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+
+
+def _is_bmp(head: bytes) -> bool:
+    return (head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in BMP_DIB_HEADER_SIZES
+            and not dicom.has_preamble(head))
+
+
+READERS.register("bmp")(Reader(
+    sniff=_is_bmp,
+    decode=lambda data: _decode_with_pillow(data, BmpImagePlugin.BmpImageFile, "bmp"),
+))
+READERS.register("tiff")(Reader(
+    sniff=lambda head: head.startswith((b"II*\x00", b"MM\x00*")),
+    decode=lambda data: _decode_with_pillow(data, TiffImagePlugin.TiffImageFile, "tiff"),
 ))

@@ -295,6 +295,13 @@ def study_counts(store: Store, job_id: str) -> dict[str, int]:
                               .group_by(Study.state)).all())
 
 
+def landmark_count(store: Store, job_id: str) -> int | None:
+    """How many landmarks the job's model gives, read off its first done study (None: none yet)."""
+    with store.session() as s:
+        result = s.scalar(select(Study.result).where(Study.job_id == job_id, Study.state == "done").limit(1))
+    return len(result["landmarks_px"]) if result and result.get("landmarks_px") else None
+
+
 def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = None) -> Iterator[Study]:
     """Every study of a job in order, streamed in batches (for CSV export)."""
     last = 0

@@ -51,6 +51,26 @@ def test_an_hrnet_job_reports_mre_and_sdr_per_set_beside_the_untrained_model(clu
         assert {"sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm"} <= set(metrics)
         assert len(metrics["per_landmark"]) == 19
 
+    # The trained job serves bulk inference: 19 landmarks per study, in mm where DICOM gives a spacing.
+    import csv
+    import io
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    archive = ceph.parent / "archive"
+    shutil.copytree(ceph / "RawImage" / "Test1Data", archive)
+    shutil.copy(get_testdata_file("CT_small.dcm"), archive / "ct_small")
+    infer = cluster.medq("submit", "infer", "--archive", str(archive), "--model", job_id, "--wait")
+    assert infer.returncode == 0, infer.stdout + infer.stderr + cluster.logs()
+    out = cluster.medq("results", infer.stdout.splitlines()[0], "--csv")
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(out.stdout))}
+    assert sorted(rows) == ["013.bmp", "014.bmp", "015.bmp", "ct_small"]
+    assert all(r["state"] == "done" and r["x19"] and r["spread19_px"] for r in rows.values())
+    assert "x20" not in rows["ct_small"]
+    assert float(rows["ct_small"]["x19_mm"]) == pytest.approx(float(rows["ct_small"]["x19"]) * 0.661468, rel=1e-3)
+    assert rows["013.bmp"]["x1_mm"] == ""  # a BMP carries no spacing
+
 
 def test_a_bad_annotation_is_refused_before_anything_is_enqueued(cluster, ceph, tmp_path):
     import shutil

@@ -104,3 +104,40 @@ def test_the_throughput_benchmarks_measure_positive_rates(records):
     spec = dataclasses.replace(TINY, progressive=None, image_size=64)
     assert 0 < bare_hrnet_throughput(spec, records["train"], steps=2, warmup=1) < math.inf
     assert 0 < member_hrnet_throughput(spec, records["train"], steps=2, warmup=1) < math.inf
+
+
+def test_a_trained_hrnet_serves_bulk_inference_through_run_chunk(records, tmp_path):
+    """The job's best checkpoints, heatmaps averaged, over archive files: 19 landmarks per study
+    in pixels of each original, a spread from the checkpoints' disagreement, and a broken file
+    failing alone."""
+    from common.inference.archive import open_archive
+    from common.inference.predict import build_predictor, run_chunk
+
+    outcome = train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path / "work")
+    predictor = build_predictor(outcome.best_checkpoints)
+    assert type(predictor).__name__ == "HeatmapPredictor" and predictor.image_size == 96
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for record in records["test"]:
+        (archive / record.image.name).write_bytes(record.image.read_bytes())
+    (archive / "broken.bmp").write_bytes(b"BM\x00\x01")
+    items = list(enumerate(sorted(p.name for p in archive.iterdir())))
+    outcomes = []
+    stats = run_chunk(items, open_archive(archive), predictor, batch_size=2, loader_workers=0,
+                      on_results=outcomes.extend)
+    assert (stats.done, stats.failed) == (len(records["test"]), 1), [(o.study_id, o.reason) for o in outcomes]
+    done = [o for o in outcomes if o.state == "done"]
+    assert all(len(o.landmarks_px) == 19 and len(o.spread_px) == 19 for o in done)
+    assert all(o.image_size == (160, 200) for o in done)
+    assert all(min(o.spread_px) >= 0 for o in done)
+
+
+def test_the_heatmap_predictor_refuses_what_a_cephalometric_model_cannot_do(records, tmp_path):
+    from common.ceph.predict import HeatmapPredictor
+    from common.errors import SpecError
+
+    outcome = train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None, top_k=1), records, tmp_path)
+    with pytest.raises(SpecError, match="no left/right landmark pairs"):
+        HeatmapPredictor(outcome.best_checkpoints, tta="flip")
+    with pytest.raises(SpecError, match="aggregation 'mean' only"):
+        HeatmapPredictor(outcome.best_checkpoints, aggregation="median")

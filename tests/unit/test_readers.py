@@ -271,7 +271,7 @@ def test_a_header_value_pydicom_cannot_convert_fails_the_study_without_quoting_i
 def test_files_that_only_look_like_dicom_are_unrecognised():
     junk = b"\x08\x00\x05\x00" + np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
     for data in (junk, file_bytes("no_meta.dcm"), b"hello, this is a letter, not a scan\n" * 20):
-        with pytest.raises(StudyError, match=r"^unrecognised file format \(not a DICOM, PNG or JPEG file\)$"):
+        with pytest.raises(StudyError, match=r"^unrecognised file format \(not a DICOM, PNG, JPEG, BMP or TIFF file\)$"):
             decode_image(data)
 
 
@@ -279,7 +279,7 @@ def test_a_text_file_named_dcm_and_an_empty_file_in_an_archive_fail_with_reasons
     (tmp_path / "x.dcm").write_text("PatientName: Doe^John\n")
     (tmp_path / "empty.png").write_bytes(b"")
     archive = open_archive(tmp_path)
-    with pytest.raises(StudyError, match=r"not a DICOM, PNG or JPEG file"):
+    with pytest.raises(StudyError, match=r"not a DICOM, PNG, JPEG, BMP or TIFF file"):
         decode_image(archive.read("x.dcm"))
     with pytest.raises(StudyError, match="^empty file$"):
         decode_image(archive.read("empty.png"))
@@ -359,3 +359,32 @@ def test_the_reader_is_chosen_by_content():
     assert [sniff_format(d) for d in (png, encoded(Image.new("L", (40, 40)), "JPEG"),
                                       file_bytes("CT_small.dcm"), file_bytes("CT_small.dcm")[132:], b"GIF89a")] == [
         "png", "jpeg", "dicom", "dicom", None]
+
+
+# --- BMP and TIFF (the ISBI cephalograms are BMP) -------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, name", [("BMP", "bmp"), ("TIFF", "tiff")])
+def test_bmp_and_tiff_decode_to_the_same_grey_pixels(fmt, name):
+    from io import BytesIO
+
+    from PIL import Image
+
+    grey = np.random.default_rng(1).integers(0, 256, (40, 56), dtype=np.uint8)
+    for image in (Image.fromarray(grey), Image.fromarray(grey).convert("RGB")):
+        buffer = BytesIO()
+        image.save(buffer, format=fmt)
+        decoded = decode_image(buffer.getvalue())
+        assert decoded.source_format == name and decoded.size == (56, 40)
+        np.testing.assert_array_equal(decoded.pixels, grey)
+
+
+def test_a_truncated_bmp_fails_alone_with_a_reason():
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(buffer, format="BMP")
+    with pytest.raises(StudyError, match="truncated or corrupt image"):
+        decode_image(buffer.getvalue()[:300])
