@@ -112,5 +112,18 @@ def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store,
         jobs.finish_member(store, member, owner, state, artifacts={f"seed-{0 if member == m0 else 1}/best": str(best)})
     assert resolve_model(store, job_id) == ([str(best)], job_id)
     assert resolve_model(store, str(best)) == ([str(best.resolve())], None)
-    with pytest.raises(SpecError, match="neither a checkpoint file nor an ensemble job"):
+    with pytest.raises(SpecError, match="neither a checkpoint file nor a training job id"):
         resolve_model(store, "feedfeedfeed")
+
+
+def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
+    from scheduler.infer_plan import resolve_model
+
+    job_id, (member,) = jobs.create_job(store, "hrnet", {}, {"data_dir": "/d"}, [0])
+    folder = tmp_path / "seed-0"
+    folder.mkdir()
+    for name in ("best-0012.pt", "best-0009.pt", "last.pt", "init.pt"):
+        (folder / name).write_bytes(b"x")
+    jobs.claim_member(store, member, "a", "w", "cpu", 60, 3)
+    jobs.finish_member(store, member, "a", jobs.State.SUCCEEDED, artifacts={"seed-0/best": str(folder / "best-0012.pt")})
+    assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id)
