@@ -9,8 +9,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from scheduler.local import LocalPool
 
 
 @click.group()
@@ -167,7 +171,7 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: 
                           indent=2))
 
 
-def _pools(gpus: str) -> list[tuple[int, "LocalPool"]]:
+def _pools(gpus: str) -> list[tuple[int, LocalPool]]:
     """The worker sets a bench compares: 1 vs 2 CPU workers, or 1 GPU vs every GPU listed."""
     from scheduler.local import LocalPool
 

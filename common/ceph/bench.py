@@ -19,17 +19,13 @@ from typing import Sequence
 
 import torch
 
+from common.steptiming import bare_rate, rate_between_reports
 from common.ceph.model import build_hrnet
 from common.ceph.readers import CephRecord
 from common.ceph.schema import N_LANDMARKS
 from common.ceph.train import HeatmapDataset, heatmap_loss, load_grey, train_hrnet
 from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything
 from common.specs import HRNetSpec
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_hrnet_throughput(spec: HRNetSpec, records: Sequence[CephRecord], steps: int, warmup: int = 3) -> float:
@@ -57,14 +53,7 @@ def bare_hrnet_throughput(spec: HRNetSpec, records: Sequence[CephRecord], steps:
         scaler.step(optimizer)
         scaler.update()
 
-    for k in range(warmup):
-        step(k)
-    _sync(device)
-    start = time.perf_counter()
-    for k in range(warmup, warmup + steps):
-        step(k)
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return bare_rate(step, steps, warmup, batch, device)
 
 
 def member_hrnet_throughput(spec: HRNetSpec, records: Sequence[CephRecord], steps: int, warmup: int = 3) -> float:
@@ -72,21 +61,14 @@ def member_hrnet_throughput(spec: HRNetSpec, records: Sequence[CephRecord], step
     per_epoch = math.ceil(len(records) / spec.batch_size)
     epochs = math.ceil((steps + warmup) / max(per_epoch - 1, 1))
     spec = dataclasses.replace(spec, epochs=epochs, warmup_epochs=1, progressive=None, top_k=1)
-    stamps: list[tuple[float, int, int]] = []  # (time, epoch, images so far in the epoch)
+    stamps: list[tuple[float, int, int]] = []  # (time, epoch, images of the step)
 
     def progress(report: Progress) -> None:
         if not report.epoch_done:
-            stamps.append((time.perf_counter(), report.epoch, report.step))
+            images = min(spec.batch_size, len(records) - (report.step - 1) * spec.batch_size)
+            stamps.append((time.perf_counter(), report.epoch, images))
 
     split = {"train": list(records), "val": list(records[:2])}
     with tempfile.TemporaryDirectory() as tmp:
         train_hrnet(spec, split, Path(tmp), hooks=TrainHooks(progress=progress))
-    seconds, images = 0.0, 0
-    for k in range(max(warmup, 1), len(stamps)):
-        (t0, e0, _), (t1, e1, step) = stamps[k - 1], stamps[k]
-        if e0 == e1:
-            seconds += t1 - t0
-            images += min(spec.batch_size, len(records) - (step - 1) * spec.batch_size)
-    if images == 0:
-        raise ValueError("too few steps to time: give more images or steps")
-    return images / seconds
+    return rate_between_reports(stamps, warmup)

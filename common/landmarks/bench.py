@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from common.steptiming import bare_rate, rate_between_reports
 from common.landmarks.augment import eval_transform
 from common.landmarks.csvio import make_split, read_landmark_csv
 from common.landmarks.dataset import LandmarkDataset, dataset_paths, preload_images
@@ -30,11 +31,6 @@ from common.landmarks.model import build_model
 from common.landmarks.schema import N_LANDMARKS
 from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything, train_member
 from common.specs import EnsembleSpec
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_loop_throughput(spec: EnsembleSpec, data_dir: Path, steps: int, warmup: int = 3, seed: int = 0) -> float:
@@ -66,14 +62,7 @@ def bare_loop_throughput(spec: EnsembleSpec, data_dir: Path, steps: int, warmup:
         scaler.step(optimizer)
         scaler.update()
 
-    for k in range(warmup):
-        step(k)
-    _sync(device)
-    start = time.perf_counter()
-    for k in range(warmup, warmup + steps):
-        step(k)
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return bare_rate(step, steps, warmup, batch, device)
 
 
 def member_throughput(
@@ -92,22 +81,13 @@ def member_throughput(
     # Timed intervals never span an epoch end: one interval per epoch is lost to the boundary.
     epochs = math.ceil((steps + warmup) / max(per_epoch - 1, 1))
     spec = dataclasses.replace(spec, epochs_head=0, epochs=epochs, patience=epochs + 1)
-    stamps: list[tuple[float, int, int]] = []  # (time, epoch, step) of phase-2 step reports
-    batch_images: list[int] = []
+    stamps: list[tuple[float, int, int]] = []  # (time, epoch, images of the step) of phase-2 steps
 
     def progress(report: Progress) -> None:
         if report.phase == "finetune" and not report.epoch_done:
-            stamps.append((time.perf_counter(), report.epoch, report.step))
-            batch_images.append(min(spec.batch_size, len(split["train"]) - (report.step - 1) * spec.batch_size))
+            images = min(spec.batch_size, len(split["train"]) - (report.step - 1) * spec.batch_size)
+            stamps.append((time.perf_counter(), report.epoch, images))
 
     with tempfile.TemporaryDirectory() as tmp:
         train_member(spec, split, data_dir, seed, Path(workdir or tmp), TrainHooks(progress=progress))
-    seconds, images = 0.0, 0
-    for k in range(max(warmup, 1), len(stamps)):
-        (t0, e0, _), (t1, e1, _) = stamps[k - 1], stamps[k]
-        if e0 == e1:
-            seconds += t1 - t0
-            images += batch_images[k]
-    if images == 0:
-        raise ValueError("too few phase-2 steps to time: raise spec.epochs or lower warmup")
-    return images / seconds
+    return rate_between_reports(stamps, warmup)

@@ -270,7 +270,6 @@ def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
 
 def resume_job(store: Store, job_id: str) -> int:
     """Lift the window and give every unfinished chunk with pending studies another go."""
-    now = utcnow()
     with store.session() as s:
         job = s.get(Job, job_id)
         job.window_lifted = True

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import func, or_, select, update
 
 from common.store.db import Store
-from common.store.models import ENDED, Artifact, Attempt, EvalState, Job, Member, Result, State, utcnow
+from common.store.models import Artifact, Attempt, EvalState, Job, Member, Result, State, utcnow
 
 
 # An evaluation dispatched but not taken within this long is sent again (the message may

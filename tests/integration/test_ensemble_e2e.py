@@ -23,16 +23,6 @@ def dataset(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def cluster(tmp_path, redis_url):
-    import redis
-
-    redis.Redis.from_url(redis_url).flushall()
-    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
-    yield c
-    c.stop()
-
-
 def test_an_ensemble_trains_in_parallel_and_lands_in_postgres(tmp_path, redis_url, postgres_url, dataset):
     import redis
 

@@ -22,16 +22,6 @@ def ceph(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def cluster(tmp_path, redis_url):
-    import redis
-
-    redis.Redis.from_url(redis_url).flushall()
-    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
-    yield c
-    c.stop()
-
-
 def test_an_hrnet_job_reports_mre_and_sdr_per_set_beside_the_untrained_model(cluster, ceph):
     cluster.start_workers(1, "a")
     done = cluster.medq("submit", "hrnet", "--data", str(ceph), "--test-dir", str(ceph / "RawImage" / "Test1Data"),

@@ -60,16 +60,6 @@ BAD = {"truncated.png": "truncated or corrupt", "zero.png": "empty file", "notes
        "tiny.png": "too small", "outside": "outside the archive"}
 
 
-@pytest.fixture
-def cluster(tmp_path, redis_url):
-    import redis
-
-    redis.Redis.from_url(redis_url).flushall()
-    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
-    yield c
-    c.stop()
-
-
 def _csv(cluster, job_id, *flags) -> list[dict]:
     out = cluster.medq("results", job_id, *flags)
     assert out.returncode == 0, out.stderr
