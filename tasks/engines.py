@@ -77,8 +77,10 @@ def train_hrnet_member(claim, workdir: Path, hooks) -> Trained:
     artifacts = {f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
     if outcome.best_checkpoints:
         artifacts[f"seed-{claim.seed}/best"] = str(outcome.best_checkpoints[0])
-    fields = {"epoch": outcome.epochs_run, "val_loss": outcome.best_val_mre, "val_error_px": None,
-              "device": outcome.device, "images_per_s": outcome.train_images_per_s}
+    # val_loss: the best validation MRE (mm, or px without a spacing); val_error_px stays as the
+    # last progress report left it (the latest epoch's radial error in original pixels).
+    fields = {"epoch": outcome.epochs_run, "val_loss": outcome.best_val_mre, "device": outcome.device,
+              "images_per_s": outcome.train_images_per_s}
     return Trained(outcome.cancelled, fields, artifacts, outcome.resumed_from_epoch)
 
 
