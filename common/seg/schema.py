@@ -1,0 +1,9 @@
+"""Classes of the MedSeg COVID-19 CT layout, in its channel order, and the HU conventions."""
+
+from __future__ import annotations
+
+CLASSES = ("ground_glass", "consolidation", "other_lung", "background")
+N_CLASSES = len(CLASSES)
+GROUND_GLASS, CONSOLIDATION, OTHER_LUNG, BACKGROUND = range(N_CLASSES)
+LESIONS = (GROUND_GLASS, CONSOLIDATION)  # reported apart from lung and background
+HU_CLIP = (-1500.0, 500.0)
