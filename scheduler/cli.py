@@ -86,6 +86,21 @@ def synth_ceph_cmd(out: Path, n: int, n_test: int | None, seed: int, width: int,
     click.echo(f"wrote {sets} images of {width} x {height} px ({summary.spacing_mm} mm/px) to {out}")
 
 
+@data.command("synth-ct")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", "n", default=200, show_default=True, help="slices")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--size", default=128, show_default=True, help="slice side in pixels")
+@click.option("--slices-per-volume", default=10, show_default=True)
+def synth_ct_cmd(out: Path, n: int, seed: int, size: int, slices_per_volume: int) -> None:
+    """Synthetic CT slices in the MedSeg layout (HU images, one-hot masks of 4 classes)."""
+    from common.seg.synth import synth_ct
+
+    summary = synth_ct(out, n=n, seed=seed, size=size, slices_per_volume=slices_per_volume)
+    click.echo(f"wrote {n} slices of {size} x {size} px from {summary.n_volumes} volumes "
+               f"({summary.slices_with_lesions} with lesions) to {out}")
+
+
 # -- submit ----------------------------------------------------------------------------------
 @main.group()
 def submit() -> None:
