@@ -122,6 +122,7 @@ class HRNetSpec:
     scale: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.2
     contrast: float = 0.2
+    flip_pairs: tuple[tuple[int, int], ...] = ()  # 0-based left/right landmark pairs; none: no flip test
     format: str = "isbi"
     annotator: str = "senior"
     pretrained: str | None = None  # local timm HRNet weights; nothing is downloaded
@@ -144,6 +145,11 @@ class HRNetSpec:
                             f"got {self.progressive[1]}")
         if self.sigma <= 0 or self.lr <= 0:
             raise SpecError("sigma and lr must be positive")
+        flat = [k for pair in self.flip_pairs for k in pair]
+        if any(len(pair) != 2 for pair in self.flip_pairs) or len(set(flat)) != len(flat) or \
+                any(not 0 <= k < 19 for k in flat):
+            raise SpecError(f"flip pairs must be distinct landmark numbers from 1 to 19, two by two, got "
+                            f"{[tuple(k + 1 for k in pair) for pair in self.flip_pairs]}")
 
     def size_at(self, epoch: int) -> int:
         """Input size of a 1-based epoch (progressive resizing: the smaller size first)."""
@@ -158,6 +164,8 @@ class HRNetSpec:
         for key in ("progressive", "scale"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if "flip_pairs" in data:
+            data["flip_pairs"] = tuple(tuple(pair) for pair in data["flip_pairs"])
         return _from_dict(cls, data)
 
 

@@ -162,6 +162,8 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (tensor cores)")
 @click.option("--progressive", default=None, help="SIZE:EPOCHS, e.g. 384:100: the first EPOCHS at SIZE px")
 @click.option("--top-k", default=3, show_default=True, help="best checkpoints averaged at evaluation")
+@click.option("--flip-pairs", default="", help="left/right landmark pairs for a flip test, e.g. 3:4,5:6 (1-based); "
+              "none by default: lateral cephalograms have none")
 @click.option("--patience", default=0, show_default=True, help="early stopping on validation MRE (0: off)")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="local timm HRNet weights (never downloaded)")
@@ -171,7 +173,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
               help="go on with this failed or cancelled hrnet job from its last checkpoint (its spec and data kept)")
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
-                     warmup_epochs, amp, channels_last, progressive, top_k, patience, pretrained, loader_workers, split_seed,
+                     warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained, loader_workers, split_seed,
                      resume_job, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
     from common.specs import HRNetSpec, SplitSpec
@@ -193,10 +195,15 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
         except ValueError:
             raise click.BadParameter("expected SIZE:EPOCHS, e.g. 384:100", param_hint="--progressive") from None
         stages = (size, count)
+    try:
+        pairs = tuple(tuple(int(k) - 1 for k in pair.split(":")) for pair in flip_pairs.split(",") if pair.strip())
+    except ValueError:
+        raise click.BadParameter("expected A:B pairs of landmark numbers, e.g. 3:4,5:6",
+                                 param_hint="--flip-pairs") from None
     spec = HRNetSpec(width=width, image_size=image_size, sigma=sigma, refine=refine, epochs=epochs,
                      batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, amp=amp,
                      channels_last=channels_last, progressive=stages,
-                     top_k=top_k, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
+                     top_k=top_k, flip_pairs=pairs, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
                      loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
     job_id = submit_hrnet(load_settings(), spec, data_dir, list(test_dirs))
     click.echo(job_id)

@@ -4,7 +4,8 @@
 ``device``, ``predict(batch, sizes)``, ``qc_flags``, ``close``), so ``run_chunk`` serves it
 unchanged: landmarks decode from the mean heatmap of the checkpoints (as the job's evaluation
 does), and the spread per landmark is that of the checkpoints' own decoded points about their
-mean (0 for one checkpoint). No flip test: lateral cephalograms have no left/right pairs.
+mean (0 for one checkpoint). The flip test runs when the model was given flip pairs (as in its
+evaluation); lateral cephalograms have none, and ``--tta flip`` is then refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from common.ceph.codec import HeatmapCodec
 from common.ceph.model import HEATMAP_STRIDE
-from common.ceph.train import load_hrnet
+from common.ceph.train import heatmaps_of, load_hrnet
 from common.errors import SpecError
 from common.inference.qc import landmark_qc_flags
 from common.landmarks.train import pick_device
@@ -31,9 +32,10 @@ class HeatmapPredictor:
         if aggregation != "mean":
             raise SpecError(f"an HRNet model averages its checkpoints' heatmaps: aggregation 'mean' only, "
                             f"got {aggregation!r}")
-        if tta not in (None, "none"):
-            raise SpecError("no flip test for cephalometric models: they have no left/right landmark pairs")
         loaded = [load_hrnet(Path(p)) for p in paths]
+        self.flip_pairs = loaded[0][1].flip_pairs
+        if tta not in (None, "none") and not self.flip_pairs:
+            raise SpecError("no flip test for this model: it was trained without left/right landmark pairs")
         sizes = {spec.image_size for _, spec in loaded}
         if len(sizes) > 1:
             raise SpecError(f"checkpoints trained at different image sizes: {sorted(sizes)}")
@@ -52,7 +54,7 @@ class HeatmapPredictor:
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            maps = np.stack([m(images).float().cpu().numpy() for m in self.models])  # (M, B, K, h, w)
+            maps = np.stack([heatmaps_of(m, images, self.flip_pairs).cpu().numpy() for m in self.models])
         scale = np.asarray(sizes, dtype=np.float64)[:, None, :] / self.image_size  # (B, 1, 2)
         landmarks = self.codec.decode(maps.mean(axis=0))[0] * scale
         each = np.stack([self.codec.decode(m)[0] * scale for m in maps])  # (M, B, K, 2)

@@ -225,9 +225,31 @@ def _keep_best(state: _State, val_mre: float, epoch: int, spec: HRNetSpec, model
 
 
 @torch.no_grad()
+def flip_permutation(n_landmarks: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """Channel order of a mirrored image's heatmaps: each pair's two landmarks swapped."""
+    order = list(range(n_landmarks))
+    for a, b in pairs:
+        order[a], order[b] = b, a
+    return order
+
+
+@torch.no_grad()
+def heatmaps_of(model: torch.nn.Module, images: torch.Tensor, flip_pairs: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    """The model's heatmaps; with flip pairs, the mean with those of the mirrored image, mirrored
+    back and its pairs swapped (a heatmap column u mirrors to w - 1 - u exactly, as the input's
+    x does to W - 1 - x under the codec's pixel-centre convention)."""
+    maps = model(images).float()
+    if flip_pairs:
+        mirrored = torch.flip(model(torch.flip(images, dims=(3,))).float(), dims=(3,))
+        maps = (maps + mirrored[:, flip_permutation(maps.shape[1], flip_pairs)]) / 2
+    return maps
+
+
+@torch.no_grad()
 def predict_heatmaps(models: Sequence[torch.nn.Module], dataset: HeatmapDataset, device: torch.device,
-                     use_amp: bool) -> np.ndarray:
-    """Mean heatmaps (N, K, h, w) of ``models`` over ``dataset`` (checkpoint ensembling)."""
+                     use_amp: bool, flip_pairs: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """Mean heatmaps (N, K, h, w) of ``models`` over ``dataset`` (checkpoint ensembling), with the
+    flip test when flip pairs are given."""
     loader = DataLoader(dataset, batch_size=EVAL_BATCH, pin_memory=device.type == "cuda")
     outputs = []
     for model in models:
@@ -235,7 +257,7 @@ def predict_heatmaps(models: Sequence[torch.nn.Module], dataset: HeatmapDataset,
         maps = []
         for batch, _, _ in loader:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                maps.append(model(batch.to(device)).float().cpu().numpy())
+                maps.append(heatmaps_of(model, batch.to(device), flip_pairs).cpu().numpy())
         outputs.append(np.concatenate(maps))
     return np.mean(outputs, axis=0)
 
@@ -273,10 +295,11 @@ def evaluate_hrnet(checkpoints: Sequence[Path], records: Sequence[CephRecord]) -
     models = [m.to(device) for m, _ in loaded]
     images = {r.stem: load_grey(r.image) for r in records}
     dataset = HeatmapDataset(records, images, spec, spec.image_size, train=False)
-    maps = predict_heatmaps(models, dataset, device, spec.amp and device.type == "cuda")
+    maps = predict_heatmaps(models, dataset, device, spec.amp and device.type == "cuda", spec.flip_pairs)
     points = to_original(dataset.codec.decode(maps)[0], records, spec.image_size)
     truth = np.stack([r.points for r in records])
     known = all(r.spacing_mm is not None for r in records)
     metrics = ceph_metrics(points, truth, [r.spacing_mm for r in records] if known else None, LANDMARKS)
     metrics["checkpoints"] = len(checkpoints)
+    metrics["flip_test"] = bool(spec.flip_pairs)
     return metrics

@@ -137,7 +137,48 @@ def test_the_heatmap_predictor_refuses_what_a_cephalometric_model_cannot_do(reco
     from common.errors import SpecError
 
     outcome = train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None, top_k=1), records, tmp_path)
-    with pytest.raises(SpecError, match="no left/right landmark pairs"):
+    with pytest.raises(SpecError, match="trained without left/right landmark pairs"):
         HeatmapPredictor(outcome.best_checkpoints, tta="flip")
     with pytest.raises(SpecError, match="aggregation 'mean' only"):
         HeatmapPredictor(outcome.best_checkpoints, aggregation="median")
+
+
+class ConstantHeatmaps(torch.nn.Module):
+    """Whatever the image, heatmaps with landmark 0 at input x = 20 and landmark 1 at x = 75."""
+
+    def __init__(self, codec):
+        super().__init__()
+        import numpy as np
+
+        maps, _ = codec.encode(np.array([[20.0, 40.0], [75.0, 40.0]]))
+        self.register_buffer("maps", torch.from_numpy(maps)[None])
+
+    def forward(self, images):
+        return self.maps.expand(len(images), -1, -1, -1)
+
+
+def test_the_flip_test_mirrors_back_and_swaps_the_pairs():
+    """Mirrored, landmark 1's map sits at x = 95 - 75 = 20 and becomes landmark 0's: the mean of
+    two maps at 20 stays at 20. Landmark 0's mirror (x = 75) becomes landmark 1's: stays at 75."""
+    from common.ceph.codec import HeatmapCodec
+    from common.ceph.train import heatmaps_of
+
+    codec = HeatmapCodec(96)
+    model = ConstantHeatmaps(codec)
+    images = torch.zeros(1, 1, 96, 96)
+    plain = codec.decode(heatmaps_of(model, images).numpy())[0][0]
+    flipped = codec.decode(heatmaps_of(model, images, flip_pairs=((0, 1),)).numpy())[0][0]
+    assert abs(plain[0, 0] - 20) < 0.1 and abs(plain[1, 0] - 75) < 0.1
+    assert abs(flipped[0, 0] - 20) < 0.1 and abs(flipped[1, 0] - 75) < 0.1
+    # a mirror off by one heatmap column would put the mean between two peaks, 2 input px away
+
+
+def test_flip_pairs_are_checked_and_survive_the_json_round_trip():
+    from common.errors import SpecError
+
+    spec = HRNetSpec(flip_pairs=((2, 3), (4, 5)))
+    assert HRNetSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError, match="flip pairs must be distinct landmark numbers from 1 to 19"):
+        HRNetSpec(flip_pairs=((2, 2),))
+    with pytest.raises(SpecError, match="flip pairs"):
+        HRNetSpec(flip_pairs=((0, 19),))
