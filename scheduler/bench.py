@@ -182,6 +182,81 @@ def _pools(gpus: str) -> list[tuple[int, LocalPool]]:
     return pools + [(len(indices), LocalPool(gpus=indices))] if len(indices) > 1 else pools
 
 
+@bench.command("segment")
+@click.option("--arch", default="unetplusplus", show_default=True)
+@click.option("--encoder", default="efficientnet-b3", show_default=True)
+@click.option("--image-size", default=384, show_default=True)
+@click.option("--slices", default=24, show_default=True, help="training slices")
+@click.option("--batch-size", default=6, show_default=True)
+@click.option("--steps", default=6, show_default=True, help="measured training steps (after warm-up)")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--loader-workers", default=0, show_default=True, help="training data-loading processes")
+@click.option("--volumes", default=6, show_default=True, help="CT volumes for the inference part")
+@click.option("--volume-slices", default=16, show_default=True)
+@click.option("--volume-size", default=512, show_default=True, help="slice side of the inference volumes")
+@click.option("--infer-batch-size", default=16, show_default=True)
+@click.option("--gpus", default="", help="GPU index (e.g. 0): a GPU worker instead of a CPU one for inference")
+def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loader_workers, volumes, volume_slices,
+                  volume_size, infer_batch_size, gpus) -> None:
+    """Slices/s of segmentation training (one member vs a bare PyTorch loop, same model, batch
+    and data) and of bulk inference (`medq submit infer` on .npy volumes vs a bare loop)."""
+    import numpy as np
+
+    import common
+    from common.landmarks.checkpoint import save_atomic
+    from common.landmarks.train import pick_device
+    from common.seg.bench import bare_seg_inference, bare_seg_training, member_seg_training
+    from common.seg.data import read_medseg
+    from common.seg.model import build_segmenter
+    from common.seg.synth import synth_ct
+    from common.settings import load_settings
+    from common.specs import SegmentSpec
+    from common.store import open_store
+    from scheduler.infer_plan import submit_infer
+    from scheduler.local import local_workers, wait_for_job
+
+    root = Path(tempfile.mkdtemp(prefix="medq-bench-segment-"))
+    spec = SegmentSpec(arch=arch, encoder=encoder, image_size=image_size, batch_size=batch_size, amp=amp,
+                       loader_workers=loader_workers)
+    synth_ct(root / "train", n=slices, seed=1, size=image_size)
+    data = read_medseg(root / "train")
+    indices = list(range(data.n_slices))
+    device = pick_device()
+    out: dict = {"device": str(device), "arch": arch, "encoder": encoder, "image_size": image_size,
+                 "batch_size": batch_size, "amp": amp and device.type == "cuda"}
+    bare = bare_seg_training(spec, data.sources, indices, steps)
+    member = member_seg_training(spec, data.sources, indices, steps)
+    out["training"] = {"bare_slices_per_s": round(bare, 2), "member_slices_per_s": round(member, 2),
+                       "ratio": round(member / bare, 3)}
+
+    synth_ct(root / "ct", n=volumes * volume_slices, seed=2, size=volume_size, slices_per_volume=volume_slices)
+    hu = np.load(root / "ct" / "images_synth.npy", mmap_mode="r")
+    archive = root / "archive"
+    archive.mkdir()
+    for v in range(volumes):
+        np.save(archive / f"scan{v:03d}.npy", np.asarray(hu[v * volume_slices:(v + 1) * volume_slices, ..., 0]))
+    checkpoint = root / "best.pt"
+    model = build_segmenter(arch, encoder, 4)
+    save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0, "hu": {"mean": -500.0, "std": 450.0},
+                 "class_weights": [1.0] * 4, "code_version": common.__version__}, checkpoint)
+    bare_infer = bare_seg_inference(checkpoint, sorted(archive.glob("*.npy")), infer_batch_size)
+    (_, pool), = _pools(gpus)[:1]
+    env = {"MEDQ_HOME": str(root / "home")}
+    settings = load_settings({**os.environ, **env})
+    with local_workers(pool, root / "logs", env, ready_timeout=300):
+        start = time.perf_counter()
+        job_id, _, _ = submit_infer(settings, archive, str(checkpoint), batch_size=infer_batch_size,
+                                    out_dir=str(root / "out"))
+        job = wait_for_job(open_store(settings), job_id, timeout=3600, poll=0.2)
+        seconds = time.perf_counter() - start
+    job_rate = volumes * volume_slices / seconds
+    out["inference"] = {"volumes": volumes, "slices_per_volume": volume_slices, "slice_size": volume_size,
+                        "batch_size": infer_batch_size, "bare_slices_per_s": round(bare_infer, 2),
+                        "job_slices_per_s": round(job_rate, 2), "job_state": job["state"],
+                        "ratio": round(job_rate / bare_infer, 3)}
+    click.echo(json.dumps(out, indent=2))
+
+
 def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     """A member checkpoint in best.pt's format with random weights (throughput does not care)."""
     import common

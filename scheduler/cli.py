@@ -211,12 +211,80 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
         sys.exit(_wait_and_report(job_id))
 
 
+@submit.command("segment")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="a folder in the MedSeg layout: images_<name>.npy (HU) + masks_<name>.npy (+ volumes_<name>.npy)")
+@click.option("--arch", default="unetplusplus", show_default=True, help="segmentation-models-pytorch architecture")
+@click.option("--encoder", default="efficientnet-b3", show_default=True,
+              help="smp encoder name, or any timm model as tu-<name>")
+@click.option("--image-size", default=384, show_default=True)
+@click.option("--epochs", default=60, show_default=True)
+@click.option("--batch-size", default=6, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True, help="AdamW's starting learning rate")
+@click.option("--max-lr", default=5e-4, show_default=True, help="OneCycle's peak learning rate")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
+@click.option("--patience", default=7, show_default=True, help="early stopping on validation lesion Dice (0: off)")
+@click.option("--lesion-weight", default=3.0, show_default=True, help="sampling weight of slices with a lesion")
+@click.option("--loss-weights", default="0.25,0.5,0.25", show_default=True, help="CE,Dice,Focal")
+@click.option("--gamma", default=2.5, show_default=True, help="focal loss gamma")
+@click.option("--class-weights", default=None,
+              help="CE weights: ground glass,consolidation,other lung,background  [default: inverse pixel frequency "
+                   "of the training split]")
+@click.option("--empty", type=click.Choice(["one", "skip"]), default="one", show_default=True,
+              help="per-slice Dice/IoU where a class is absent from both masks: count 1, or leave the slice out")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="local model or encoder weights (never downloaded)")
+@click.option("--loader-workers", default=0, show_default=True)
+@click.option("--split-seed", default=42, show_default=True)
+@click.option("--resume", "resume_job", default=None,
+              help="go on with this failed or cancelled segment job from its last checkpoint")
+@click.option("--wait", is_flag=True, help="follow progress and print the results")
+def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, lr, max_lr, amp, patience,
+                       lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
+                       resume_job, wait) -> None:
+    """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
+    from common.specs import SegmentSpec, SplitSpec
+    from scheduler.submit import submit_segment
+
+    if resume_job:
+        job_id = _resume_training(resume_job, "segment")
+        click.echo(job_id)
+        if wait:
+            sys.exit(_wait_and_report(job_id))
+        return
+    if data_dir is None:
+        raise click.UsageError("give --data DIR (or --resume JOB)")
+    weights = _floats(loss_weights, 3, "--loss-weights")
+    spec = SegmentSpec(arch=arch, encoder=encoder, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                       max_lr=max_lr, amp=amp, patience=patience, lesion_weight=lesion_weight, w_ce=weights[0],
+                       w_dice=weights[1], w_focal=weights[2], gamma=gamma,
+                       class_weights=_floats(class_weights, 4, "--class-weights") if class_weights else None,
+                       empty=empty, pretrained=pretrained, loader_workers=loader_workers,
+                       split=SplitSpec(seed=split_seed))
+    job_id = submit_segment(load_settings(), spec, data_dir)
+    click.echo(job_id)
+    if wait:
+        sys.exit(_wait_and_report(job_id))
+
+
+def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise click.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=option)
+    return values
+
+
 @submit.command("infer")
 @click.option("--archive", required=True, type=click.Path(path_type=Path),
               help="a folder tree, .zip or .tar[.gz] of DICOM, PNG and JPEG files")
-@click.option("--model", required=True, help="an ensemble job id or a checkpoint file")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="write overlay PNGs here")
-@click.option("--chunk", default=256, show_default=True, help="studies per task")
+@click.option("--model", required=True, help="a trained job id (ensemble, hrnet, segment) or a checkpoint file")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="write overlay PNGs here (and, for a segmentation model, which needs it, the masks)")
+@click.option("--chunk", default=None, type=click.IntRange(min=1),
+              help="studies per task  [default: 256 images; 4 CT volumes for a segmentation model]")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
 @click.option("--aggregation", type=click.Choice(["mean", "median"]), default="mean", show_default=True)
 @click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
@@ -228,7 +296,9 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
 @click.option("--wait", is_flag=True, help="follow progress until the job ends")
 def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
                      loader_workers, skip_done, wait) -> None:
-    """Landmarks for every study of an archive, with the failures listed."""
+    """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
+    archive, with the failures listed. A segmentation model's study is a .npy volume or a DICOM
+    series."""
     from scheduler.infer_plan import submit_infer
 
     job_id, n_studies, n_chunks = submit_infer(
@@ -236,7 +306,7 @@ def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, p
         priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
         out_dir=str(out_dir.resolve()) if out_dir else None)
     click.echo(job_id)
-    click.echo(f"{n_studies} files in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
+    click.echo(f"{n_studies} studies in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
     if wait:
         from scheduler.render import console
         from scheduler.watch import watch_job
@@ -380,10 +450,14 @@ def results(job, as_json, as_csv, failed) -> None:
 
         if as_csv or failed:
             from common.landmarks.schema import N_LANDMARKS
-            from common.store.inference import landmark_count
+            from common.store.inference import landmark_count, model_family
+            from scheduler.infer_views import write_seg_csv
 
-            write_csv(sys.stdout, iter_studies(store, job_id, ("failed", "skipped") if failed else None),
-                      landmark_count(store, job_id) or N_LANDMARKS)
+            studies = iter_studies(store, job_id, ("failed", "skipped") if failed else None)
+            if model_family(store, job_id) == "segment":
+                write_seg_csv(sys.stdout, studies)
+            else:
+                write_csv(sys.stdout, studies, landmark_count(store, job_id) or N_LANDMARKS)
         elif as_json:
             from common.store.views import infer_view
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from common.errors import SpecError
 from common.inference.archive import open_archive
 from common.inference.types import Entry
+from common.seg.volumes import plan_ct_studies
 from common.settings import Settings
 from common.specs import InferSpec
 from common.store import open_store
@@ -18,17 +19,24 @@ from common.store.jobs import fail_job, new_job_id
 from common.store.views import job_results
 
 
-def resolve_model(store, model: str) -> tuple[list[str], str | None]:
-    """A checkpoint file; an ensemble job id: the best checkpoints of its members that succeeded;
-    an hrnet job id: its best k checkpoints (averaged, as its evaluation does)."""
+TRAINED_KINDS = ("ensemble", "hrnet", "segment")
+IMAGE_CHUNK, SEG_CHUNK = 256, 4  # studies per chunk task: 2D images, CT volumes
+
+
+def resolve_model(store, model: str) -> tuple[list[str], str | None, str]:
+    """(checkpoints, training job id or None, model family). A checkpoint file; an ensemble job
+    id: the best checkpoints of its members that succeeded; an hrnet job id: its best k
+    checkpoints (averaged, as its evaluation does); a segment job id: its best checkpoint."""
+    from common.checkpoint_meta import checkpoint_spec, model_family
+
     path = Path(model)
     if path.is_file():
-        return [str(path.resolve())], None
+        return [str(path.resolve())], None, model_family(checkpoint_spec(path))
     view = job_results(store, model)
     if view is None:
         raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor a training job id")
-    if view["kind"] not in ("ensemble", "hrnet"):
-        raise SpecError(f"job {model} is a {view['kind']} job, not a trained model (ensemble or hrnet)")
+    if view["kind"] not in TRAINED_KINDS:
+        raise SpecError(f"job {model} is a {view['kind']} job, not a trained model ({', '.join(TRAINED_KINDS)})")
     checkpoints = [m["checkpoint"] for m in view["members"] if m["state"] == "succeeded" and m["checkpoint"]]
     if not checkpoints:
         raise SpecError(f"{view['kind']} job {model} has no member that succeeded")
@@ -36,24 +44,30 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None]:
         checkpoints = sorted(str(p) for p in Path(checkpoints[0]).parent.glob("best-*.pt")) or checkpoints
     missing = [c for c in checkpoints if not Path(c).is_file()]
     if missing:
-        raise SpecError(f"ensemble job {model}: checkpoint file(s) missing on this host: {', '.join(missing)}")
-    return checkpoints, view["job_id"]
+        raise SpecError(f"{view['kind']} job {model}: checkpoint file(s) missing on this host: {', '.join(missing)}")
+    return checkpoints, view["job_id"], view["kind"]
 
 
 def submit_infer(settings: Settings, archive_path: Path, model: str, **options) -> tuple[str, int, int]:
     """Returns (job id, studies, chunks)."""
     store = open_store(settings)
     archive = open_archive(archive_path)  # DataError for a missing path or unknown kind
-    checkpoints, model_job = resolve_model(store, model)
+    checkpoints, model_job, family = resolve_model(store, model)
+    if family == "segment" and not options.get("out_dir"):
+        raise SpecError("a segmentation model writes a mask file per study: give --out DIR")
+    if options.get("chunk") is None:
+        options["chunk"] = SEG_CHUNK if family == "segment" else IMAGE_CHUNK
     spec = InferSpec(archive=str(archive_path.resolve()), checkpoints=tuple(checkpoints), model_job=model_job,
                      **options)
     job_id = new_job_id()
-    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind}, spec.priority,
+    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family}, spec.priority,
                                spec.window)
     done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
                       if spec.skip_done else None)
+    # a segmenter's study is a volume: a .npy file or a DICOM series (grouped from the headers)
+    entries = plan_ct_studies(archive) if family == "segment" else archive.entries()
     studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)
-               else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in archive.entries())
+               else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in entries)
     try:
         n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere)
         from tasks.app import app_for

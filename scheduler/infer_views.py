@@ -44,6 +44,39 @@ def write_csv(out: IO[str], studies: Iterable, n_landmarks: int = N_LANDMARKS) -
     return n
 
 
+SEG_LESIONS = ("ground_glass", "consolidation")
+SEG_CLASSES = (*SEG_LESIONS, "other_lung", "background")
+SEG_FIELDS = (["path", "key", "state", "reason", "study_uid", "series_uid", "format", "slices", "width", "height",
+               "spacing_slice_mm", "spacing_row_mm", "spacing_column_mm", "mask"]
+              + [f"{name}_ml" for name in SEG_LESIONS] + ["lesion_total_ml", "lung_involvement_pct"]
+              + [f"{name}_voxels" for name in SEG_CLASSES])
+
+
+def seg_csv_row(study) -> list:
+    """A segmentation study: its mask file (relative to --out), lesion millilitres per class
+    (empty without a spacing), the percentage of lung involved, and voxels per class."""
+    m = study.result or {}
+    fmt = lambda v: "" if v is None else (round(v, 3) if isinstance(v, float) else v)  # noqa: E731
+    spacing = m.get("spacing_mm") or [None, None, None]
+    ml, voxels = m.get("lesion_ml") or {}, m.get("voxels") or {}
+    return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
+             study.series_uid or "", study.source_format or "", fmt(m.get("slices")), fmt(study.width),
+             fmt(study.height), *(fmt(v) for v in spacing), m.get("mask", "")]
+            + [fmt(ml.get(name)) for name in SEG_LESIONS]
+            + [fmt(m.get("lesion_total_ml")), fmt(m.get("lung_involvement_pct"))]
+            + [fmt(voxels.get(name)) for name in SEG_CLASSES])
+
+
+def write_seg_csv(out: IO[str], studies: Iterable) -> int:
+    writer = csv.writer(out)
+    writer.writerow(SEG_FIELDS)
+    n = 0
+    for study in studies:
+        writer.writerow(seg_csv_row(study))
+        n += 1
+    return n
+
+
 def summary_lines(view: dict) -> list[str]:
     s = view["studies"]
     lines = [f"job {view['job_id']} (infer, priority {view['priority']}"

@@ -131,8 +131,55 @@ def per_landmark_table(entry: dict) -> Table:
     return table
 
 
+SEG_COLUMNS = (("dice_per_image", "Dice (per slice)"), ("dice_pooled", "Dice (pooled)"),
+               ("iou_per_image", "IoU (per slice)"), ("iou_pooled", "IoU (pooled)"))
+LESION_CLASSES = ("ground_glass", "consolidation")
+
+
+def seg_table(entry: dict) -> Table:
+    """One evaluation set of a segmentation job: lesion classes, their mean, then lung and background."""
+    m = entry["metrics"]
+    split = m.get("split_by")
+    title = f"{entry['name']}: {m.get('n_images', '?')} slices" + (f" (split by {split})" if split else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("class")
+    for _, label in SEG_COLUMNS:
+        table.add_column(label, justify="right")
+    table.add_column("slices empty in both", justify="right")
+    per_class = m.get("per_class", {})
+    for name in [*LESION_CLASSES, None, *(c for c in per_class if c not in LESION_CLASSES)]:
+        if name is None:
+            table.add_row("lesion mean", *(_fmt(m["lesion_mean"].get(k), 3) for k, _ in SEG_COLUMNS), "",
+                          style="bold", end_section=True)
+        elif name in per_class:
+            row = per_class[name]
+            table.add_row(name.replace("_", " "), *(_fmt(row.get(k), 3) for k, _ in SEG_COLUMNS),
+                          str(row.get("empty_images", "")))
+    return table
+
+
+def print_seg_results(console: Console, results: dict) -> None:
+    if not results["sets"]:
+        console.print(f"job {results['job_id']}: {results['state']}; no results yet")
+        return
+    console.print(f"job {results['job_id']}: {results['state']}")
+    for entry in results["sets"]:
+        console.print(seg_table(entry))
+    first = results["sets"][0]["metrics"]
+    for name, text in first.get("reductions", {}).items():
+        console.print(f"  {name}: {text}")
+    if first.get("split_by") == "slice":
+        console.print("  [yellow]split by slice (no volume ids given): slices of one scan can sit in both training "
+                      "and test[/]")
+    if first.get("overlays"):
+        console.print(f"  review overlays (slice | truth | prediction | lesion TP yellow, FP red, FN green): "
+                      f"{first['overlays']}")
+
+
 def print_results(console: Console, results: dict) -> None:
-    if results.get("sets"):
+    if results.get("kind") == "segment":
+        print_seg_results(console, results)
+    elif results.get("sets"):
         console.print(sets_table(results))
         console.print(per_landmark_table(results["sets"][0]))
     elif results.get("kind") == "ensemble" or results.get("ensemble"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.landmarks.csvio import make_split, validate_dataset
 from common.settings import Settings
-from common.specs import EnsembleSpec, HRNetSpec
+from common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
 from common.store import open_store
 from common.store import jobs
 
@@ -58,6 +58,34 @@ def submit_hrnet(settings: Settings, spec: HRNetSpec, data_dir: Path, test_dirs:
     plan = plan_hrnet(spec, data_dir, test_dirs)
     store = open_store(settings)
     job_id, (member_id,) = jobs.create_job(store, HRNetSpec.kind, spec.to_dict(), plan, [seed], spec.epochs)
+    from tasks.app import app_for
+    from tasks.send import send_member
+
+    try:
+        send_member(app_for(settings), member_id)
+    except Exception as exc:
+        jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
+        raise
+    return job_id
+
+
+def plan_segment(spec: SegmentSpec, data_dir: Path) -> dict:
+    """Read and check every images/masks pair, and fix the split: by volume when volume ids are
+    given, by slice otherwise (torch-free)."""
+    from common.seg.data import read_medseg, split_slices
+
+    data = read_medseg(data_dir)
+    split, split_by = split_slices(data, spec.split)
+    return {"data_dir": str(data.root), "n_images": data.n_slices, "sources": [s.to_dict() for s in data.sources],
+            "split": split, "split_by": split_by}
+
+
+def submit_segment(settings: Settings, spec: SegmentSpec, data_dir: Path, seed: int = 0) -> str:
+    """One member on the GPU queue; its evaluation scores the best checkpoint, and the same
+    model untrained, on the test split."""
+    plan = plan_segment(spec, data_dir)
+    store = open_store(settings)
+    job_id, (member_id,) = jobs.create_job(store, SegmentSpec.kind, spec.to_dict(), plan, [seed], spec.epochs)
     from tasks.app import app_for
     from tasks.send import send_member
 

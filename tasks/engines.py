@@ -107,3 +107,46 @@ def evaluate_hrnet_job(claim) -> dict[str, dict[str, Any]]:
         results[f"set-{Path(path).name}"] = evaluate_hrnet(
             checkpoints, list(read_test_set(Path(path), spec.format, spec.annotator).records))
     return results
+
+
+# --- family 3: UNet++ CT lesion segmentation ----------------------------------------------------
+
+
+def _seg_sources(plan: dict[str, Any]):
+    from common.seg.data import SegSource
+
+    return [SegSource.from_dict(s) for s in plan["sources"]]
+
+
+@TRAINERS.register("segment")
+def train_segment_member(claim, workdir: Path, hooks) -> Trained:
+    from common.seg.train import train_segmenter
+    from common.specs import SegmentSpec
+
+    outcome = train_segmenter(SegmentSpec.from_dict(claim.spec), _seg_sources(claim.plan), claim.plan["split"],
+                              workdir, claim.seed, hooks)
+    artifacts = {f"seed-{claim.seed}/last": str(outcome.last_checkpoint)}
+    if outcome.best_epoch:
+        artifacts[f"seed-{claim.seed}/best"] = str(outcome.best_checkpoint)
+    # val_loss stays the latest epoch's validation loss (set by the progress reports)
+    fields = {"epoch": outcome.epochs_run, "device": outcome.device, "images_per_s": outcome.train_slices_per_s}
+    return Trained(outcome.cancelled, fields, artifacts, outcome.resumed_from_epoch)
+
+
+@EVALUATORS.register("segment")
+def evaluate_segment_job(claim) -> dict[str, dict[str, Any]]:
+    """The best checkpoint, and the same model untrained, on the held-out test slices; review
+    overlays of the trained model beside its checkpoints."""
+    from common.seg.train import INIT_NAME, evaluate_segmenter
+
+    if not claim.members:  # the member failed; the job says why
+        return {}
+    (_, _, _, best), = claim.members
+    sources, test = _seg_sources(claim.plan), claim.plan["split"]["test"]
+    about = {"split_by": claim.plan["split_by"], "n_slices": {k: len(v) for k, v in claim.plan["split"].items()}}
+    results = {"set-test": {**evaluate_segmenter(Path(best), sources, test, Path(best).parent / "overlays"),
+                            **about}}
+    untrained = Path(best).parent / INIT_NAME
+    if untrained.is_file():
+        results["set-test-untrained"] = {**evaluate_segmenter(untrained, sources, test), **about}
+    return results

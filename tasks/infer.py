@@ -41,11 +41,16 @@ def infer_chunk(self, chunk_id: int) -> str:
             from common.inference.predict import run_chunk
 
             items = store_ops.pending_studies(store, claim.job_id, claim.index)
-            overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
-            stats = run_chunk(items, open_archive(Path(spec.archive)), _predictor(spec), spec.batch_size,
-                              spec.loader_workers, lambda outcomes: store_ops.record_studies(
-                                  store, [study_row(o) for o in outcomes]),
-                              should_stop=beat.should_stop, overlay_dir=overlays)
+            predictor, archive = _predictor(spec), open_archive(Path(spec.archive))
+            record = lambda outcomes: store_ops.record_studies(store, [study_row(o) for o in outcomes])  # noqa: E731
+            if hasattr(predictor, "run_chunk"):  # a segmenter: masks and measurements per volume
+                stats = predictor.run_chunk(items, archive, spec.batch_size, spec.loader_workers, record,
+                                            should_stop=beat.should_stop,
+                                            out_dir=Path(spec.out_dir) if spec.out_dir else None)
+            else:
+                overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
+                stats = run_chunk(items, archive, predictor, spec.batch_size, spec.loader_workers, record,
+                                  should_stop=beat.should_stop, overlay_dir=overlays)
         except JobError as exc:
             store_ops.finish_chunk(store, chunk_id, owner, "failed", str(exc))
             return "failed"
@@ -80,7 +85,8 @@ def study_row(outcome) -> dict:
     size = r.get("image_size") or (None, None)
     result = None
     if r["state"] == "done":
-        result = {key: r.get(key) for key in ("landmarks_px", "landmarks_mm", "spread_px", "qc_reasons")}
+        result = r["measures"] if r.get("measures") is not None else {
+            key: r.get(key) for key in ("landmarks_px", "landmarks_mm", "spread_px", "qc_reasons")}
     return {"study_id": r["study_id"], "state": r["state"], "reason": r.get("reason"),
             "study_uid": uids.get("StudyInstanceUID"), "series_uid": uids.get("SeriesInstanceUID"),
             "sop_uid": uids.get("SOPInstanceUID"), "source_format": r.get("source_format"),

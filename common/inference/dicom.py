@@ -275,3 +275,66 @@ def study_uids(ds: Dataset) -> dict[str, str]:
     found = {key: str(ds.get(key) or "").strip() for key in UID_KEYS}
     return {key: value for key, value in found.items() 
             if len(value) <= MAX_UID_LENGTH and VALID_UID.fullmatch(value)}
+
+
+# --- CT series (the segmentation family) -------------------------------------------------------
+
+
+def series_key(data: bytes) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of a DICOM image file, from its header alone.
+    Raises StudySkipped for an object without an image, StudyError for a file that is not a
+    readable DICOM image or carries no valid series UID."""
+    with _quiet():
+        try:
+            header = _read(data, stop_before_pixels=True)
+            if "Rows" not in header or "Columns" not in header:
+                raise StudySkipped(f"no image ({_object_label(header)})")
+            uids = study_uids(header)
+        except StudyError:
+            raise
+        except Exception as exc:
+            raise StudyError(f"malformed value in the DICOM header ({type(exc).__name__})") from None
+    if "SeriesInstanceUID" not in uids:
+        raise StudyError("no valid SeriesInstanceUID: cannot tell which series the slice belongs to")
+    return uids.get("StudyInstanceUID", ""), uids["SeriesInstanceUID"]
+
+
+def decode_ct_slice(data: bytes) -> dict:
+    """One slice of a CT series in Hounsfield units (the modality LUT / rescale, no window):
+    ``hu`` (H, W) float32, ``spacing_mm`` (row, column) or None, ``position`` (3,) mm and
+    ``normal`` (3,) of the slice plane when the header gives them, ``instance`` number or None,
+    ``thickness`` mm or None, and ``uids``."""
+    with _quiet():
+        try:
+            header = _read(data, stop_before_pixels=True)
+            _check_header(header)
+            ds = _read(data, stop_before_pixels=False)
+            if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+                raise StudySkipped(f"no pixel data ({_object_label(ds)})")
+            check_image_size(ds.Columns, ds.Rows)
+            _check_decoder(ds)
+            arr = _decode_pixels(ds)
+            if arr.ndim != 2:
+                raise StudyError(f"a colour image ({ds.get('PhotometricInterpretation')}) is not a CT slice")
+            hu = np.asarray(modality_values(ds, arr), dtype=np.float32)
+            position = _floats(ds.get("ImagePositionPatient"), 3)
+            orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+            normal = None if orientation is None else np.cross(orientation[:3], orientation[3:])
+            instance = ds.get("InstanceNumber")
+            thickness = _floats(ds.get("SliceThickness"), 1)
+            return {"hu": hu, "spacing_mm": spacing_mm(ds), "position": position, "normal": normal,
+                    "instance": None if instance in (None, "") else int(instance),
+                    "thickness": None if thickness is None or thickness[0] <= 0 else float(thickness[0]),
+                    "uids": study_uids(ds)}
+        except StudyError:
+            raise
+        except Exception as exc:
+            raise StudyError(f"malformed value in the DICOM header ({type(exc).__name__})") from None
+
+
+def _floats(value, n: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in (value if n > 1 else [value])], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return values if values.shape == (n,) and np.isfinite(values).all() else None

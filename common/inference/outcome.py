@@ -33,6 +33,7 @@ class StudyOutcome:
     image_size: tuple[int, int] | None = None
     uids: dict[str, str] = field(default_factory=dict)
     source_format: str | None = None
+    measures: dict[str, Any] | None = None  # a segmentation's per-study figures (common.seg.predict.measure)
 
     def __post_init__(self) -> None:
         if self.state not in STUDY_STATES:
@@ -52,6 +53,7 @@ class StudyOutcome:
             "image_size": None if self.image_size is None else [int(v) for v in self.image_size],
             "uids": {str(k): str(v) for k, v in self.uids.items()},
             "source_format": self.source_format,
+            "measures": self.measures,
         }
 
 

@@ -155,8 +155,13 @@ class LandmarkPredictor:
 def build_predictor(paths: Sequence[Path], aggregation: str = "mean", tta: str | None = None,
                     device: torch.device | str | None = None):
     """The predictor for these checkpoints, chosen by what they hold: an HRNet spec (a ``width``)
-    gives the heatmap predictor of the cephalometric family, else the chest ensemble's."""
+    gives the heatmap predictor of the cephalometric family, a segmentation spec (an ``arch``)
+    the segmenter (one checkpoint), else the chest ensemble's."""
     spec = load_checkpoint(Path(paths[0])).get("spec") or {}
+    if "arch" in spec:
+        from common.seg.predict import SegPredictor
+
+        return SegPredictor(Path(paths[0]), device)
     if "width" in spec:
         from common.ceph.predict import HeatmapPredictor
 

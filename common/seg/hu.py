@@ -37,5 +37,16 @@ class HUNormaliser:
         return ((np.clip(np.asarray(hu, dtype=np.float32), self.low, self.high) - self.mean) / self.std).astype(
             np.float32)
 
+    def unit(self, hu: np.ndarray) -> np.ndarray:
+        """float32 clipped HU mapped linearly onto [0, 1] (the range albumentations' intensity
+        transforms expect of a float image; they clip to it)."""
+        return ((np.clip(np.asarray(hu, dtype=np.float32), self.low, self.high) - self.low)
+                / (self.high - self.low)).astype(np.float32)
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """z-scores of ``unit`` values: ``from_unit(unit(hu)) == self(hu)``."""
+        return ((np.asarray(unit, dtype=np.float32) * (self.high - self.low) + self.low - self.mean)
+                / self.std).astype(np.float32)
+
     def to_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "std": self.std, "low": self.low, "high": self.high}

@@ -301,6 +301,13 @@ def landmark_count(store: Store, job_id: str) -> int | None:
     return len(result["landmarks_px"]) if result and result.get("landmarks_px") else None
 
 
+def model_family(store: Store, job_id: str) -> str:
+    """The family of an inference job's model, as planned: "segment", "hrnet" or "ensemble"."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        return (job.plan or {}).get("family") or "ensemble"
+
+
 def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = None) -> Iterator[Study]:
     """Every study of a job in order, streamed in batches (for CSV export)."""
     last = 0

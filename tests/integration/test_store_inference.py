@@ -105,13 +105,19 @@ def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store,
     from scheduler.infer_plan import resolve_model
 
     job_id, (m0, m1) = jobs.create_job(store, "ensemble", {}, {"data_dir": "/d"}, [0, 1])
+    import torch
+
     best = tmp_path / "best.pt"
-    best.write_bytes(b"x")
+    torch.save({"spec": {"backbone": "resnet18"}, "model": {"w": torch.zeros(2)}}, best)
     for member, owner, state in ((m0, "a", jobs.State.SUCCEEDED), (m1, "b", jobs.State.FAILED)):
         jobs.claim_member(store, member, owner, "w", "cpu", 60, 3)
         jobs.finish_member(store, member, owner, state, artifacts={f"seed-{0 if member == m0 else 1}/best": str(best)})
-    assert resolve_model(store, job_id) == ([str(best)], job_id)
-    assert resolve_model(store, str(best)) == ([str(best.resolve())], None)
+    assert resolve_model(store, job_id) == ([str(best)], job_id, "ensemble")
+    assert resolve_model(store, str(best)) == ([str(best.resolve())], None, "ensemble")
+    garbage = tmp_path / "notes.pt"
+    garbage.write_bytes(b"x")
+    with pytest.raises(SpecError, match="notes.pt: not a medq checkpoint"):
+        resolve_model(store, str(garbage))
     with pytest.raises(SpecError, match="neither a checkpoint file nor a training job id"):
         resolve_model(store, "feedfeedfeed")
 
@@ -126,4 +132,5 @@ def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
         (folder / name).write_bytes(b"x")
     jobs.claim_member(store, member, "a", "w", "cpu", 60, 3)
     jobs.finish_member(store, member, "a", jobs.State.SUCCEEDED, artifacts={"seed-0/best": str(folder / "best-0012.pt")})
-    assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id)
+    assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id,
+                                            "hrnet")

@@ -27,3 +27,12 @@ def test_statistics_stream_over_slices_and_equal_the_whole_array():
 
 def test_a_constant_training_set_does_not_divide_by_zero():
     assert HUNormaliser.fit([np.full((4, 4), 40.0)]).std == 1.0
+
+
+def test_the_unit_range_round_trips_to_the_z_scores():
+    from common.seg.hu import HUNormaliser
+
+    norm = HUNormaliser(mean=-500.0, std=400.0)
+    hu = np.array([-3000.0, -1500.0, -1000.0, 0.0, 500.0, 2000.0], dtype=np.float32)
+    np.testing.assert_allclose(norm.unit(hu), [0, 0, 0.25, 0.75, 1, 1])
+    np.testing.assert_allclose(norm.from_unit(norm.unit(hu)), norm(hu), atol=1e-5)

@@ -1,0 +1,47 @@
+"""What a checkpoint file holds, read without torch (the CLI plans jobs without importing it).
+
+``torch.save`` writes a zip whose ``<name>/data.pkl`` pickles the saved dict; tensors in it are
+references to other members of the zip. This reads that pickle with an unpickler that builds no
+class at all (every global becomes a stand-in that returns None, persistent ids load as None),
+so it runs no code from the file, and returns the plain values: the spec dict among them.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from common.errors import SpecError
+
+
+class _Inert(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        return lambda *args, **kwargs: None
+
+    def persistent_load(self, pid):
+        return None
+
+
+def checkpoint_spec(path: Path) -> dict[str, Any]:
+    """The ``spec`` dict stored in a medq checkpoint; SpecError for a file that is not one."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            data = _Inert(archive.open(name)).load()
+    except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        raise SpecError(f"{path}: not a medq checkpoint ({type(exc).__name__})") from None
+    spec = data.get("spec") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        raise SpecError(f"{path}: not a medq checkpoint (no spec inside)")
+    return spec
+
+
+def model_family(spec: dict[str, Any]) -> str:
+    """"segment" (an smp ``arch``), "hrnet" (a ``width``) or "ensemble"."""
+    return "segment" if "arch" in spec else "hrnet" if "width" in spec else "ensemble"

@@ -1,0 +1,44 @@
+"""The CLI reads a checkpoint's spec without torch and without running code from the file."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from common.checkpoint_meta import checkpoint_spec, model_family
+from common.errors import SpecError
+
+
+def test_the_spec_of_a_torch_checkpoint_is_read_and_names_the_family(tmp_path):
+    path = tmp_path / "best.pt"
+    torch.save({"spec": {"arch": "unetplusplus", "encoder": "resnet18", "scale": (0.9, 1.1)},
+                "model": {"w": torch.ones(3)}, "hu": {"mean": -500.0}}, path)
+    spec = checkpoint_spec(path)
+    assert spec["encoder"] == "resnet18" and model_family(spec) == "segment"
+    assert model_family({"width": "w32"}) == "hrnet" and model_family({"backbone": "resnet18"}) == "ensemble"
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch should-not-exist",)
+
+
+def test_a_hostile_pickle_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"spec": {"arch": "unet"}, "payload": _Boom()}))
+    assert checkpoint_spec(path) == {"arch": "unet"}
+    assert not (tmp_path / "should-not-exist").exists()
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_by_name(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_text("hello")
+    with pytest.raises(SpecError, match="model.pt: not a medq checkpoint"):
+        checkpoint_spec(path)
