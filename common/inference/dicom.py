@@ -281,14 +281,17 @@ def study_uids(ds: Dataset) -> dict[str, str]:
 
 
 def series_key(data: bytes) -> tuple[str, str]:
-    """(StudyInstanceUID, SeriesInstanceUID) of a DICOM image file, from its header alone.
-    Raises StudySkipped for an object without an image, StudyError for a file that is not a
+    """(StudyInstanceUID, SeriesInstanceUID) of a DICOM CT image file, from its header alone.
+    Raises StudySkipped for an object without an image or of another modality, StudyError for a file that is not a
     readable DICOM image or carries no valid series UID."""
     with _quiet():
         try:
             header = _read(data, stop_before_pixels=True)
             if "Rows" not in header or "Columns" not in header:
                 raise StudySkipped(f"no image ({_object_label(header)})")
+            modality = str(header.get("Modality") or "").strip().upper()
+            if modality and modality != "CT":
+                raise StudySkipped(f"modality {modality}, not CT")
             uids = study_uids(header)
         except StudyError:
             raise

@@ -214,16 +214,29 @@ def split_slices(data: SegData, split: SplitSpec) -> tuple[dict[str, list[int]],
             "test": sorted(int(i) for i in order[n_val:n_val + n_test])}, "slice"
 
 
-def slice_arrays(sources: Sequence[SegSource], indices: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(HU (H, W) float32, class indices (H, W) uint8) of each global slice index, in order."""
-    data = SegData(Path("."), tuple(sources), None)
-    opened: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for index in indices:
-        source, local = data.locate(index)
-        if source.name not in opened:
-            opened[source.name] = (np.load(source.images, mmap_mode="r"), np.load(source.masks, mmap_mode="r"))
-        images, masks = opened[source.name]
+class SliceReader:
+    """Random access to global slice indices: (HU (H, W) float32, class indices (H, W) uint8).
+    Each set's arrays are memory-mapped on first use and kept; a copy sent to another process
+    (a DataLoader worker) maps its own."""
+
+    def __init__(self, sources: Sequence[SegSource]):
+        self.data = SegData(Path("."), tuple(sources), None)
+        self._opened: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"data": self.data, "_opened": {}}
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        source, local = self.data.locate(index)
+        if source.name not in self._opened:
+            self._opened[source.name] = (np.load(source.images, mmap_mode="r"), np.load(source.masks, mmap_mode="r"))
+        images, masks = self._opened[source.name]
         hu = np.asarray(images[local], dtype=np.float32).reshape(source.height, source.width)
         mask = np.asarray(masks[local])
-        labels = mask.argmax(axis=-1) if source.one_hot else mask
-        yield hu, labels.astype(np.uint8)
+        return hu, (mask.argmax(axis=-1) if source.one_hot else mask).astype(np.uint8)
+
+
+def slice_arrays(sources: Sequence[SegSource], indices: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(HU (H, W) float32, class indices (H, W) uint8) of each global slice index, in order."""
+    read = SliceReader(sources)
+    return (read(index) for index in indices)

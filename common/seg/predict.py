@@ -49,6 +49,12 @@ def measure(labels: np.ndarray, spacing_mm: tuple[float, float, float] | None) -
     }
 
 
+def model_input(hu: np.ndarray, normaliser, resize) -> torch.Tensor:
+    """(S, H, W) HU -> (S, 1, size, size) float32 z-scores at the model size."""
+    return torch.from_numpy(np.stack([normaliser.from_unit(resize(image=normaliser.unit(s))["image"])
+                                      for s in hu])).unsqueeze(1)
+
+
 class SegPredictor:
     """A trained segmenter in eval mode on one device (float16 autocast on CUDA)."""
 
@@ -63,9 +69,7 @@ class SegPredictor:
         self._resize = seg_transform(self.spec, train=False)
 
     def model_input(self, hu: np.ndarray) -> torch.Tensor:
-        """(S, H, W) HU -> (S, 1, size, size) float32 z-scores at the model size."""
-        return torch.from_numpy(np.stack([self.normaliser.from_unit(self._resize(image=self.normaliser.unit(s))["image"])
-                                          for s in hu])).unsqueeze(1)
+        return model_input(hu, self.normaliser, self._resize)
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, out_size: tuple[int, int], batch_size: int) -> np.ndarray:
@@ -120,12 +124,11 @@ class SegPredictor:
 
 class _Volumes(Dataset):
     """Item k: (study id, (CTVolume, model inputs)) or (study id, failed StudyOutcome); decoded
-    in DataLoader workers when there are any."""
+    in DataLoader workers when there are any (they get the normaliser and resize, not the model)."""
 
     def __init__(self, items, archive, predictor: SegPredictor):
         self.items, self.archive = list(items), archive
         self.resize, self.normaliser = predictor._resize, predictor.normaliser
-        self.model_input = predictor.model_input
 
     def __len__(self) -> int:
         return len(self.items)
@@ -134,7 +137,7 @@ class _Volumes(Dataset):
         study_id, key = self.items[k]
         try:
             volume = load_ct_volume(self.archive, key)
-            return study_id, (volume, self.model_input(volume.hu))
+            return study_id, (volume, model_input(volume.hu, self.normaliser, self.resize))
         except StudyError as exc:
             return study_id, StudyOutcome(study_id, state=exc.state, reason=str(exc))
         except Exception as exc:  # an unforeseen reader failure fails this study, not the chunk

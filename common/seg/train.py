@@ -33,7 +33,7 @@ from common.errors import JobError, TrainingDiverged
 from common.landmarks.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
 from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything
 from common.seg.augment import seg_transform
-from common.seg.data import SegSource, slice_arrays
+from common.seg.data import SegSource, SliceReader, slice_arrays
 from common.seg.hu import HUNormaliser
 from common.seg.losses import SegLoss
 from common.seg.metrics import seg_report
@@ -56,14 +56,14 @@ class SliceSet(Dataset):
 
     def __init__(self, sources: Sequence[SegSource], indices: Sequence[int], normaliser: HUNormaliser,
                  spec: SegmentSpec, train: bool):
-        self.sources, self.indices, self.normaliser = list(sources), list(indices), normaliser
+        self.read, self.indices, self.normaliser = SliceReader(sources), list(indices), normaliser
         self.transform = seg_transform(spec, train, air=float(normaliser.unit(np.array([AIR_HU]))[0]))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int):
-        (hu, mask), = slice_arrays(self.sources, [self.indices[k]])
+        hu, mask = self.read(self.indices[k])
         out = self.transform(image=self.normaliser.unit(hu), mask=mask)  # augmented in [0, 1], then z-scored
         return (torch.from_numpy(np.ascontiguousarray(self.normaliser.from_unit(out["image"]))).unsqueeze(0),
                 torch.from_numpy(np.ascontiguousarray(out["mask"])).long())

@@ -103,3 +103,11 @@ def test_measurements_of_a_known_mask():
     unknown = measure(labels, None)
     assert unknown["lesion_ml"] == {"ground_glass": None, "consolidation": None} and unknown["lesion_total_ml"] is None
     assert measure(np.full((1, 4, 4), 3, dtype=np.uint8), None)["lung_involvement_pct"] is None
+
+
+def test_images_of_other_modalities_are_skipped_with_the_reason(tmp_path):
+    import shutil
+
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr")
+    (entry,) = plan_ct_studies(open_archive(tmp_path))
+    assert isinstance(entry, SkippedEntry) and (entry.state, entry.reason) == ("skipped", "modality MR, not CT")
