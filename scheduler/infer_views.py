@@ -56,7 +56,7 @@ def seg_csv_row(study) -> list:
     """A segmentation study: its mask file (relative to --out), lesion millilitres per class
     (empty without a spacing), the percentage of lung involved, and voxels per class."""
     m = study.result or {}
-    fmt = lambda v: "" if v is None else (round(v, 3) if isinstance(v, float) else v)  # noqa: E731
+    fmt = lambda v: "" if v is None else (float(f"{v:.6g}") if isinstance(v, float) else v)  # noqa: E731
     spacing = m.get("spacing_mm") or [None, None, None]
     ml, voxels = m.get("lesion_ml") or {}, m.get("voxels") or {}
     return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",

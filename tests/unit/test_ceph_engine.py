@@ -95,7 +95,7 @@ def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
 def test_the_jobs_engines_are_registered_for_every_training_kind():
     from tasks.engines import EVALUATORS, TRAINERS
 
-    assert TRAINERS.names() == EVALUATORS.names() == ["ensemble", "hrnet"]
+    assert TRAINERS.names() == EVALUATORS.names() == ["ensemble", "hrnet", "segment"]
 
 
 def test_the_throughput_benchmarks_measure_positive_rates(records):
