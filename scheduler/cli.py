@@ -118,7 +118,7 @@ def submit() -> None:
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--patience", default=10, show_default=True, help="early stopping (epochs)")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
               help="local ImageNet weights (never downloaded)")
 @click.option("--lr-backbone", default=2e-5, show_default=True, help="phase 2 backbone learning rate")
 @click.option("--lr-head", default=2e-4, show_default=True, help="phase 2 head learning rate")
@@ -165,7 +165,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--flip-pairs", default="", help="left/right landmark pairs for a flip test, e.g. 3:4,5:6 (1-based); "
               "none by default: lateral cephalograms have none")
 @click.option("--patience", default=0, show_default=True, help="early stopping on validation MRE (0: off)")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
               help="local timm HRNet weights (never downloaded)")
 @click.option("--loader-workers", default=0, show_default=True)
 @click.option("--split-seed", default=42, show_default=True)
@@ -232,7 +232,7 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                    "of the training split]")
 @click.option("--empty", type=click.Choice(["one", "skip"]), default="one", show_default=True,
               help="per-slice Dice/IoU where a class is absent from both masks: count 1, or leave the slice out")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
               help="local model or encoder weights (never downloaded)")
 @click.option("--loader-workers", default=0, show_default=True)
 @click.option("--split-seed", default=42, show_default=True)

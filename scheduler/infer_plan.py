@@ -53,6 +53,8 @@ def submit_infer(settings: Settings, archive_path: Path, model: str, **options) 
     store = open_store(settings)
     archive = open_archive(archive_path)  # DataError for a missing path or unknown kind
     checkpoints, model_job, family = resolve_model(store, model)
+    if family == "segment" and (options.get("tta", "none") != "none" or options.get("aggregation", "mean") != "mean"):
+        raise SpecError("--tta and --aggregation apply to landmark models, not to a segmentation model")
     if family == "segment" and not options.get("out_dir"):
         raise SpecError("a segmentation model writes a mask file per study: give --out DIR")
     if options.get("chunk") is None:

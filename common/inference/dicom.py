@@ -146,7 +146,7 @@ def _check_header(header: Dataset) -> None:
         check_image_size(header.Columns, header.Rows)
     frames = int(header.get("NumberOfFrames") or 1)
     if frames > 1:
-        raise StudyError(f"multi-frame image ({frames} frames) is not supported for landmark inference")
+        raise StudyError(f"multi-frame image ({frames} frames) is not supported")
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -324,7 +324,9 @@ def decode_ct_slice(data: bytes) -> dict:
             orientation = _floats(ds.get("ImageOrientationPatient"), 6)
             normal = None if orientation is None else np.cross(orientation[:3], orientation[3:])
             instance = ds.get("InstanceNumber")
-            thickness = _floats(ds.get("SliceThickness"), 1)
+            thickness = _floats(ds.get("SpacingBetweenSlices"), 1)  # the gap, where it differs from thickness
+            if thickness is None or thickness[0] <= 0:
+                thickness = _floats(ds.get("SliceThickness"), 1)
             return {"hu": hu, "spacing_mm": spacing_mm(ds), "position": position, "normal": normal,
                     "instance": None if instance in (None, "") else int(instance),
                     "thickness": None if thickness is None or thickness[0] <= 0 else float(thickness[0]),

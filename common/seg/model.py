@@ -14,7 +14,8 @@ from common.errors import SpecError
 log = logging.getLogger(__name__)
 
 
-def build_segmenter(arch: str, encoder: str, n_classes: int, pretrained: str | None = None) -> nn.Module:
+def build_segmenter(arch: str, encoder: str, n_classes: int, pretrained: str | None = None,
+                    weights_follow: bool = False) -> nn.Module:
     """Random initialisation unless ``pretrained`` names a local state dict: of the whole model
     (keys as this model's) or of the encoder alone (smp encoder keys); never a download."""
     import segmentation_models_pytorch as smp
@@ -28,6 +29,6 @@ def build_segmenter(arch: str, encoder: str, n_classes: int, pretrained: str | N
         target = model if any(k.startswith("encoder.") for k in state) else model.encoder
         missing, unexpected = target.load_state_dict(state, strict=False)
         log.info("loaded %s: %d missing, %d unused keys", pretrained, len(missing), len(unexpected))
-    else:
+    elif not weights_follow:  # a checkpoint's weights are loaded next: nothing to warn about
         log.warning("random initialisation: no local weights given for %s / %s", arch, encoder)
     return model

@@ -63,7 +63,7 @@ class SegPredictor:
 
         model, self.spec, self.normaliser = load_segmenter(Path(checkpoint))
         self.device = torch.device(device) if device is not None else pick_device()
-        self.use_amp = self.device.type == "cuda"
+        self.use_amp = self.spec.amp and self.device.type == "cuda"  # as evaluation does
         self.model = model.to(self.device).eval()
         self.image_size = self.spec.image_size
         self._resize = seg_transform(self.spec, train=False)

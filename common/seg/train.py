@@ -115,6 +115,13 @@ def set_bn_momentum(model: torch.nn.Module, momentum: float | None) -> None:
             module.momentum = momentum
 
 
+def _seed_worker_transform(worker_id: int) -> None:
+    """A DataLoader worker's augmentation seed: its torch seed (the loader's base seed, drawn from
+    the main process's torch generator, which the checkpoint saves, plus the worker id)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 def _sampler(lesion: np.ndarray, spec: SegmentSpec, seed: int, epoch: int) -> WeightedRandomSampler:
     weights = np.where(lesion, spec.lesion_weight, 1.0)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(weights),
@@ -156,7 +163,8 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"] and scaler.is_enabled():  # empty when saved without AMP (a CPU run)
+            scaler.load_state_dict(checkpoint["scaler"])
         state = dict(checkpoint["state"])
         set_rng_states(checkpoint["rng"])
         resumed_from = state["epoch"]
@@ -169,8 +177,10 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
     for epoch in range(state["epoch"] + 1, spec.epochs + 1):
         if state["stopped_early"]:
             break
+        train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
         loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=_sampler(lesion, spec, seed, epoch),
-                            num_workers=spec.loader_workers, pin_memory=device.type == "cuda", drop_last=False)
+                            num_workers=spec.loader_workers, pin_memory=device.type == "cuda", drop_last=False,
+                            worker_init_fn=_seed_worker_transform)
         model.train()
         loss_sum, seen, step, tick = 0.0, 0, 0, time.perf_counter()
         for images, masks in loader:
@@ -267,7 +277,7 @@ def validate(model, sources, indices, normaliser, spec, device, use_amp, loss_fn
 def load_segmenter(path: Path) -> tuple[torch.nn.Module, SegmentSpec, HUNormaliser]:
     checkpoint = load_checkpoint(Path(path))
     spec = SegmentSpec.from_dict(checkpoint["spec"])
-    model = build_segmenter(spec.arch, spec.encoder, N_CLASSES)
+    model = build_segmenter(spec.arch, spec.encoder, N_CLASSES, weights_follow=True)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), spec, HUNormaliser(**checkpoint["hu"])
 

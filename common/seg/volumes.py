@@ -116,6 +116,9 @@ def _slice_order(slices: list[dict]) -> tuple[list[int], float | None]:
         along = np.array([float(np.dot(s["position"], slices[0]["normal"])) for s in slices])
         order = [int(k) for k in np.argsort(along, kind="stable")]
         gaps = np.diff(along[order])
+        if len(gaps) and np.isclose(gaps, 0, atol=1e-3).any():
+            raise StudyError("two slices of the series share a position (a repeated acquisition?): "
+                             "cannot build one volume")
         return order, (float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None)
     if all(s["instance"] is not None for s in slices):
         return sorted(range(len(slices)), key=lambda k: slices[k]["instance"]), None

@@ -42,3 +42,11 @@ def test_a_file_that_is_no_checkpoint_is_refused_by_name(tmp_path):
     path.write_text("hello")
     with pytest.raises(SpecError, match="model.pt: not a medq checkpoint"):
         checkpoint_spec(path)
+
+
+def test_a_foreign_zip_is_refused_not_a_traceback(tmp_path):
+    path = tmp_path / "other.pt"
+    with zipfile.ZipFile(path, "w") as archive:  # a pickle whose objects need real classes to build
+        archive.writestr("x/data.pkl", pickle.dumps({"spec": {"a": 1}, "obj": zipfile.ZipInfo("n")}))
+    with pytest.raises(SpecError, match="other.pt: not a medq checkpoint"):
+        checkpoint_spec(path)

@@ -187,7 +187,7 @@ def test_without_a_modality_the_skip_reason_names_the_sop_class():
 def test_multi_frame_images_are_refused_with_the_frame_count():
     with pytest.raises(StudyError) as refused:
         decode_image(file_bytes("emri_small.dcm"))
-    assert str(refused.value) == "multi-frame image (10 frames) is not supported for landmark inference"
+    assert str(refused.value) == "multi-frame image (10 frames) is not supported"
     assert refused.value.state == "failed"
 
 

@@ -111,3 +111,14 @@ def test_images_of_other_modalities_are_skipped_with_the_reason(tmp_path):
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr")
     (entry,) = plan_ct_studies(open_archive(tmp_path))
     assert isinstance(entry, SkippedEntry) and (entry.state, entry.reason) == ("skipped", "modality MR, not CT")
+
+
+def test_a_series_with_two_slices_at_one_position_fails_alone(tmp_path):
+    paths = write_series(tmp_path, 3, gap_mm=2.0, names=["d1", "d2", "d3"])
+    ds = pydicom.dcmread(paths[2])
+    ds.ImagePositionPatient = [0.0, 0.0, 2.0]  # the same place as the second slice
+    ds.save_as(paths[2])
+    archive = open_archive(tmp_path)
+    (series,) = [e for e in plan_ct_studies(archive) if isinstance(e, Entry)]
+    with pytest.raises(StudyError, match="two slices of the series share a position"):
+        load_ct_volume(archive, series.path)
