@@ -10,6 +10,7 @@ import click
 
 from common.errors import MedqError
 from common.settings import load_settings
+from scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
@@ -36,294 +37,6 @@ def main() -> None:
     """
 
 
-def _store():
-    from common.store import open_store
-
-    return open_store(load_settings())
-
-
-def _resolve(store, job: str) -> str:
-    from common.store.views import find_job
-
-    found = find_job(store, job)
-    if found is None:
-        raise click.ClickException(f"no job {job!r} (or the prefix matches several)")
-    return found["job_id"]
-
-
-# -- data ------------------------------------------------------------------------------------
-@main.group()
-def data() -> None:
-    """Make synthetic datasets."""
-
-
-@data.command("synth-chest")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--n", "n", default=300, show_default=True, help="number of images")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--size", default=299, show_default=True, help="image side in pixels")
-def synth_chest_cmd(out: Path, n: int, seed: int, size: int) -> None:
-    """Synthetic chest radiographs with 15 landmarks drawn from the 957 real annotations."""
-    from common.landmarks.synth import synth_chest
-
-    synth_chest(out, n=n, seed=seed, size=size)
-    click.echo(f"wrote {n} images to {out / 'images'} and {out / 'landmarks.csv'}")
-
-
-@data.command("synth-ceph")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--n", "n", default=120, show_default=True, help="training images")
-@click.option("--n-test", default=None, type=int, help="images in each of Test1Data and Test2Data  [default: n/4]")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--width", default=480, show_default=True)
-@click.option("--height", default=600, show_default=True)
-def synth_ceph_cmd(out: Path, n: int, n_test: int | None, seed: int, width: int, height: int) -> None:
-    """Synthetic lateral cephalograms in the ISBI 2015 layout (19 landmarks, 0.1 mm/px)."""
-    from common.ceph.synth import synth_ceph
-
-    summary = synth_ceph(out, n=n, seed=seed, n_test=n_test, width=width, height=height)
-    sets = ", ".join(f"{name} {count}" for name, count in summary.sets.items())
-    click.echo(f"wrote {sets} images of {width} x {height} px ({summary.spacing_mm} mm/px) to {out}")
-
-
-@data.command("synth-ct")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--n", "n", default=200, show_default=True, help="slices")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--size", default=128, show_default=True, help="slice side in pixels")
-@click.option("--slices-per-volume", default=10, show_default=True)
-def synth_ct_cmd(out: Path, n: int, seed: int, size: int, slices_per_volume: int) -> None:
-    """Synthetic CT slices in the MedSeg layout (HU images, one-hot masks of 4 classes)."""
-    from common.seg.synth import synth_ct
-
-    summary = synth_ct(out, n=n, seed=seed, size=size, slices_per_volume=slices_per_volume)
-    click.echo(f"wrote {n} slices of {size} x {size} px from {summary.n_volumes} volumes "
-               f"({summary.slices_with_lesions} with lesions) to {out}")
-
-
-# -- submit ----------------------------------------------------------------------------------
-@main.group()
-def submit() -> None:
-    """Submit a job. The new job id is printed alone on the first line."""
-
-
-@submit.command("ensemble")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="folder with landmarks.csv and images/")
-@click.option("--seeds", default=5, show_default=True, help="number of members (seeds 0..N-1)")
-@click.option("--epochs-head", default=5, show_default=True, help="phase 1: frozen backbone")
-@click.option("--epochs", default=40, show_default=True, help="phase 2: all layers")
-@click.option("--loss", default="complete", show_default=True, help="mse, wing, symmetry, distance, complete")
-@click.option("--model", "backbone", default="resnet18", show_default=True, help="backbone name")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--image-size", default=224, show_default=True)
-@click.option("--patience", default=10, show_default=True, help="early stopping (epochs)")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
-              help="local ImageNet weights (never downloaded)")
-@click.option("--lr-backbone", default=2e-5, show_default=True, help="phase 2 backbone learning rate")
-@click.option("--lr-head", default=2e-4, show_default=True, help="phase 2 head learning rate")
-@click.option("--split-seed", default=42, show_default=True)
-@click.option("--wait", is_flag=True, help="follow progress and print the results")
-def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
-                        pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
-    """A seed ensemble of the chest-landmark regressor, one member per worker."""
-    from common.specs import EnsembleSpec, SplitSpec
-    from scheduler.submit import submit_ensemble
-
-    if seeds < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--seeds")
-    spec = EnsembleSpec(backbone=backbone, loss=loss, epochs_head=epochs_head, epochs=epochs, batch_size=batch_size,
-                        image_size=image_size, patience=patience, pretrained=pretrained,
-                        lr_finetune_backbone=lr_backbone, lr_finetune_head=lr_head, split=SplitSpec(seed=split_seed))
-    settings = load_settings()
-    job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
-    click.echo(job_id)
-    if wait:
-        sys.exit(_wait_and_report(job_id))
-
-
-@submit.command("hrnet")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              help="an ISBI 2015 root (RawImage/, AnnotationsByMD/) or, with --format csv, a CSV file or its folder")
-@click.option("--format", "fmt", type=click.Choice(["isbi", "csv"]), default="isbi", show_default=True)
-@click.option("--annotator", type=click.Choice(["senior", "junior", "mean"]), default="senior", show_default=True,
-              help="ISBI ground truth")
-@click.option("--test-dir", "test_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="an extra test set, scored on its own: ROOT/RawImage/Test1Data, or a CSV (repeatable)")
-@click.option("--width", type=click.Choice(["w18s", "w18", "w32", "w48"]), default="w32", show_default=True)
-@click.option("--image-size", default=512, show_default=True)
-@click.option("--sigma", default=3.5, show_default=True, help="heatmap Gaussian sigma at the input scale, px")
-@click.option("--refine", type=click.Choice(["dark", "quadratic", "none"]), default="dark", show_default=True)
-@click.option("--epochs", default=250, show_default=True)
-@click.option("--batch-size", default=6, show_default=True)
-@click.option("--lr", default=5e-4, show_default=True)
-@click.option("--warmup-epochs", default=5, show_default=True)
-@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format (tensor cores)")
-@click.option("--progressive", default=None, help="SIZE:EPOCHS, e.g. 384:100: the first EPOCHS at SIZE px")
-@click.option("--top-k", default=3, show_default=True, help="best checkpoints averaged at evaluation")
-@click.option("--flip-pairs", default="", help="left/right landmark pairs for a flip test, e.g. 3:4,5:6 (1-based); "
-              "none by default: lateral cephalograms have none")
-@click.option("--patience", default=0, show_default=True, help="early stopping on validation MRE (0: off)")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
-              help="local timm HRNet weights (never downloaded)")
-@click.option("--loader-workers", default=0, show_default=True)
-@click.option("--split-seed", default=42, show_default=True)
-@click.option("--resume", "resume_job", default=None,
-              help="go on with this failed or cancelled hrnet job from its last checkpoint (its spec and data kept)")
-@click.option("--wait", is_flag=True, help="follow progress and print the results")
-def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
-                     warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained, loader_workers, split_seed,
-                     resume_job, wait) -> None:
-    """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
-    from common.specs import HRNetSpec, SplitSpec
-    from scheduler.submit import submit_hrnet
-
-    if resume_job:
-        job_id = _resume_training(resume_job, "hrnet")
-        click.echo(job_id)
-        if wait:
-            sys.exit(_wait_and_report(job_id))
-        return
-    if data_dir is None:
-        raise click.UsageError("give --data DIR (or --resume JOB)")
-
-    stages = None
-    if progressive:
-        try:
-            size, count = (int(v) for v in progressive.split(":"))
-        except ValueError:
-            raise click.BadParameter("expected SIZE:EPOCHS, e.g. 384:100", param_hint="--progressive") from None
-        stages = (size, count)
-    try:
-        pairs = tuple(tuple(int(k) - 1 for k in pair.split(":")) for pair in flip_pairs.split(",") if pair.strip())
-    except ValueError:
-        raise click.BadParameter("expected A:B pairs of landmark numbers, e.g. 3:4,5:6",
-                                 param_hint="--flip-pairs") from None
-    spec = HRNetSpec(width=width, image_size=image_size, sigma=sigma, refine=refine, epochs=epochs,
-                     batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, amp=amp,
-                     channels_last=channels_last, progressive=stages,
-                     top_k=top_k, flip_pairs=pairs, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
-                     loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
-    job_id = submit_hrnet(load_settings(), spec, data_dir, list(test_dirs))
-    click.echo(job_id)
-    if wait:
-        sys.exit(_wait_and_report(job_id))
-
-
-@submit.command("segment")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              help="a folder in the MedSeg layout: images_<name>.npy (HU) + masks_<name>.npy (+ volumes_<name>.npy)")
-@click.option("--arch", default="unetplusplus", show_default=True, help="segmentation-models-pytorch architecture")
-@click.option("--encoder", default="efficientnet-b3", show_default=True,
-              help="smp encoder name, or any timm model as tu-<name>")
-@click.option("--image-size", default=384, show_default=True)
-@click.option("--epochs", default=60, show_default=True)
-@click.option("--batch-size", default=6, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True, help="AdamW's starting learning rate")
-@click.option("--max-lr", default=5e-4, show_default=True, help="OneCycle's peak learning rate")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="mixed precision (CUDA only)")
-@click.option("--patience", default=7, show_default=True, help="early stopping on validation lesion Dice (0: off)")
-@click.option("--lesion-weight", default=3.0, show_default=True, help="sampling weight of slices with a lesion")
-@click.option("--loss-weights", default="0.25,0.5,0.25", show_default=True, help="CE,Dice,Focal")
-@click.option("--gamma", default=2.5, show_default=True, help="focal loss gamma")
-@click.option("--class-weights", default=None,
-              help="CE weights: ground glass,consolidation,other lung,background  [default: inverse pixel frequency "
-                   "of the training split]")
-@click.option("--empty", type=click.Choice(["one", "skip"]), default="one", show_default=True,
-              help="per-slice Dice/IoU where a class is absent from both masks: count 1, or leave the slice out")
-@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, resolve_path=True), default=None,
-              help="local model or encoder weights (never downloaded)")
-@click.option("--loader-workers", default=0, show_default=True)
-@click.option("--split-seed", default=42, show_default=True)
-@click.option("--resume", "resume_job", default=None,
-              help="go on with this failed or cancelled segment job from its last checkpoint")
-@click.option("--wait", is_flag=True, help="follow progress and print the results")
-def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, lr, max_lr, amp, patience,
-                       lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
-                       resume_job, wait) -> None:
-    """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
-    from common.specs import SegmentSpec, SplitSpec
-    from scheduler.submit import submit_segment
-
-    if resume_job:
-        job_id = _resume_training(resume_job, "segment")
-        click.echo(job_id)
-        if wait:
-            sys.exit(_wait_and_report(job_id))
-        return
-    if data_dir is None:
-        raise click.UsageError("give --data DIR (or --resume JOB)")
-    weights = _floats(loss_weights, 3, "--loss-weights")
-    spec = SegmentSpec(arch=arch, encoder=encoder, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                       max_lr=max_lr, amp=amp, patience=patience, lesion_weight=lesion_weight, w_ce=weights[0],
-                       w_dice=weights[1], w_focal=weights[2], gamma=gamma,
-                       class_weights=_floats(class_weights, 4, "--class-weights") if class_weights else None,
-                       empty=empty, pretrained=pretrained, loader_workers=loader_workers,
-                       split=SplitSpec(seed=split_seed))
-    job_id = submit_segment(load_settings(), spec, data_dir)
-    click.echo(job_id)
-    if wait:
-        sys.exit(_wait_and_report(job_id))
-
-
-def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise click.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=option)
-    return values
-
-
-@submit.command("infer")
-@click.option("--archive", required=True, type=click.Path(path_type=Path),
-              help="a folder tree, .zip or .tar[.gz] of DICOM, PNG and JPEG files")
-@click.option("--model", required=True, help="a trained job id (ensemble, hrnet, segment) or a checkpoint file")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="write overlay PNGs here (and, for a segmentation model, which needs it, the masks)")
-@click.option("--chunk", default=None, type=click.IntRange(min=1),
-              help="studies per task  [default: 256 images; 4 CT volumes for a segmentation model]")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
-@click.option("--aggregation", type=click.Choice(["mean", "median"]), default="mean", show_default=True)
-@click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
-@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--loader-workers", type=click.IntRange(min=0), default=None,
-              help="decoding processes per worker  [default: 2 on a GPU worker, 0 on a CPU worker]")
-@click.option("--skip-done", is_flag=True, help="skip files an earlier job did with the same archive and model")
-@click.option("--wait", is_flag=True, help="follow progress until the job ends")
-def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
-                     loader_workers, skip_done, wait) -> None:
-    """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
-    archive, with the failures listed. A segmentation model's study is a .npy volume or a DICOM
-    series."""
-    from scheduler.infer_plan import submit_infer
-
-    job_id, n_studies, n_chunks = submit_infer(
-        load_settings(), archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
-        priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
-        out_dir=str(out_dir.resolve()) if out_dir else None)
-    click.echo(job_id)
-    click.echo(f"{n_studies} studies in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
-    if wait:
-        from scheduler.render import console
-        from scheduler.watch import watch_job
-
-        state = watch_job(_store(), job_id, console(stderr=True))
-        _print_infer_summary(_store(), job_id)
-        sys.exit(0 if state == "succeeded" else 1)
-
-
-def _print_infer_summary(store, job_id: str) -> None:
-    from common.store.views import infer_view
-    from scheduler.infer_views import summary_lines
-
-    for line in summary_lines(infer_view(store, job_id)):
-        click.echo(line)
-
-
 @main.command()
 @click.argument("job")
 def resume(job) -> None:
@@ -336,47 +49,15 @@ def resume(job) -> None:
     from tasks.app import app
     from tasks.send import send_chunk
 
-    store = _store()
-    job_id = _resolve(store, job)
+    store = current_store()
+    job_id = resolve_job(store, job)
     if find_job(store, job_id)["kind"] != "infer":
-        _resume_training(job_id)
+        resume_training(job_id)
         return
     reopened = inference.resume_job(store, job_id)
     sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
                                      job_id=job_id)
     click.echo(f"job {job_id}: {reopened} chunk(s) reopened, {sent} queued")
-
-
-def _resume_training(job: str, kind: str | None = None) -> str:
-    """Requeue a training job's failed and cancelled members; progress on standard error."""
-    from common.store.jobs import resume_training_job
-    from common.store.views import find_job
-    from tasks.app import app
-    from tasks.send import send_member
-
-    store = _store()
-    job_id = _resolve(store, job)
-    if kind and find_job(store, job_id)["kind"] != kind:
-        raise click.UsageError(f"job {job_id} is not an {kind} job")
-    members = resume_training_job(store, job_id)
-    for member_id in members:
-        send_member(app, member_id)
-    click.echo(f"job {job_id}: {len(members)} member(s) queued again, each from its last checkpoint"
-               if members else f"job {job_id}: nothing to resume (still running, or every member succeeded)", err=True)
-    return job_id
-
-
-def _wait_and_report(job_id: str) -> int:
-    from scheduler.render import console, print_results
-    from scheduler.watch import watch_job
-
-    store = _store()
-    out = console()
-    state = watch_job(store, job_id, console(stderr=True))
-    from common.store.views import job_results
-
-    print_results(out, job_results(store, job_id))
-    return 0 if state == "succeeded" else 1
 
 
 # -- status, watch, results, cancel ----------------------------------------------------------
@@ -388,7 +69,7 @@ def status(job, as_json, limit) -> None:
     """Jobs, or one job's members: state, epoch, loss, validation error, worker, device."""
     from common.store.views import find_job, list_jobs
 
-    store = _store()
+    store = current_store()
     if job:
         view = find_job(store, job)
         if view is None:
@@ -400,7 +81,7 @@ def status(job, as_json, limit) -> None:
             if as_json:
                 click.echo(json.dumps(view, indent=2))
             else:
-                _print_infer_summary(store, view["job_id"])
+                print_infer_summary(store, view["job_id"])
             return
         if as_json:
             click.echo(json.dumps(view, indent=2))
@@ -427,8 +108,8 @@ def watch(job) -> None:
     from scheduler.render import console
     from scheduler.watch import watch_job
 
-    store = _store()
-    state = watch_job(store, _resolve(store, job), console())
+    store = current_store()
+    state = watch_job(store, resolve_job(store, job), console())
     sys.exit(0 if state == "succeeded" else 1)
 
 
@@ -441,8 +122,8 @@ def results(job, as_json, as_csv, failed) -> None:
     """Metrics of a training job; per-study records of an inference job."""
     from common.store.views import job_results
 
-    store = _store()
-    job_id = _resolve(store, job)
+    store = current_store()
+    job_id = resolve_job(store, job)
     view = job_results(store, job_id)
     if view["kind"] == "infer":
         from common.store.inference import iter_studies
@@ -463,7 +144,7 @@ def results(job, as_json, as_csv, failed) -> None:
 
             click.echo(json.dumps(infer_view(store, job_id), indent=2))
         else:
-            _print_infer_summary(store, job_id)
+            print_infer_summary(store, job_id)
             click.echo(f"per-study rows: medq results {job_id} --csv; failures: medq results {job_id} --failed")
         return
     if as_json:
@@ -480,8 +161,8 @@ def cancel(job) -> None:
     """Stop a job: queued members now, running ones within an epoch. Survives restarts."""
     from common.store import jobs
 
-    store = _store()
-    row = jobs.request_cancel(store, _resolve(store, job))
+    store = current_store()
+    row = jobs.request_cancel(store, resolve_job(store, job))
     click.echo(f"job {row.id}: cancellation requested" if row.cancel_requested else f"job {row.id} already {row.state}")
 
 
@@ -559,5 +240,9 @@ def db_upgrade() -> None:
 
 
 from scheduler.bench import bench  # noqa: E402  (a command group of its own)
+from scheduler.cli_submit import data, submit  # noqa: E402
+
+main.add_command(data)
+main.add_command(submit)
 
 main.add_command(bench)

@@ -55,18 +55,7 @@ def plan_hrnet(spec: HRNetSpec, data_dir: Path, test_dirs: list[Path]) -> dict:
 def submit_hrnet(settings: Settings, spec: HRNetSpec, data_dir: Path, test_dirs: list[Path], seed: int = 0) -> str:
     """One member (one model, one seed) on the GPU queue; its evaluation scores the best
     ``spec.top_k`` epochs together on the test split and on every test set."""
-    plan = plan_hrnet(spec, data_dir, test_dirs)
-    store = open_store(settings)
-    job_id, (member_id,) = jobs.create_job(store, HRNetSpec.kind, spec.to_dict(), plan, [seed], spec.epochs)
-    from tasks.app import app_for
-    from tasks.send import send_member
-
-    try:
-        send_member(app_for(settings), member_id)
-    except Exception as exc:
-        jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
-        raise
-    return job_id
+    return _submit_single(settings, spec, plan_hrnet(spec, data_dir, test_dirs), seed)
 
 
 def plan_segment(spec: SegmentSpec, data_dir: Path) -> dict:
@@ -83,9 +72,14 @@ def plan_segment(spec: SegmentSpec, data_dir: Path) -> dict:
 def submit_segment(settings: Settings, spec: SegmentSpec, data_dir: Path, seed: int = 0) -> str:
     """One member on the GPU queue; its evaluation scores the best checkpoint, and the same
     model untrained, on the test split."""
-    plan = plan_segment(spec, data_dir)
+    return _submit_single(settings, spec, plan_segment(spec, data_dir), seed)
+
+
+def _submit_single(settings: Settings, spec, plan: dict, seed: int) -> str:
+    """A one-model job: its row, one member, one message on the GPU queue (the job fails with
+    the reason if the broker refuses it)."""
     store = open_store(settings)
-    job_id, (member_id,) = jobs.create_job(store, SegmentSpec.kind, spec.to_dict(), plan, [seed], spec.epochs)
+    job_id, (member_id,) = jobs.create_job(store, spec.kind, spec.to_dict(), plan, [seed], spec.epochs)
     from tasks.app import app_for
     from tasks.send import send_member
 

@@ -5,7 +5,8 @@ normalises with the HU statistics stored in the checkpoint, predicts slice batch
 size, resizes the logits to each slice's own size and takes the arg-max. It writes
 
 - ``<out>/masks/<study id>.npz``: ``labels`` (S, H, W) uint8 class indices (compressed), with
-  ``classes`` and ``spacing_mm`` (slice, row, column; empty when unknown);
+  ``classes``, ``spacing_mm`` (slice, row, column; empty when unknown) and, for a DICOM series,
+  ``sop_instance_uids``: the slice each mask slice belongs to;
 - ``<out>/overlays/<study id>.png``: the slice with the most lesion, and its prediction;
 
 and records per study: voxels per class, the lesion volume per lesion class in millilitres
@@ -155,7 +156,8 @@ def _done(study_id: int, volume: CTVolume, labels: np.ndarray, out_dir: Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, labels=labels, classes=np.array(CLASSES),
-                        spacing_mm=np.array(volume.spacing_mm or (), dtype=np.float64))
+                        spacing_mm=np.array(volume.spacing_mm or (), dtype=np.float64),
+                        sop_instance_uids=np.array(volume.slice_uids, dtype=str))
     os.replace(tmp, path)
     lesion_per_slice = np.isin(labels, LESIONS).sum(axis=(1, 2))
     shown = int(lesion_per_slice.argmax()) if lesion_per_slice.any() else len(labels) // 2

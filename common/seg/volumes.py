@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from common.inference.limits import check_image_size
 from common.inference.types import Entry, SkippedEntry, StudyError, StudySkipped
 
 SERIES_PREFIX = "series:"
@@ -31,6 +32,7 @@ class CTVolume:
     spacing_mm: tuple[float, float, float] | None  # (slice, row, column) mm; None when unknown
     source_format: str  # "npy" | "dicom"
     uids: dict[str, str] = field(default_factory=dict)
+    slice_uids: tuple[str, ...] = ()  # a series' SOPInstanceUIDs in the volume's slice order
 
 
 def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
@@ -80,6 +82,7 @@ def _npy(data: bytes) -> CTVolume:
         array = array[None]
     if array.ndim != 3 or min(array.shape) < 1 or not np.issubdtype(array.dtype, np.number):
         raise StudyError(f"a .npy volume must be (S, H, W) HU numbers, got {array.dtype} {array.shape}")
+    check_image_size(array.shape[2], array.shape[1])  # an (H, W, 3) picture is not S slices of W x 3
     hu = array.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(hu).reshape(len(hu), -1).all(axis=1))
     if len(bad):
@@ -106,7 +109,8 @@ def _dicom_series(archive: Any, paths: list[str]) -> CTVolume:
     thickness = gap or slices[0]["thickness"]
     uids = {k: v for k, v in slices[0]["uids"].items() if k != "SOPInstanceUID"}
     return CTVolume(np.stack([slices[k]["hu"] for k in order]),
-                    None if spacing is None or thickness is None else (thickness, *spacing), "dicom", uids)
+                    None if spacing is None or thickness is None else (thickness, *spacing), "dicom", uids,
+                    tuple(slices[k]["uids"].get("SOPInstanceUID", "") for k in order))
 
 
 def _slice_order(slices: list[dict]) -> tuple[list[int], float | None]:

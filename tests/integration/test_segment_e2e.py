@@ -68,7 +68,9 @@ def test_a_segment_job_reports_dice_and_iou_per_class_and_its_masks_serve_bulk_i
     for name, slices in (("scan1.npy", 5), ("scan2.npy", 3), ("series", 4)):
         row = by_path[name]
         assert row["state"] == "done" and int(row["slices"]) == slices
-        labels = np.load(out / row["mask"])["labels"]
+        saved = np.load(out / row["mask"])
+        labels = saved["labels"]
+        assert len(saved["sop_instance_uids"]) == (4 if name == "series" else 0)
         assert labels.shape == (slices, int(row["height"]), int(row["width"])) and labels.max() <= 3
         voxels = {c: int(row[f"{c}_voxels"]) for c in ("ground_glass", "consolidation", "other_lung", "background")}
         assert voxels == {c: int((labels == k).sum()) for k, c in enumerate(voxels)}

@@ -147,3 +147,24 @@ def test_inverse_frequency_class_weights():
 
     assert inverse_frequency_weights(np.array([25, 25, 25, 25])) == (1.0, 1.0, 1.0, 1.0)
     assert inverse_frequency_weights(np.array([0, 10, 100, 890])) == pytest.approx((10.0, 10.0, 2.5, 0.2808988))
+
+
+def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_seed(ct):
+    """Each DataLoader worker copies the dataset; without its own seed every worker would replay
+    the same flips and affines. Under one torch seed the whole epoch repeats exactly."""
+    from torch.utils.data import DataLoader
+
+    from common.seg.hu import HUNormaliser
+    from common.seg.train import SliceSet, _seed_worker_transform
+
+    data, _ = ct
+    dataset = SliceSet(data.sources, [5] * 4, HUNormaliser(-500.0, 450.0), SegmentSpec(**TINY), train=True)
+
+    def epoch(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=_seed_worker_transform)
+        return [image for image, _ in loader]
+
+    first = epoch(3)
+    assert not torch.equal(first[0], first[1])  # workers 0 and 1, the same slice
+    assert all(torch.equal(a, b) for a, b in zip(first, epoch(3)))

@@ -55,6 +55,9 @@ def test_a_series_is_one_study_sorted_by_position_with_its_spacing(tmp_path):
     np.testing.assert_allclose(volume.hu[:, 0, 0], np.arange(5) * slope + intercept)  # by position, not name
     assert volume.spacing_mm == pytest.approx((2.5, *map(float, ds.PixelSpacing)))
     assert volume.uids["SeriesInstanceUID"] and "SOPInstanceUID" not in volume.uids
+    by_z = {float(pydicom.dcmread(p).ImagePositionPatient[2]): pydicom.dcmread(p).SOPInstanceUID
+            for p in tmp_path.iterdir() if p.name.startswith("img")}
+    assert volume.slice_uids == tuple(by_z[z] for z in sorted(by_z))
 
 
 def test_two_series_in_one_folder_are_two_studies(tmp_path):
@@ -77,11 +80,15 @@ def test_a_series_with_a_broken_slice_fails_naming_the_slice_not_the_file(tmp_pa
 
 def test_npy_volumes_in_every_accepted_shape_and_the_refusals(tmp_path):
     archive = open_archive(tmp_path)
-    for name, array in (("a.npy", np.zeros((4, 8, 8, 1))), ("b.npy", np.zeros((8, 8))), ("c.npy", np.zeros((2, 8, 8)))):
+    for name, array in (("a.npy", np.zeros((4, 40, 40, 1))), ("b.npy", np.zeros((40, 40))),
+                        ("c.npy", np.zeros((2, 40, 40)))):
         np.save(tmp_path / name, array)
-    assert [load_ct_volume(archive, n).hu.shape for n in ("a.npy", "b.npy", "c.npy")] == [(4, 8, 8), (1, 8, 8),
-                                                                                        (2, 8, 8)]
-    bad = np.zeros((3, 8, 8))
+    assert [load_ct_volume(archive, n).hu.shape for n in ("a.npy", "b.npy", "c.npy")] == [
+        (4, 40, 40), (1, 40, 40), (2, 40, 40)]
+    np.save(tmp_path / "rgb.npy", np.zeros((40, 40, 3)))  # a picture, not 40 slices of 40 x 3
+    with pytest.raises(StudyError, match=r"image too small \(3x40"):
+        load_ct_volume(archive, "rgb.npy")
+    bad = np.zeros((3, 40, 40))
     bad[2, 1, 1] = np.nan
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(StudyError, match=r"NaN or infinite values in slice\(s\) 2"):

@@ -1,0 +1,77 @@
+"""What the `medq` commands share: the store, job lookup, following a job, requeueing a
+training job. Never imports torch."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from common.settings import load_settings
+
+
+def current_store():
+    from common.store import open_store
+
+    return open_store(load_settings())
+
+
+def resolve_job(store, job: str) -> str:
+    from common.store.views import find_job
+
+    found = find_job(store, job)
+    if found is None:
+        raise click.ClickException(f"no job {job!r} (or the prefix matches several)")
+    return found["job_id"]
+
+
+def print_infer_summary(store, job_id: str) -> None:
+    from common.store.views import infer_view
+    from scheduler.infer_views import summary_lines
+
+    for line in summary_lines(infer_view(store, job_id)):
+        click.echo(line)
+
+
+def resume_training(job: str, kind: str | None = None) -> str:
+    """Requeue a training job's failed and cancelled members; progress on standard error."""
+    from common.store.jobs import resume_training_job
+    from common.store.views import find_job
+    from tasks.app import app
+    from tasks.send import send_member
+
+    store = current_store()
+    job_id = resolve_job(store, job)
+    if kind and find_job(store, job_id)["kind"] != kind:
+        raise click.UsageError(f"job {job_id} is not an {kind} job")
+    members = resume_training_job(store, job_id)
+    for member_id in members:
+        send_member(app, member_id)
+    click.echo(f"job {job_id}: {len(members)} member(s) queued again, each from its last checkpoint"
+               if members else f"job {job_id}: nothing to resume (still running, or every member succeeded)", err=True)
+    return job_id
+
+
+def wait_and_report(job_id: str) -> int:
+    from scheduler.render import console, print_results
+    from scheduler.watch import watch_job
+
+    store = current_store()
+    out = console()
+    state = watch_job(store, job_id, console(stderr=True))
+    from common.store.views import job_results
+
+    print_results(out, job_results(store, job_id))
+    return 0 if state == "succeeded" else 1
+
+
+def announce(job_id: str, wait: bool) -> None:
+    """Print a submitted job's id; with ``wait``, follow it and exit 0 only if it succeeded."""
+    click.echo(job_id)
+    if wait:
+        sys.exit(wait_and_report(job_id))
+
+
+def resume_and_announce(job: str, kind: str, wait: bool) -> None:
+    """``medq submit KIND --resume JOB``: the job's failed or cancelled members queued again."""
+    announce(resume_training(job, kind), wait)
