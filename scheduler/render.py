@@ -57,14 +57,17 @@ def members_table(job: dict) -> Table:
     if job.get("cancel_requested") and job["state"] == "running":
         title += " (cancelling)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("seed", "state", "epoch", "loss", "val loss", "val px", "img/s", "try", "worker", "device"):
+    scored = job["kind"] == "segment"  # a segmenter's validation figure is its lesion Dice, not pixels
+    for col in ("seed", "state", "epoch", "loss", "val loss", "val Dice" if scored else "val px", "img/s", "try",
+                "worker", "device"):
         table.add_column(col, justify="left" if col in ("state", "worker", "device") else "right", no_wrap=True)
     for m in job["members"]:
         epoch = f"{m['epoch']}/{m['total_epochs']}"
         if m["state"] == "running" and m["phase"] == "head":
             epoch += " head"
         table.add_row(str(m["seed"]), _state(m["state"]), epoch, _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
-                      _fmt(m["val_error_px"]), _fmt(m["images_per_s"], 1), str(m["attempt"]),
+                      _fmt(m.get("val_score"), 3) if scored else _fmt(m["val_error_px"]),
+                      _fmt(m["images_per_s"], 1), str(m["attempt"]),
                       _worker(m["worker"]), _fmt(m["device"]))
     return table
 

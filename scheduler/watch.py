@@ -22,7 +22,9 @@ def _fraction(m: dict) -> float:
 
 def _label(m: dict) -> str:
     text = f"seed {m['seed']} {m['state']}"
-    if m["val_error_px"] is not None:
+    if m.get("val_score") is not None:
+        text += f" val Dice {m['val_score']:.3f}"
+    elif m["val_error_px"] is not None:
         text += f" val {m['val_error_px']:.2f}px"
     if m["worker"]:
         text += f" [{m['worker'].split('@')[0]}]"

@@ -103,7 +103,8 @@ class MemberRun:
             "epoch": p.epoch, "total_epochs": p.total_epochs, "phase": p.phase, "step": p.step,
             "steps_per_epoch": p.steps_per_epoch, "train_loss": _finite(p.train_loss),
             "images_per_s": _finite(p.images_per_s),
-            **({"val_loss": _finite(p.val_loss), "val_error_px": _finite(p.val_error_px)} if p.epoch_done else {}),
+            **({"val_loss": _finite(p.val_loss), "val_error_px": _finite(p.val_error_px),
+                "val_score": _finite(p.val_score)} if p.epoch_done else {}),
         }
         now = time.monotonic()
         if p.epoch_done or now - self._last_event >= self.settings.progress_interval:

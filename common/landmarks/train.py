@@ -74,6 +74,8 @@ class Progress:
     val_error_px: float | None  # mean radial error in ORIGINAL pixels on the val split
     images_per_s: float  # training images per second in this epoch so far
     epoch_done: bool
+    val_score: float | None = None  # set when epoch_done by engines with a higher-is-better score
+    # (segmentation: the validation split's mean lesion Dice)
 
 
 def _no_progress(progress: Progress) -> None:

@@ -220,7 +220,7 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
                      "state": state, "lesion": torch.from_numpy(lesion), **common_fields}, last_path)
         hooks.progress(Progress(epoch, spec.epochs, "train", step, steps_per_epoch, loss_sum / max(seen, 1), val_loss,
-                                None, seen / max(seconds, 1e-9), True))
+                                None, seen / max(seconds, 1e-9), True, val_score=val_dice))
         log.info("epoch %d: train loss %.4f, val loss %.4f, val lesion Dice %.4f", epoch, loss_sum / max(seen, 1),
                  val_loss, val_dice)
     return SegOutcome(state["epoch"], state["best_epoch"], state["best_dice"], best_path, last_path, cancelled,

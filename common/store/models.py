@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0002"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0003"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -118,6 +118,7 @@ class Member(Base):
     train_loss: Mapped[float | None]
     val_loss: Mapped[float | None]
     val_error_px: Mapped[float | None]
+    val_score: Mapped[float | None]  # a higher-is-better validation score (segmentation: lesion Dice)
     images_per_s: Mapped[float | None]
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))

@@ -24,6 +24,7 @@ def member_view(m) -> dict[str, Any]:
         "phase": m.phase, "step": m.step, "steps_per_epoch": m.steps_per_epoch,
         "attempt": m.attempts, "worker": m.worker, "device": m.device,
         "train_loss": m.train_loss, "val_loss": m.val_loss, "val_error_px": m.val_error_px,
+        "val_score": m.val_score,
         "images_per_s": m.images_per_s, "error": m.error,
         "started_at": _iso(m.started_at), "finished_at": _iso(m.finished_at), "updated_at": _iso(m.updated_at),
     }

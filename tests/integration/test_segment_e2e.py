@@ -36,6 +36,8 @@ def test_a_segment_job_reports_dice_and_iou_per_class_and_its_masks_serve_bulk_i
     status = cluster.status(job_id)
     assert (status["kind"], status["state"]) == ("segment", "succeeded")
     assert [(m["seed"], m["state"], m["epoch"]) for m in status["members"]] == [(0, "succeeded", 2)]
+    assert 0 <= status["members"][0]["val_score"] <= 1  # the last epoch's validation lesion Dice
+    assert "val Dice" in cluster.medq("status", job_id).stdout
     results = json.loads(cluster.medq("results", job_id, "--json").stdout)
     sets = {s["name"]: s["metrics"] for s in results["sets"]}
     assert list(sets) == ["test", "test-untrained"]
