@@ -33,9 +33,9 @@ from common.ceph.metrics import ceph_metrics, radial_errors_mm
 from common.ceph.model import HEATMAP_STRIDE, build_hrnet
 from common.ceph.readers import CephRecord
 from common.ceph.schema import LANDMARKS, N_LANDMARKS
-from common.errors import JobError, TrainingDiverged
+from common.errors import JobError
 from common.landmarks.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
-from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything
+from common.landmarks.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from common.specs import HRNetSpec
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,7 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
             batch = batch.contiguous(memory_format=memory_format)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 pred = model(batch)
-            loss = heatmap_loss(pred, targets, weights)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"training loss is {value} at epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            value = scaled_step(heatmap_loss(pred, targets, weights), optimizer, scaler, epoch, step + 1)
             scheduler.step()
             step, seen, loss_sum = step + 1, seen + len(batch), loss_sum + value * len(batch)
             elapsed = time.perf_counter() - tick

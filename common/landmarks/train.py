@@ -128,6 +128,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def scaled_step(loss: torch.Tensor, optimizer, scaler, epoch: int, step: int) -> float:
+    """One optimiser step through the GradScaler (a no-op scaler without AMP): refuse a NaN or
+    infinite loss naming the epoch and 1-based step, then zero the gradients, backward, step and
+    update the scale. Returns the loss value."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training loss is {value} at epoch {epoch}, step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return value
+
+
 def pick_device() -> torch.device:
     """cuda:0 when CUDA is available (the launcher sets CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 import common
-from common.errors import JobError, TrainingDiverged
+from common.errors import JobError
 from common.landmarks.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
-from common.landmarks.train import Progress, TrainHooks, pick_device, seed_everything
+from common.landmarks.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from common.seg.augment import seg_transform
 from common.seg.data import SegSource, SliceReader, slice_arrays
 from common.seg.hu import HUNormaliser
@@ -190,14 +190,7 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
             images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
-            loss = loss_fn(logits, masks)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"training loss is {value} at epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            value = scaled_step(loss_fn(logits, masks), optimizer, scaler, epoch, step + 1)
             if scheduler.last_epoch < scheduler.total_steps:  # OneCycle refuses a step past its end
                 scheduler.step()
             step, seen, loss_sum = step + 1, seen + len(images), loss_sum + value * len(images)

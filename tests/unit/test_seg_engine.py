@@ -168,3 +168,16 @@ def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_s
     first = epoch(3)
     assert not torch.equal(first[0], first[1])  # workers 0 and 1, the same slice
     assert all(torch.equal(a, b) for a, b in zip(first, epoch(3)))
+
+
+def test_the_shared_step_refuses_a_nan_loss_and_otherwise_moves_the_weights():
+    from common.errors import TrainingDiverged
+    from common.landmarks.train import scaled_step
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    with pytest.raises(TrainingDiverged, match="epoch 3, step 7"):
+        scaled_step((weight * float("nan")).sum(), optimizer, scaler, 3, 7)
+    assert scaled_step((weight ** 2).sum(), optimizer, scaler, 1, 1) == 2.0
+    assert torch.allclose(weight.detach(), torch.zeros(2))  # 1 - 0.5 * 2
