@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import uuid
 
 from common.errors import JobError, TransientError
 from common.store import State, open_store
-from common.store import jobs
+from common.store import evaluation
 from tasks import names
 from tasks.app import app
 from tasks.engines import EVALUATORS, TRAINERS
-from tasks.runtime import MemberRun
+from tasks.runtime import Heartbeat, MemberRun
 from tasks.send import send_evaluation
 
 log = logging.getLogger("medq.worker")
@@ -56,20 +57,27 @@ def train_member(self, member_id: int) -> str:
 @app.task(name=names.EVALUATE_ENSEMBLE, bind=True)
 def evaluate_ensemble(self, job_id: str) -> str:
     settings = app.conf.medq_settings
-    store = open_store(settings)
-    claim = jobs.claim_evaluation(store, job_id, settings.lease_seconds * 10)
+    store, owner = open_store(settings), uuid.uuid4().hex
+    claim = evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds)
     if claim is None:
         return "skipped: not ours"
-    try:
-        results = EVALUATORS.get(claim.kind)(claim)
-    except Exception as exc:
-        log.exception("evaluation of job %s failed", job_id)
-        jobs.fail_evaluation(store, job_id, f"{type(exc).__name__}: {exc}")
-        return "failed"
-    finally:
-        _release_memory()
+    beat = Heartbeat(settings, f"evaluation of job {job_id}", cancelled=lambda: False,
+                     renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
+    with beat:
+        try:
+            results = EVALUATORS.get(claim.kind)(claim)
+        except JobError as exc:
+            evaluation.fail_evaluation(store, job_id, owner, str(exc))
+            return "failed"
+        except Exception as exc:
+            log.exception("evaluation of job %s failed", job_id)
+            evaluation.fail_evaluation(store, job_id, owner, f"{type(exc).__name__}: {exc}")
+            return "failed"
+        finally:
+            _release_memory()
     member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}
-    jobs.record_results(store, job_id, results, member_ids)
+    if not evaluation.record_results(store, job_id, owner, results, member_ids):
+        return "stood down: the evaluation's lease was lost"
     return "done"
 
 

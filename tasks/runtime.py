@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ class Heartbeat:
         self.cancelled = threading.Event()
         self.lease_lost = threading.Event()
         self._stop = threading.Event()
+        self._parent = os.getppid()  # the Celery worker that forked this pool process
         self._thread = threading.Thread(target=self._run, name=f"medq-heartbeat-{label}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
@@ -50,6 +52,11 @@ class Heartbeat:
         interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
         last_cancel_check = 0.0
         while not self._stop.wait(interval):
+            if os.getppid() != self._parent:  # the worker (or its launcher) died: this process is orphaned
+                log.error("%s: the worker process that ran this task is gone; stopping so that the lease "
+                          "lapses and another worker resumes it", self.label)
+                self.lease_lost.set()
+                return
             try:
                 if not self._renew() and not self._stop.is_set():
                     log.warning("%s: lease lost; stopping this attempt", self.label)

@@ -104,3 +104,20 @@ def postgres_url():
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def store(request, tmp_path):
+    """The store, once on a SQLite file and once on a fresh PostgreSQL database: one contract."""
+    from common.store import Store
+    from common.store.models import Base
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    store = Store(url)
+    store.ensure_schema()
+    yield store
+    if request.param == "postgresql":
+        Base.metadata.drop_all(store.engine)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    store.dispose()

@@ -22,12 +22,17 @@ from workers.reaper import reap_once
 
 log = logging.getLogger("medq.supervisor")
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
+HEALTHY_RUN_S = 60.0  # a worker that ran this long before it exited starts again at the shortest delay
 
 
 def _die_with_parent() -> None:
-    """Linux: a worker dies with its launcher rather than running on orphaned."""
+    """Linux: a worker stops at once when its launcher dies (SIGKILL, out of memory) rather than
+    running on orphaned beside the launcher that replaces it. SIGQUIT is Celery's cold shutdown:
+    the pool process and its task end now; the member's lease lapses and another launcher's
+    reaper sends it again, to resume from its checkpoint. (A warm SIGTERM would let an
+    hour-long member run on, holding its GPU.)"""
     try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGQUIT)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -38,6 +43,7 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
     log_file: object | None = field(default=None, repr=False)
 
 
@@ -57,6 +63,7 @@ class Supervisor:
             child.log_file = out
         child.process = subprocess.Popen(worker_command(child.plan, self.settings), env=env, stdout=out,
                                          stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent)
+        child.started_at = time.monotonic()
         log.info("started %s (pid %s) on queues %s", child.plan.nodename, child.process.pid, ",".join(child.plan.queues))
 
     def run(self, until=None) -> int:
@@ -85,6 +92,8 @@ class Supervisor:
                 self.start(child)
             return
         code = child.process.returncode
+        if now - child.started_at >= HEALTHY_RUN_S:
+            child.restarts = 0  # it was healthy: this is a new fault, not a crash loop
         delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
         log.error("%s exited with code %s; restarting in %ss", child.plan.nodename, code, delay)
         child.process, child.restarts, child.next_start = None, child.restarts + 1, now + delay

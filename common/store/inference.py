@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import exists, func, insert, select, update
 
 from common.store.db import Store
+from common.store.locking import locked_job
 from common.store.models import Chunk, Job, State, Study, utcnow
 from common.windows import window_open
 
@@ -53,6 +54,7 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
             return
         seen = done_elsewhere([row["path_hash"] for row in batch]) if done_elsewhere else {}
         nonlocal pending
+        _distinct_keys(store, job_id, batch)
         now = utcnow()
         for row in batch:
             if row["path_hash"] in seen and row["state"] == "pending":
@@ -69,7 +71,7 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
 
     for study in studies:
         batch.append({"job_id": job_id, "path": study.path, "path_hash": path_hash(study.path),
-                      "state": study.state, "reason": study.reason})
+                      "state": study.state, "reason": study.reason, "row": total})
         total += 1
         if len(batch) >= BATCH:
             flush()
@@ -86,6 +88,25 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
             job = s.get(Job, job_id)
             job.state, job.finished_at = State.SUCCEEDED.value, utcnow()
     return total, n_chunks
+
+
+DUPLICATE = "duplicate name in archive: the first file of this name is the study"
+
+
+def _distinct_keys(store: Store, job_id: str, batch: list[dict[str, Any]]) -> None:
+    """A name seen before in this job (two members of one name in a tar or zip) keeps its row
+    apart under a key of its own, skipped with the reason; the first of the name is the study
+    (``read`` returns the first, too). One query per batch: memory stays flat."""
+    hashes = [row["path_hash"] for row in batch]
+    with store.session() as s:
+        taken = set(s.scalars(select(Study.path_hash).where(Study.job_id == job_id, Study.path_hash.in_(hashes))))
+    for row in batch:
+        number = row.pop("row")
+        if row["path_hash"] in taken:
+            row["path_hash"] = path_hash(f"{row['path']}\0duplicate {number}")
+            if row["state"] == "pending":
+                row["state"], row["reason"] = "skipped", DUPLICATE
+        taken.add(row["path_hash"])
 
 
 def done_by_earlier_jobs(store: Store, archive: str, checkpoints: list[str], job_id: str):
@@ -109,9 +130,11 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
                     job_id: str | None = None) -> int:
     """Queue the waiting chunks of every inference job whose window is open (or lifted).
 
-    ``send(chunk_id, priority)`` runs inside the transaction: a broker error leaves them waiting.
-    """
-    sent = 0
+    ``send(chunk_id, priority)`` is called after the commit (outbox order): a worker that
+    receives a chunk finds it queued. A send that fails leaves its chunk queued without a
+    message, and the resend sweep sends it once its queue is empty."""
+    todo: list[tuple[int, str]] = []
+    now = utcnow()
     with store.session() as s:
         query = select(Job).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
                                   Job.cancel_requested.is_(False))
@@ -120,13 +143,13 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
         for job in s.scalars(query):
             if not (job.window_lifted or window_open(job.window, now_local)):
                 continue
-            chunks = list(s.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
-                                    .order_by(Chunk.index)))
-            for chunk in chunks:
-                chunk.state, chunk.updated_at = "queued", utcnow()
-                send(chunk.id, job.priority or "normal")
-                sent += 1
-    return sent
+            queued = s.scalars(update(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
+                               .values(state="queued", updated_at=now).returning(Chunk.id)
+                               .execution_options(synchronize_session=False)).all()
+            todo += [(chunk_id, job.priority or "normal") for chunk_id in sorted(queued)]
+    for chunk_id, priority in todo:
+        send(chunk_id, priority)
+    return len(todo)
 
 
 @dataclass(frozen=True)
@@ -142,10 +165,9 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
                 max_attempts: int, now_local: time) -> ChunkClaim:
     now = utcnow()
     with store.session() as s:
-        chunk = s.get(Chunk, chunk_id)
+        chunk, job = _chunk_and_locked_job(s, chunk_id)
         if chunk is None:
             return ChunkClaim(False, f"chunk {chunk_id} does not exist")
-        job = s.get(Job, chunk.job_id)
         if chunk.state in CHUNK_ENDED:
             return ChunkClaim(False, f"chunk already {chunk.state}")
         if job.cancel_requested:
@@ -172,6 +194,15 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
         if job.state == State.QUEUED.value or job.started_at is None:
             job.state, job.started_at = State.RUNNING.value, job.started_at or now
         return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+
+
+def _chunk_and_locked_job(s, chunk_id: int) -> tuple[Chunk | None, Job | None]:
+    """The chunk, read after its job's row lock (locking.py: the job first, then its chunks)."""
+    job_id = s.scalar(select(Chunk.job_id).where(Chunk.id == chunk_id))
+    if job_id is None:
+        return None, None
+    job = locked_job(s, job_id)
+    return s.get(Chunk, chunk_id, populate_existing=True), job
 
 
 def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: int) -> bool:
@@ -208,18 +239,18 @@ def record_studies(store: Store, records: list[dict[str, Any]]) -> int:
 def finish_chunk(store: Store, chunk_id: int, owner: str, state: str, error: str | None = None) -> None:
     now = utcnow()
     with store.session() as s:
-        chunk = s.get(Chunk, chunk_id)
+        chunk, job = _chunk_and_locked_job(s, chunk_id)
         if chunk is None or chunk.lease_owner != owner:
             return
         chunk.state, chunk.error, chunk.updated_at = state, error, now
         chunk.lease_owner = chunk.lease_expires_at = None
         if state in CHUNK_ENDED:
             chunk.finished_at = now
-        _close_job(s, s.get(Job, chunk.job_id), now)
+        _close_job(s, job, now)
 
 
 def _close_job(s, job: Job, now: datetime) -> None:
-    """An inference job ends when every chunk has ended."""
+    """An inference job ends when every chunk has ended (the caller holds the job's row lock)."""
     s.flush()
     states = [c for (c,) in s.execute(select(Chunk.state).where(Chunk.job_id == job.id)).all()]
     if not states or any(state not in CHUNK_ENDED for state in states) or State(job.state).ended:
@@ -235,8 +266,9 @@ def _close_job(s, job: Job, now: datetime) -> None:
 
 
 def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[int]:
+    """Chunks whose lease lapsed (their worker died): queued again, sent after the commit."""
     now = utcnow()
-    reaped = []
+    reaped: list[tuple[int, str]] = []
     with store.session() as s:
         rows = s.execute(select(Chunk.id, Job.priority, Chunk.worker).join(Job, Job.id == Chunk.job_id)
                          .where(Chunk.state == "running", Chunk.lease_expires_at < now)).all()
@@ -247,31 +279,55 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
                                       error=f"lease lapsed on {worker}", updated_at=now)
                               .execution_options(synchronize_session=False)).rowcount
             if taken:
-                send(chunk_id, priority or "normal")
-                reaped.append(chunk_id)
-    return reaped
+                reaped.append((chunk_id, priority or "normal"))
+    for chunk_id, priority in reaped:
+        send(chunk_id, priority)
+    return [chunk_id for chunk_id, _ in reaped]
 
 
 def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
                          send: Callable[[int, str], None]) -> list[int]:
-    """Chunks of ``priority`` queued since before ``older_than`` are sent again (the caller has seen
-    their queue empty: the broker lost the messages). A duplicate is harmless: the claim guards."""
+    """Chunks of open jobs of ``priority`` queued since before ``older_than`` are sent again (the
+    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless."""
     now = utcnow()
     with store.session() as s:
         ids = list(s.scalars(select(Chunk.id).join(Job, Job.id == Chunk.job_id).where(
-            Chunk.state == "queued", Job.priority == priority, Job.cancel_requested.is_(False),
-            Chunk.updated_at < older_than)))
-        for chunk_id in ids:
-            s.execute(update(Chunk).where(Chunk.id == chunk_id).values(updated_at=now)
+            Chunk.state == "queued", Job.priority == priority, Job.state.in_(["queued", "running"]),
+            Job.cancel_requested.is_(False), Chunk.updated_at < older_than)))
+        if ids:
+            s.execute(update(Chunk).where(Chunk.id.in_(ids)).values(updated_at=now)
                       .execution_options(synchronize_session=False))
-            send(chunk_id, priority)
-        return ids
+    for chunk_id in ids:
+        send(chunk_id, priority)
+    return ids
+
+
+def close_stalled_infer_jobs(store: Store) -> list[str]:
+    """Belt and braces: an inference job whose chunks have all ended but which is still open is
+    closed now (as its last chunk would have closed it). Returns the ids repaired."""
+    now = utcnow()
+    unfinished = exists().where(Chunk.job_id == Job.id, Chunk.state.not_in(CHUNK_ENDED))
+    any_chunk = exists().where(Chunk.job_id == Job.id)
+    with store.session() as s:
+        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
+                                                  any_chunk, ~unfinished)))
+    for job_id in ids:
+        with store.session() as s:
+            _close_job(s, locked_job(s, job_id), now)
+    return ids
+
+
+def fail_open_chunks(s, job_id: str, reason: str, now: datetime) -> None:
+    """Every chunk of the job not yet ended fails with ``reason`` (its job could not be enqueued)."""
+    s.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.state.not_in(CHUNK_ENDED))
+              .values(state="failed", error=reason, finished_at=now, updated_at=now, lease_owner=None,
+                      lease_expires_at=None).execution_options(synchronize_session=False))
 
 
 def resume_job(store: Store, job_id: str) -> int:
     """Lift the window and give every unfinished chunk with pending studies another go."""
     with store.session() as s:
-        job = s.get(Job, job_id)
+        job = locked_job(s, job_id)
         job.window_lifted = True
         pending = {i for (i,) in s.execute(select(Study.chunk_index).where(
             Study.job_id == job_id, Study.state == "pending").distinct()).all()}

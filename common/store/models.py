@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0003"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0004"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -85,6 +85,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     eval_state: Mapped[str] = mapped_column(String(16), default=EvalState.PENDING.value)
     eval_lease_expires_at: Mapped[datetime | None]
+    eval_lease_owner: Mapped[str | None] = mapped_column(String(64))  # the attempt holding the evaluation
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from common.store import Attempt, Job, Member, Result, Store
-from common.store import jobs
+from common.store import evaluation, jobs, recovery
+from common.store.models import utcnow
 from common.store.migrate import HEAD, script_head
 from common.store.models import Base
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def store(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'store.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    store = Store(url)
-    store.ensure_schema()
-    yield store
-    if request.param == "postgresql":
-        Base.metadata.drop_all(store.engine)
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    store.dispose()
 
 
 def _job(store, seeds=(0, 1)):
@@ -59,11 +48,13 @@ def test_evaluation_is_dispatched_exactly_once_when_the_last_member_ends(store):
     assert jobs.finish_member(store, m0, "a", jobs.State.SUCCEEDED, val_loss=0.5) is False
     assert jobs.finish_member(store, m1, "b", jobs.State.FAILED, error="NaN loss at epoch 2") is True
     assert jobs.finish_member(store, m1, "b", jobs.State.FAILED, error="again") is False  # replay
-    claim = jobs.claim_evaluation(store, job_id, 60)
+    claim = evaluation.claim_evaluation(store, job_id, "e1", 60)
     assert [seed for _, seed, _, _ in claim.members] == [0]  # only the member that succeeded
-    assert jobs.claim_evaluation(store, job_id, 60) is None
-    jobs.record_results(store, job_id, {"seed-0": {"mean_error_px": 3.0}, "ensemble-mean": {"mean_error_px": 2.0}})
-    jobs.record_results(store, job_id, {"seed-0": {"mean_error_px": 3.0}, "ensemble-mean": {"mean_error_px": 2.0}})
+    assert evaluation.claim_evaluation(store, job_id, "e2", 60) is None
+    results = {"seed-0": {"mean_error_px": 3.0}, "ensemble-mean": {"mean_error_px": 2.0}}
+    assert not evaluation.record_results(store, job_id, "e2", results)  # not the owner: nothing written
+    assert evaluation.record_results(store, job_id, "e1", results)
+    assert not evaluation.record_results(store, job_id, "e1", results)  # a replay after the end
     with store.session() as s:
         job = s.get(Job, job_id)
         assert job.state == "failed" and "seed 1: NaN loss at epoch 2" in job.error
@@ -75,8 +66,8 @@ def test_a_lapsed_lease_is_reaped_once_and_the_member_resumes(store):
     assert jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3).run
     jobs.renew_lease(store, m0, "dead", -1, epoch=2)  # progress it made before dying
     sent: list[int] = []
-    assert [x.member_id for x in jobs.reap_lapsed_members(store, sent.append)] == [m0]
-    assert jobs.reap_lapsed_members(store, sent.append) == []  # a second reaper finds nothing
+    assert [x.member_id for x in recovery.reap_lapsed_members(store, sent.append)] == [m0]
+    assert recovery.reap_lapsed_members(store, sent.append) == []  # a second reaper finds nothing
     assert sent == [m0]
     again = jobs.claim_member(store, m0, "alive", "w2", "cpu", 60, 3)
     assert again.run and again.attempt == 2
@@ -86,23 +77,54 @@ def test_a_lapsed_lease_is_reaped_once_and_the_member_resumes(store):
         assert [(a.state, a.worker, a.start_epoch) for a in attempts] == [("lost", "w1", 0), ("succeeded", "w2", 2)]
 
 
-def test_a_broker_error_while_reaping_leaves_the_member_for_the_next_round(store):
-    _, (m0, _) = _job(store)
+def test_a_broker_error_after_reaping_leaves_the_member_queued_for_the_resend_sweep(store):
+    _, (m0,) = _job(store, seeds=(0,))
     jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3)
 
     def broken(_):
         raise ConnectionError("broker down")
 
     with pytest.raises(ConnectionError):
-        jobs.reap_lapsed_members(store, broken)
-    assert [x.member_id for x in jobs.reap_lapsed_members(store, lambda _: None)] == [m0]
+        recovery.reap_lapsed_members(store, broken)
+    with store.session() as s:
+        assert s.get(Member, m0).state == "queued"  # committed before the send: no worker can see it running
+    sent: list[int] = []
+    assert recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), sent.append) == [m0]
+    assert sent == [m0]
+
+
+def test_sends_happen_after_the_commit_so_a_worker_always_finds_the_row_as_the_message_says(store):
+    """Outbox order: the message may be taken the moment it is sent; a fresh connection (another
+    worker) must already see the row queued."""
+    _, (m0,) = _job(store, seeds=(0,))
+    jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3)
+    other = Store(store.url)
+    seen: list[str] = []
+
+    def send(member_id):
+        with other.session() as s:
+            seen.append(s.get(Member, member_id).state)
+
+    try:
+        recovery.reap_lapsed_members(store, send)
+        assert seen == ["queued"]
+        assert recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), send) == [m0]
+        assert seen == ["queued", "queued"]
+    finally:
+        other.dispose()
+
+
+def test_a_fresh_member_is_not_resent_before_the_resend_wait(store):
+    _, members = _job(store)
+    assert recovery.resend_queued_members(store, utcnow() - timedelta(seconds=60), lambda _: None) == []
+    assert sorted(recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), lambda _: None)) == members
 
 
 def test_the_redelivery_cap_fails_a_poison_member(store):
     job_id, (m0,) = _job(store, seeds=(0,))
     for _ in range(2):
         assert jobs.claim_member(store, m0, "x", "w", "cpu", lease_seconds=-1, max_attempts=2).run
-        jobs.reap_lapsed_members(store, lambda _: None)
+        recovery.reap_lapsed_members(store, lambda _: None)
     last = jobs.claim_member(store, m0, "x", "w", "cpu", 60, max_attempts=2)
     assert not last.run and last.gave_up and "gave up after 2 attempts" in last.reason
     with store.session() as s:

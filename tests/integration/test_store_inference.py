@@ -9,7 +9,6 @@ import pytest
 from common.store import inference as ops
 from common.store import jobs
 from common.store.views import infer_view
-from tests.integration.test_store_contract import store  # noqa: F401  (the parametrised fixture)
 
 OPEN, CLOSED = time(23, 0), time(12, 0)
 WINDOW = "22:00-06:00"
