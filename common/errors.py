@@ -49,3 +49,12 @@ class Cancelled(MedqError):
 def unknown_name(kind: str, name: str, valid) -> SpecError:
     """The error for a registry miss: it lists every valid name."""
     return SpecError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def describe(exc: BaseException) -> str:
+    """An error as a reason for the store and the user. medq's own errors are written to be read
+    (and name no patient file); any other error's text may carry SQL parameters, file paths or
+    URLs, so only its type is kept and the details stay in the log of the process that raised it."""
+    if isinstance(exc, MedqError):
+        return str(exc)
+    return f"{type(exc).__name__} (details in the log of the process that raised it)"

@@ -37,6 +37,8 @@ class Settings:
     progress_interval: float = 2.0  # seconds between progress writes to the store
     cancel_check_interval: float = 3.0  # seconds between cancellation checks
     worker_max_tasks_per_child: int = 0  # 0: no limit (models are released at task end)
+    # The largest single file an inference job reads (it is held in memory): zip bombs stop here.
+    max_study_bytes: int = 1024**3
     device: str = "cpu"  # set by the worker launcher: "cuda:0" (with CUDA_VISIBLE_DEVICES) or "cpu"
     worker_label: str = ""  # set by the worker launcher: "gpu3", "cpu0"
     result_backend: str = ""  # only `medq bench queue` uses results; jobs report through the store

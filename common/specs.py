@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from common.errors import SpecError, unknown_name
+from common.spec_checks import Bound, between, check_numbers, positive
 
 LANDMARK_LOSSES = ("mse", "wing", "symmetry", "distance", "complete")
 LANDMARK_BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -31,6 +32,15 @@ SEG_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4
                 "mit_b0", "mit_b1", "mit_b2")
 SEG_EMPTY_RULES = ("one", "skip")
 
+# Bounds shared by the specs: what a real run could use on today's largest GPU hosts.
+EPOCHS, BATCH, LOADERS = between(0, 100_000, "--epochs"), between(1, 4096, "--batch-size"), \
+    between(0, 64, "--loader-workers")
+LR, FRACTION, DEGREES = positive(1.0, "--lr"), between(0, 1), between(0, 180)
+TRAINING_BOUNDS = {"epochs": EPOCHS, "batch_size": BATCH, "loader_workers": LOADERS, "lr": LR,
+                   "weight_decay": between(0, 1), "rotation_deg": DEGREES, "brightness": FRACTION,
+                   "contrast": FRACTION, "translate": FRACTION, "scale": positive(10), "flip_p": FRACTION,
+                   "patience": between(0, 100_000, "--patience")}
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -42,6 +52,7 @@ class SplitSpec:
     test: float = 0.15
 
     def __post_init__(self) -> None:
+        check_numbers(self, {"train": FRACTION, "val": FRACTION, "test": FRACTION})
         if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1) > 1e-6:
             raise SpecError(f"split fractions must be positive and sum to 1, got {self.train}/{self.val}/{self.test}")
 
@@ -78,7 +89,15 @@ class EnsembleSpec:
     loader_workers: int = 0
     split: SplitSpec = field(default_factory=SplitSpec)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **TRAINING_BOUNDS, "epochs_head": between(0, 100_000, "--epochs-head"),
+        "image_size": between(32, 4096, "--image-size"), "lr_head": positive(1.0),
+        "lr_finetune_backbone": positive(1.0, "--lr-backbone"), "lr_finetune_head": positive(1.0, "--lr-head"),
+        "cosine_final_factor": FRACTION, "grad_clip": between(0, 1e6), "wing_omega_px": positive(1e4),
+        "wing_epsilon_px": positive(1e4), "symmetry_weight": between(0, 100), "distance_weight": between(0, 100)}
+
     def __post_init__(self) -> None:
+        check_numbers(self, self.BOUNDS)
         if self.loss not in LANDMARK_LOSSES:
             raise unknown_name("loss", self.loss, LANDMARK_LOSSES)
         if self.backbone not in LANDMARK_BACKBONES:
@@ -138,7 +157,13 @@ class HRNetSpec:
     loader_workers: int = 0
     split: SplitSpec = field(default_factory=SplitSpec)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **TRAINING_BOUNDS, "image_size": between(64, 4096, "--image-size"), "sigma": positive(100, "--sigma"),
+        "warmup_epochs": between(0, 100_000, "--warmup-epochs"), "top_k": between(1, 100, "--top-k"),
+        "progressive": between(0, 100_000, "--progressive")}
+
     def __post_init__(self) -> None:
+        check_numbers(self, self.BOUNDS)
         for name, valid in (("width", HRNET_WIDTHS), ("refine", HEATMAP_REFINEMENTS), ("format", CEPH_FORMATS),
                             ("annotator", CEPH_ANNOTATORS)):
             if getattr(self, name) not in valid:
@@ -213,7 +238,17 @@ class SegmentSpec:
     loader_workers: int = 0
     split: SplitSpec = field(default_factory=SplitSpec)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **TRAINING_BOUNDS, "image_size": between(64, 4096, "--image-size"), "max_lr": positive(1.0, "--max-lr"),
+        "lesion_weight": positive(1000, "--lesion-weight"), "w_ce": between(0, 100, "--loss-weights"),
+        "w_dice": between(0, 100, "--loss-weights"), "w_focal": between(0, 100, "--loss-weights"),
+        "gamma": between(0, 10, "--gamma"), "class_weights": positive(1e6, "--class-weights"),
+        "rotate90_p": FRACTION, "bn_momentum": positive(1)}
+
     def __post_init__(self) -> None:
+        check_numbers(self, self.BOUNDS)
+        if self.w_ce + self.w_dice + self.w_focal <= 0:
+            raise SpecError("at least one of the loss weights (--loss-weights CE,Dice,Focal) must be positive")
         if self.arch not in SEG_ARCHS:
             raise unknown_name("architecture", self.arch, SEG_ARCHS)
         if self.encoder not in SEG_ENCODERS and not (self.encoder.startswith("tu-") and len(self.encoder) > 3):
@@ -270,7 +305,12 @@ class InferSpec:
     skip_done: bool = False
     spread_limit_fraction: float = 0.03  # QC: ensemble spread above this fraction of the width
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "chunk": between(1, 1_000_000, "--chunk"), "batch_size": BATCH, "loader_workers": LOADERS,
+        "spread_limit_fraction": positive(1)}
+
     def __post_init__(self) -> None:
+        check_numbers(self, self.BOUNDS)
         from common.windows import parse_window
 
         if self.aggregation not in ("mean", "median"):

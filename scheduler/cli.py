@@ -10,13 +10,15 @@ import click
 
 from common.errors import MedqError
 from common.settings import load_settings
-from scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training
+from scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
 class MedqGroup(click.Group):
-    """Turns medq's own errors into a clear message and exit code 2, without a traceback."""
+    """Turns medq's own errors into a clear message and exit code 2, and a server that cannot be
+    reached (or refuses the password) into one naming it, password masked, and exit code 3; no
+    traceback for either."""
 
     def invoke(self, ctx):
         try:
@@ -24,6 +26,12 @@ class MedqGroup(click.Group):
         except MedqError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            problem = server_problem(exc)
+            if problem is None:
+                raise
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(3)
 
 
 @click.group(cls=MedqGroup)
@@ -134,7 +142,9 @@ def results(job, as_json, as_csv, failed) -> None:
             from common.store.inference import landmark_count, model_family
             from scheduler.infer_views import write_seg_csv
 
-            studies = iter_studies(store, job_id, ("failed", "skipped") if failed else None)
+            from common.store.inference import iter_unsuccessful
+
+            studies = iter_unsuccessful(store, job_id) if failed else iter_studies(store, job_id)
             if model_family(store, job_id) == "segment":
                 write_seg_csv(sys.stdout, studies)
             else:
@@ -195,13 +205,26 @@ def worker(gpus, cpu, queues, logs) -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def flower(ctx) -> None:
-    """Flower, the live Celery dashboard, on medq's broker (e.g. --port=5555; options go to Flower)."""
+    """Flower, the live Celery dashboard, on medq's broker (e.g. --port 5555; options go to Flower)."""
     import os
 
-    args = list(ctx.args)
-    if not any(a.startswith("--address") for a in args):
-        args.append("--address=127.0.0.1")  # Flower can revoke tasks: loopback unless asked
+    args = flower_args(ctx.args)
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks.app", "flower", *args])
+
+
+def flower_args(args: list[str]) -> list[str]:
+    """Flower's options as its parser (tornado's) reads them: ``--name=value``, so that the
+    ``--address 0.0.0.0`` spelling a click user types works too; bound to loopback unless an
+    address is given (Flower can revoke tasks)."""
+    joined: list[str] = []
+    for arg in args:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and not arg.startswith("-"):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    if not any(a.startswith("--address=") for a in joined):
+        joined.append("--address=127.0.0.1")
+    return joined
 
 
 # -- demo, bench, db -------------------------------------------------------------------------

@@ -10,6 +10,40 @@ import click
 from common.settings import load_settings
 
 
+def server_problem(exc: BaseException) -> str | None:
+    """A sentence for an unreachable or refusing server (which one, at which address, why),
+    with every password masked; None for any other error."""
+    import redis.exceptions
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import InterfaceError, OperationalError as DatabaseError
+
+    settings = load_settings()
+    if isinstance(exc, (DatabaseError, InterfaceError)):
+        what, url, cause = "database", settings.describe()["database"], getattr(exc, "orig", None) or exc
+    elif isinstance(exc, (BrokerError, redis.exceptions.RedisError, ConnectionError)):
+        what, url, cause = "broker", settings.describe()["broker"], exc
+    else:
+        return None
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    for secret in _secrets(settings):
+        reason = reason.replace(secret, "***")
+    return f"cannot use the {what} at {url}: {reason}"
+
+
+def _secrets(settings) -> list[str]:
+    from sqlalchemy.engine import make_url
+
+    found = [settings.redis_password] if settings.redis_password else []
+    for url in (settings.resolved_broker_url, settings.resolved_database_url):
+        try:
+            password = make_url(url).password
+        except Exception:  # not an SQLAlchemy-style URL
+            password = url.split("://", 1)[-1].rpartition("@")[0].partition(":")[2] or None
+        if password:
+            found.append(str(password))
+    return found
+
+
 def current_store():
     from common.store import open_store
 

@@ -4,6 +4,8 @@ archive or an unknown model."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from common.store import open_store
 from common.store import inference as store_ops
 from common.store.jobs import fail_job, new_job_id
 from common.store.views import job_results
+from scheduler.submit import describe_enqueue_error
 
 
 TRAINED_KINDS = ("ensemble", "hrnet", "segment")
@@ -51,12 +54,14 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None, str]:
 def submit_infer(settings: Settings, archive_path: Path, model: str, **options) -> tuple[str, int, int]:
     """Returns (job id, studies, chunks)."""
     store = open_store(settings)
-    archive = open_archive(archive_path)  # DataError for a missing path or unknown kind
+    archive = open_archive(archive_path, settings.max_study_bytes)  # DataError: missing path, unknown kind
     checkpoints, model_job, family = resolve_model(store, model)
     if family == "segment" and (options.get("tta", "none") != "none" or options.get("aggregation", "mean") != "mean"):
         raise SpecError("--tta and --aggregation apply to landmark models, not to a segmentation model")
     if family == "segment" and not options.get("out_dir"):
         raise SpecError("a segmentation model writes a mask file per study: give --out DIR")
+    if options.get("out_dir"):
+        check_out_dir(Path(options["out_dir"]), archive)
     if options.get("chunk") is None:
         options["chunk"] = SEG_CHUNK if family == "segment" else IMAGE_CHUNK
     spec = InferSpec(archive=str(archive_path.resolve()), checkpoints=tuple(checkpoints), model_job=model_job,
@@ -79,6 +84,24 @@ def submit_infer(settings: Settings, archive_path: Path, model: str, **options) 
         store_ops.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
                                   job_id=job_id)
     except Exception as exc:
-        fail_job(store, job_id, f"could not plan or enqueue: {type(exc).__name__}: {exc}")
+        fail_job(store, job_id, f"could not plan or enqueue: {describe_enqueue_error(exc)}")
         raise
     return job_id, n_studies, n_chunks
+
+
+def check_out_dir(out: Path, archive) -> None:
+    """--out must be a folder this host can write, and not inside the archive (the next job on
+    that folder would plan the overlays and masks as studies)."""
+    out = Path(os.path.realpath(out))
+    if archive.kind == "folder" and (out == archive.root or archive.root in out.parents):
+        raise SpecError(f"--out {out} is inside the archive {archive.root}: its outputs would be read as studies "
+                        f"by the next job on it; choose a folder outside")
+    if archive.kind != "folder" and out == archive.root:
+        raise SpecError(f"--out {out} is the archive file itself")
+    probe = out / f".medq-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"--out {out} cannot be written: {exc.strerror or type(exc).__name__}") from None

@@ -91,6 +91,8 @@ def summary_lines(view: dict) -> list[str]:
             minutes, seconds = divmod(int(view["eta_s"]), 60)
             line += f", about {minutes}m{seconds:02d}s left"
         lines.append(line)
+    for chunk in view.get("failed_chunks", []):
+        lines.append(f"chunk {chunk['chunk']} failed ({chunk['studies']} studies not run): {chunk['error']}")
     if view["error"]:
         lines.append(f"error: {view['error']}")
     return lines

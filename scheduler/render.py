@@ -7,17 +7,20 @@ from typing import Any
 
 from rich.console import Console
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 STATE_STYLE = {"queued": "dim", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "yellow"}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
+    """A cell. Text from the store (errors, names, folders) is escaped: rich would read a
+    ``[`` in it as markup (a data folder named ``br[/x]`` made ``medq results`` crash)."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
+    return escape(str(value))
 
 
 def console(stderr: bool = False) -> Console:
@@ -31,7 +34,7 @@ def _worker(name: str | None) -> str:
     if not name:
         return "-"
     node, _, host = name.partition("@")
-    return f"{node.split('-')[0]}@{host}" if host else node
+    return escape(f"{node.split('-')[0]}@{host}" if host else node)
 
 
 def _state(state: str) -> str:
@@ -48,7 +51,7 @@ def jobs_table(jobs: list[dict]) -> Table:
             counts[m["state"]] = counts.get(m["state"], 0) + 1
         members = " ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         table.add_row(job["job_id"], job["kind"], _state(job["state"]), members, (job["created_at"] or "")[:19],
-                      (job["error"] or "")[:60])
+                      escape((job["error"] or "")[:60]))
     return table
 
 
@@ -102,7 +105,7 @@ def per_category_table(results: dict) -> Table | None:
     for col in ("category", "images", "mean px", "mean px@224"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for name, row in sorted(best["metrics"]["per_category"].items()):
-        table.add_row(name, str(row["n_images"]), _fmt(row["mean_error_px"]), _fmt(row["mean_error_px_224"]))
+        table.add_row(_fmt(name), str(row["n_images"]), _fmt(row["mean_error_px"]), _fmt(row["mean_error_px_224"]))
     return table
 
 
@@ -116,7 +119,7 @@ def sets_table(results: dict) -> Table:
         table.add_column(col, justify="left" if col == "set" else "right")
     for entry in results["sets"]:
         m, unit = entry["metrics"], entry["metrics"].get("unit", "mm")
-        table.add_row(entry["name"], str(m.get("n_images", "")), str(m.get("checkpoints", "")),
+        table.add_row(_fmt(entry["name"]), str(m.get("n_images", "")), str(m.get("checkpoints", "")),
                       f"{_fmt(m.get(f'mre_{unit}'))} ± {_fmt(m.get(f'sd_{unit}'))} {unit}",
                       *(f"{100 * m[k]:.1f} %" if k in m else "-" for k in SDR_KEYS))
     return table
@@ -125,7 +128,7 @@ def sets_table(results: dict) -> Table:
 def per_landmark_table(entry: dict) -> Table:
     m = entry["metrics"]
     unit = m.get("unit", "mm")
-    table = Table(title=f"{entry['name']}: per landmark", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=f"{escape(entry['name'])}: per landmark", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("landmark", f"MRE {unit}", f"SD {unit}", "SDR 2 mm", "SDR 4 mm"):
         table.add_column(col, justify="left" if col == "landmark" else "right")
     for row in m.get("per_landmark", []):
@@ -143,7 +146,7 @@ def seg_table(entry: dict) -> Table:
     """One evaluation set of a segmentation job: lesion classes, their mean, then lung and background."""
     m = entry["metrics"]
     split = m.get("split_by")
-    title = f"{entry['name']}: {m.get('n_images', '?')} slices" + (f" (split by {split})" if split else "")
+    title = f"{escape(entry['name'])}: {m.get('n_images', '?')} slices" + (f" (split by {split})" if split else "")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("class")
     for _, label in SEG_COLUMNS:
@@ -170,13 +173,13 @@ def print_seg_results(console: Console, results: dict) -> None:
         console.print(seg_table(entry))
     first = results["sets"][0]["metrics"]
     for name, text in first.get("reductions", {}).items():
-        console.print(f"  {name}: {text}")
+        console.print(f"  {escape(name)}: {escape(str(text))}")
     if first.get("split_by") == "slice":
         console.print("  [yellow]split by slice (no volume ids given): slices of one scan can sit in both training "
                       "and test[/]")
     if first.get("overlays"):
         console.print(f"  review overlays (slice | truth | prediction | lesion TP yellow, FP red, FN green): "
-                      f"{first['overlays']}")
+                      f"{escape(str(first['overlays']))}")
 
 
 def print_results(console: Console, results: dict) -> None:
@@ -193,4 +196,4 @@ def print_results(console: Console, results: dict) -> None:
     else:
         console.print(f"job {results['job_id']}: {results['state']}; no results yet")
     if results.get("error"):
-        console.print(f"[red]{results['error']}[/]")
+        console.print(f"[red]{escape(results['error'])}[/]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.landmarks.csvio import make_split, validate_dataset
+from common.errors import describe
 from common.settings import Settings
 from common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
 from common.store import open_store
@@ -35,7 +36,7 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
         for member_id in member_ids:
             send_member(app, member_id)
     except Exception as exc:
-        jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
+        jobs.fail_job(store, job_id, f"could not enqueue: {describe_enqueue_error(exc)}")
         raise
     return job_id
 
@@ -86,6 +87,14 @@ def _submit_single(settings: Settings, spec, plan: dict, seed: int) -> str:
     try:
         send_member(app_for(settings), member_id)
     except Exception as exc:
-        jobs.fail_job(store, job_id, f"could not enqueue: {exc}")
+        jobs.fail_job(store, job_id, f"could not enqueue: {describe_enqueue_error(exc)}")
         raise
     return job_id
+
+
+def describe_enqueue_error(exc: BaseException) -> str:
+    """Why the broker did not take a message: the server and reason (password masked), or the
+    error's type alone (its text may carry paths)."""
+    from scheduler.cli_support import server_problem
+
+    return server_problem(exc) or describe(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.store.views import find_job, infer_view
@@ -27,7 +28,7 @@ def _label(m: dict) -> str:
     elif m["val_error_px"] is not None:
         text += f" val {m['val_error_px']:.2f}px"
     if m["worker"]:
-        text += f" [{m['worker'].split('@')[0]}]"
+        text += f" \\[{escape(m['worker'].split('@')[0])}]"
     return text
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.settings import Settings
-from tasks import embedded_broker, names  # noqa: F401  (registers the medq+sqlite transport)
+from tasks import broker_guard, embedded_broker, names  # noqa: F401  (registers the medq+sqlite transport)
 
 ROUTES = {
     names.TRAIN_MEMBER: {"queue": names.GPU_QUEUE},
@@ -35,6 +35,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["queue_order_strategy"] = "priority"
     return {
         "broker_url": url,
+        # kombu's Redis transport with every message's envelope checked first: a malformed one
+        # is set aside instead of ending the worker (tasks/broker_guard.py).
+        "broker_transport": broker_guard.transport_for(url),
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_use_ssl": settings.broker_use_ssl or None,

@@ -1,5 +1,6 @@
 """The embedded broker: kombu's SQLAlchemy transport on a SQLite file, tuned for several
-worker processes (WAL journal, a busy timeout) and polled often enough for short tasks.
+worker processes (WAL journal, a busy timeout) and polled often enough for short tasks;
+malformed messages are set aside (tasks/broker_guard.py) and channels give back their connection.
 
 URL scheme ``medq+sqlite:///path``; registered with kombu on import of tasks.config.
 """
@@ -16,12 +17,23 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from tasks.broker_guard import _GuardedChannel, _GuardedTransport
+
 ALIAS = "medq"
 POLLING_INTERVAL = 0.2  # seconds between polls of an empty queue
 BUSY_TIMEOUT_S = 60
 
 
-class Channel(kombu_sqla.Channel):
+class Channel(_GuardedChannel, kombu_sqla.Channel):
+    def close(self):
+        """kombu leaves the channel's session (and the pooled connection it holds) open: every
+        connection the reaper opened to look at a queue's depth leaked one, until the pool was
+        exhausted a minute after a launcher started ("QueuePool limit of size 5 overflow 10")."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        super().close()
+
     def _get_or_create(self, queue):
         """kombu guards the queue row's creation with a lock of its own process only: when the
         submitter and freshly started workers declare a queue at the same moment, all but one
@@ -56,7 +68,7 @@ class Channel(kombu_sqla.Channel):
         return engine
 
 
-class Transport(kombu_sqla.Transport):
+class Transport(_GuardedTransport, kombu_sqla.Transport):
     Channel = Channel
     polling_interval = POLLING_INTERVAL
 

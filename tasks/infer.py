@@ -41,7 +41,7 @@ def infer_chunk(self, chunk_id: int) -> str:
             from common.inference.predict import run_chunk
 
             items = store_ops.pending_studies(store, claim.job_id, claim.index)
-            predictor, archive = _predictor(spec), open_archive(Path(spec.archive))
+            predictor, archive = _predictor(spec), open_archive(Path(spec.archive), settings.max_study_bytes)
             record = lambda outcomes: store_ops.record_studies(store, [study_row(o) for o in outcomes])  # noqa: E731
             if hasattr(predictor, "run_chunk"):  # a segmenter: masks and measurements per volume
                 stats = predictor.run_chunk(items, archive, spec.batch_size, spec.loader_workers, record,

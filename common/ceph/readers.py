@@ -16,14 +16,14 @@ and the 1-based line (or row) at fault, so a bad dataset is refused before anyth
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
-
 from common.ceph import schema as S
+from common.datafiles import decoded_image_size, not_regular, read_text
 from common.errors import DataError, unknown_name
 from common.specs import SplitSpec
 
@@ -69,7 +69,7 @@ def read_isbi(root: Path, subset: str = S.ISBI_TRAIN, annotator: str = "senior",
         marks = []
         for who in wanted:
             path = root / S.ISBI_ANNOTATION_DIR / S.ISBI_ANNOTATORS[who] / f"{image.stem}.txt"
-            if not path.is_file():
+            if not path.exists():
                 problems.append(f"{image}: no annotation (missing {path})")
                 continue
             points = _read_annotation(path, problems)
@@ -95,11 +95,11 @@ def read_isbi(root: Path, subset: str = S.ISBI_TRAIN, annotator: str = "senior",
 def _read_annotation(path: Path, problems: list[str]) -> np.ndarray | None:
     """The first 19 lines as (x, y); a line with a comma is a coordinate line, and there must be
     exactly 19 of them, first in the file (later lines without one are ignored)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot read ({exc})")
+    text, problem = read_text(path)
+    if problem:
+        problems.append(f"{path}: {problem}")
         return None
+    lines = text.splitlines()
     count = sum(1 for line in lines if "," in line)
     if count != S.N_LANDMARKS:
         problems.append(f"{path}: {count} coordinate lines, expected {S.N_LANDMARKS}")
@@ -125,13 +125,11 @@ def _pair(text: str) -> tuple[float, float] | None:
 
 
 def _image_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.size
-    except (OSError, ValueError) as exc:
-        problems.append(f"{path}: unreadable image ({exc})")
+    size = decoded_image_size(path)
+    if isinstance(size, str):
+        problems.append(f"{path}: unreadable image: {size}")
         return None
+    return size
 
 
 def _outside(points: np.ndarray, size: tuple[int, int], where: str, image: Path) -> list[str]:
@@ -142,19 +140,24 @@ def _outside(points: np.ndarray, size: tuple[int, int], where: str, image: Path)
 
 def read_ceph_csv(path: Path) -> CephDataset:
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text, problem = read_text(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     problems: list[str] = []
     records = []
-    with handle:
-        rows = list(csv.reader(handle))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
     if not rows:
         raise DataError(f"{path}: empty file, no header and no rows")
-    if tuple(c.strip() for c in rows[0]) != CSV_COLUMNS:
+    header = tuple(c.strip() for c in rows[0])
+    if header != CSV_COLUMNS:
+        wrong = next((f"column {k + 1} is {got!r}, expected {want!r}" for k, (got, want) in
+                      enumerate(zip(header, CSV_COLUMNS)) if got != want),
+                     f"{len(header)} columns, expected {len(CSV_COLUMNS)}")
         raise DataError(f"{path}: row 1: the header must be {','.join(CSV_COLUMNS[:4])},...,x19,y19 "
-                        f"({len(CSV_COLUMNS)} columns), got {len(rows[0])} columns")
+                        f"({len(CSV_COLUMNS)} columns): {wrong}")
     if len(rows) == 1:
         raise DataError(f"{path}: a header and no rows")
     for number, cells in enumerate(rows[1:], start=2):
@@ -178,8 +181,8 @@ def read_ceph_csv(path: Path) -> CephDataset:
         except ValueError:
             problems.append(f"{where}: a coordinate is not a number")
             continue
-        if not image.is_file():
-            problems.append(f"{where}: image {image} does not exist")
+        if not_regular(image):
+            problems.append(f"{where}: image {image} {not_regular(image)}")
             continue
         size = _image_size(image, problems)
         if size is None:

@@ -11,11 +11,16 @@
   ``TarFile.members`` cleared as it goes. A zip's central directory is read whole by zipfile
   (about 100 bytes per member: 10 MB for 100 000 files) and its members are sorted as a folder
   is walked, so a folder and a zip of the same files enumerate identically.
-- ``read(path)`` returns the whole file, up to ``MAX_FILE_BYTES``.
+- ``read(path)`` returns the whole file, up to the archive's ``max_bytes``
+  (``MEDQ_MAX_STUDY_BYTES``, 1 GiB by default). The declared size (folder, zip header, tar
+  header) is checked before anything is read, and the bytes actually produced are counted as
+  they stream, so a zip bomb (a 2 MB zip declaring, or inflating to, 2 GiB of zeros) is refused
+  holding at most the limit in memory.
 
 Safety: nothing is read outside the archive and nothing is ever written. Archive members with
 an absolute name or a ``..`` component, links and devices in archives, symlinks that leave the
-folder, unreadable files: each is a ``SkippedEntry`` and ``read`` refuses it. Folder symlinks to
+folder, unreadable files, names that are not valid UTF-8 (the store keeps text): each is a
+``SkippedEntry`` and ``read`` refuses it. Folder symlinks to
 directories are not followed at all (no loops; a target inside the folder is walked anyway).
 Reasons never contain the path: file names can carry patient names.
 
@@ -40,12 +45,15 @@ from common.errors import DataError
 from common.inference.types import Entry, SkippedEntry, StudyError
 from common.registry import Registry
 
-MAX_FILE_BYTES = 2 * 1024**3  # 2 GiB: larger is no single radiograph, and read() holds it in memory
+MAX_FILE_BYTES = 1024**3  # 1 GiB default (MEDQ_MAX_STUDY_BYTES): read() holds a study in memory
+READ_BLOCK = 1 << 20
 
 UNSAFE_NAME = "unsafe name in archive (absolute or '..')"
 OUTSIDE = "symlink points outside the archive"
 NO_PERMISSION = "permission denied"
 ARCHIVE_LINK = "link in archive (not followed)"
+NOT_UTF8 = "file name is not valid UTF-8 (rename the file to process it)"
+NOT_UTF8_FOLDER = "folder name is not valid UTF-8 (none of its files was read; rename it to process them)"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # a member, an empty zip, a spanned zip
 
 
@@ -61,16 +69,44 @@ def clean_name(name: str) -> str:
     return "/".join(part for part in name.split("/") if part not in ("", "."))
 
 
-def _check_size(size: int) -> None:
-    if size > MAX_FILE_BYTES:
-        raise StudyError(f"file too large ({size:,} bytes; maximum {MAX_FILE_BYTES:,})")
+def printable_name(name: str) -> str:
+    """A name as text the store can keep: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os and tarfile hand undecodable bytes over as lone surrogates
+        return False
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise StudyError(f"file too large ({size:,} bytes; maximum {limit:,}, MEDQ_MAX_STUDY_BYTES)")
+
+
+def read_capped(stream, limit: int, declared: int) -> bytes:
+    """Everything ``stream`` produces, refusing more than ``limit`` bytes as they come (a stream
+    may produce more than its header declared)."""
+    buffer = bytearray()
+    while True:
+        block = stream.read(min(READ_BLOCK, limit + 1 - len(buffer)))
+        if not block:
+            return bytes(buffer)
+        buffer += block
+        if len(buffer) > limit:
+            raise StudyError(f"file too large (over {limit:,} bytes once decompressed, {declared:,} declared; "
+                             f"MEDQ_MAX_STUDY_BYTES)")
 
 
 class Archive(ABC):
     kind: str
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_bytes: int = MAX_FILE_BYTES):
         self.root = Path(root)
+        self.max_bytes = max_bytes
 
     @abstractmethod
     def entries(self) -> Iterator[Entry | SkippedEntry]:
@@ -90,8 +126,8 @@ class Archive(ABC):
 class FolderArchive(Archive):
     kind = "folder"
 
-    def __init__(self, root: Path):
-        super().__init__(Path(os.path.realpath(root)))
+    def __init__(self, root: Path, max_bytes: int = MAX_FILE_BYTES):
+        super().__init__(Path(os.path.realpath(root)), max_bytes)
 
     def _inside(self, real: str) -> bool:
         return os.path.commonpath([str(self.root), real]) == str(self.root)
@@ -108,6 +144,10 @@ class FolderArchive(Archive):
                 stack.pop()
                 continue
             full, relative = os.path.join(directory, name), prefix + name
+            if not is_utf8(relative):  # a folder of such a name: one record, its files all carry the name
+                folder = os.path.isdir(full) and not os.path.islink(full)
+                yield SkippedEntry(printable_name(relative), NOT_UTF8_FOLDER if folder else NOT_UTF8)
+                continue
             try:
                 info = os.lstat(full)
             except OSError:  # vanished while walking
@@ -154,8 +194,8 @@ class FolderArchive(Archive):
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise StudyError("not a regular file")
-                _check_size(info.st_size)
-                return f.read()
+                _check_size(info.st_size, self.max_bytes)
+                return read_capped(f, self.max_bytes, info.st_size)
         except PermissionError:
             raise StudyError(NO_PERMISSION) from None
         except FileNotFoundError:
@@ -172,8 +212,8 @@ class FolderArchive(Archive):
 class _PerProcessHandle(Archive):
     """Opens its archive file lazily and again in a forked child; pickles without the handle."""
 
-    def __init__(self, root: Path):
-        super().__init__(Path(root).resolve())
+    def __init__(self, root: Path, max_bytes: int = MAX_FILE_BYTES):
+        super().__init__(Path(root).resolve(), max_bytes)
         self._handle: Any = None
         self._pid: int | None = None
 
@@ -190,10 +230,10 @@ class _PerProcessHandle(Archive):
         pass
 
     def __getstate__(self) -> dict:
-        return {"root": self.root}
+        return {"root": self.root, "max_bytes": self.max_bytes}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"])
+        self.__init__(state["root"], state.get("max_bytes", MAX_FILE_BYTES))
 
 
 # --- zip ---------------------------------------------------------------------------------------
@@ -243,9 +283,10 @@ class ZipArchive(_PerProcessHandle):
             raise StudyError("no such file in archive")
         if _zip_link(info):
             raise StudyError(ARCHIVE_LINK)
-        _check_size(info.file_size)
+        _check_size(info.file_size, self.max_bytes)
         try:
-            return zf.read(info)
+            with zf.open(info) as member:
+                return read_capped(member, self.max_bytes, info.file_size)
         except RuntimeError:  # zipfile's "encrypted, password required"
             raise StudyError("encrypted file in archive") from None
         except NotImplementedError:
@@ -280,7 +321,9 @@ class TarArchive(_PerProcessHandle):
                 if member.isdir():
                     continue
                 name = clean_name(member.name)
-                if is_unsafe_name(member.name):
+                if not is_utf8(member.name):
+                    yield SkippedEntry(printable_name(name), NOT_UTF8)
+                elif is_unsafe_name(member.name):
                     yield SkippedEntry(member.name, UNSAFE_NAME)
                 elif member.issym() or member.islnk():
                     yield SkippedEntry(name, ARCHIVE_LINK)
@@ -311,8 +354,8 @@ class TarArchive(_PerProcessHandle):
                 raise StudyError(ARCHIVE_LINK)
             if not member.isreg():
                 raise StudyError("device or special file in archive")
-            _check_size(member.size)
-            data = self._handle.extractfile(member).read()
+            _check_size(member.size, self.max_bytes)
+            data = read_capped(self._handle.extractfile(member), self.max_bytes, member.size)
         except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
             raise StudyError(f"corrupt file in archive ({type(exc).__name__})") from None
         if len(data) != member.size:
@@ -341,7 +384,7 @@ def _members(tf: tarfile.TarFile, root: Path) -> Iterator[tarfile.TarInfo]:
 @dataclass(frozen=True)
 class ArchiveKind:
     detect: Callable[[Path], bool]  # called on an existing path; kinds exclude each other
-    open: Callable[[Path], Archive]
+    open: Callable[[Path, int], Archive]  # (path, max_bytes)
 
 
 ARCHIVE_KINDS: Registry[ArchiveKind] = Registry("archive kind")
@@ -360,8 +403,9 @@ ARCHIVE_KINDS.register("tar")(ArchiveKind(
     detect=lambda p: p.is_file() and not _has_zip_magic(p) and tarfile.is_tarfile(p), open=TarArchive))
 
 
-def open_archive(path: Path) -> Archive:
-    """The archive at ``path``; DataError naming the path when it is missing or of no known kind."""
+def open_archive(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Archive:
+    """The archive at ``path``; DataError naming the path when it is missing or of no known kind.
+    ``max_bytes``: the largest file ``read`` returns (MEDQ_MAX_STUDY_BYTES)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -369,9 +413,11 @@ def open_archive(path: Path) -> Archive:
         for name in ARCHIVE_KINDS:
             kind = ARCHIVE_KINDS.get(name)
             if kind.detect(path):
-                return kind.open(path)
+                return kind.open(path, max_bytes)
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: a member name is flagged UTF-8 but is not (re-create the zip)") from None
     except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
         raise DataError(f"{path}: cannot be opened as an archive ({type(exc).__name__})") from None
     raise DataError(f"{path}: not a folder, zip or tar archive "

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
+from common.datafiles import decoded_image_size, not_regular
 from common.errors import DataError
 from common.landmarks.schema import N_COLUMNS, N_LANDMARKS, category_of
 from common.specs import SplitSpec
@@ -184,8 +184,10 @@ def validate_dataset(data_dir: Path) -> DatasetSummary:
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder does not exist")
     csv_path = data_dir / CSV_NAME
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise DataError(f"{csv_path}: missing {CSV_NAME} (expected in the data folder)")
+    if not_regular(csv_path):
+        raise DataError(f"{csv_path}: {not_regular(csv_path)}")
     records = read_landmark_csv(csv_path)
 
     problems: list[str] = []
@@ -213,14 +215,9 @@ def validate_dataset(data_dir: Path) -> DatasetSummary:
 
 def _decoded_size(path: Path) -> tuple[int, int] | str:
     """(width, height) after a full decode, or the reason the image cannot be used."""
-    if not path.is_file():
+    if not path.exists():
         return "missing"
-    try:
-        with Image.open(path) as image:
-            image.load()  # a full decode: a truncated file fails here, not at training time
-            return image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot be decoded ({exc})"
+    return decoded_image_size(path)
 
 
 def _points_outside(points: np.ndarray, size: tuple[int, int]) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from common.datafiles import not_regular
 from common.errors import DataError
 from common.seg.schema import N_CLASSES
 from common.specs import SplitSpec
@@ -82,6 +83,10 @@ def _listed(indices: np.ndarray) -> str:
 
 
 def _load(path: Path, problems: list[str]) -> np.ndarray | None:
+    problem = not_regular(path)
+    if problem:  # a pipe named images_x.npy would block np.load forever
+        problems.append(f"{path}: {problem}")
+        return None
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:

@@ -379,6 +379,19 @@ def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = Non
         last = rows[-1].id
 
 
+def iter_unsuccessful(store: Store, job_id: str) -> Iterator[Study]:
+    """Each failed or skipped study with its reason, then each study left pending by a chunk that
+    failed as a whole, with the chunk's reason (``medq resume`` runs them again)."""
+    yield from iter_studies(store, job_id, ("failed", "skipped"))
+    with store.session() as s:
+        failed = dict(s.execute(select(Chunk.index, Chunk.error).where(Chunk.job_id == job_id,
+                                                                      Chunk.state == "failed")).all())
+    for study in (iter_studies(store, job_id, ("pending",)) if failed else ()):
+        if study.chunk_index in failed:
+            study.reason = f"not run: its chunk {study.chunk_index} failed ({failed[study.chunk_index]})"
+            yield study  # a detached row: the changed reason is for the output only
+
+
 def cancel_chunks(s, job: Job, now: datetime) -> None:
     """Waiting and queued chunks end now; running ones stop at their next batch."""
     for chunk in s.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.state.in_(["waiting", "queued"]))):

@@ -87,6 +87,9 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
         }
 
 
+FAILED_CHUNKS_SHOWN = 20
+
+
 def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
     """An inference job: done / failed / skipped / remaining, chunks, throughput, time left."""
     from sqlalchemy import func
@@ -106,6 +109,9 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
             Study.job_id == job_id, Study.chunk_index >= 0, Study.state != "pending",
             Study.updated_at >= since)).one()
         flagged = s.scalar(select(func.count()).where(Study.job_id == job_id, Study.qc_flag.is_(True)))
+        failed_chunks = [{"chunk": index, "studies": n, "error": error} for index, n, error in s.execute(
+            select(Chunk.index, Chunk.n_studies, Chunk.error).where(Chunk.job_id == job_id, Chunk.state == "failed")
+            .order_by(Chunk.index).limit(FAILED_CHUNKS_SHOWN))]
         view = job_view(job, with_members=False)
     remaining = studies.get("pending", 0)
     throughput = None
@@ -119,6 +125,7 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
                     "failed": studies.get("failed", 0), "skipped": studies.get("skipped", 0),
                     "remaining": remaining, "review": flagged},
         "chunks": chunks,
+        "failed_chunks": failed_chunks,  # the first few, with why (their studies stay pending)
         "studies_per_s": throughput,
         "eta_s": remaining / throughput if throughput and remaining and job.state == "running" else None,
     })

@@ -250,13 +250,12 @@ def test_an_unreadable_file_is_skipped_and_reading_it_fails_without_its_name(tmp
     assert str(refused.value) == NO_PERMISSION
 
 
-def test_files_over_the_size_cap_are_refused_on_read(five_folder, monkeypatch):
-    monkeypatch.setattr(archive_module, "MAX_FILE_BYTES", 100)
-    archive = open_archive(five_folder)
+def test_files_over_the_size_cap_are_refused_on_read(five_folder):
+    archive = open_archive(five_folder, max_bytes=100)
     size = (five_folder / "z.png").stat().st_size
-    with pytest.raises(StudyError, match=rf"file too large \({size:,} bytes; maximum 100\)"):
+    with pytest.raises(StudyError, match=rf"file too large \({size:,} bytes; maximum 100, MEDQ_MAX_STUDY_BYTES\)"):
         archive.read("z.png")
-    assert MAX_FILE_BYTES == 2 * 1024**3
+    assert MAX_FILE_BYTES == 1024**3
 
 
 # --- processes ---------------------------------------------------------------------------------
