@@ -34,7 +34,7 @@ from common.ceph.model import HEATMAP_STRIDE, build_hrnet
 from common.ceph.readers import CephRecord
 from common.ceph.schema import LANDMARKS, N_LANDMARKS
 from common.errors import JobError
-from common.landmarks.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
+from common.landmarks.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
 from common.landmarks.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from common.specs import HRNetSpec
 
@@ -129,6 +129,7 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = build_hrnet(spec.width, N_LANDMARKS, None if last_path.is_file() else spec.pretrained).to(
         device, memory_format=memory_format)
+    prepare_workdir(workdir, model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     steps_per_epoch = math.ceil(len(records["train"]) / spec.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

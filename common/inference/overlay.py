@@ -6,12 +6,12 @@ are joined by lines, and the mediastinal axis 0-8-9-10-1 is drawn as a polyline.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.atomic_files import write_atomic
 from common.landmarks.schema import FLIP_PAIRS, N_LANDMARKS
 
 PASSED_COLOUR = (40, 220, 60)
@@ -47,9 +47,4 @@ def write_overlay(pixels: np.ndarray, landmarks_px: np.ndarray, qc_flag: bool, p
     for x, y in points[finite]:
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(0, 0, 0))
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(path), lambda handle: canvas.save(handle, format="PNG"))

@@ -8,7 +8,6 @@ both load with ``torch.load(weights_only=True)`` (no pickled code).
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 import common
+from common.atomic_files import MB, remove_partial_files, require_space, write_atomic
 from common.errors import JobError
 from common.specs import EnsembleSpec
 
@@ -26,13 +26,33 @@ LAST_NAME, BEST_NAME = "last.pt", "best.pt"
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to ``path.tmp``, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """torch.save to ``path.tmp``, flushed to disk, then renamed over ``path``; the free space it
+    needs is checked first, and a full disk is a DiskFull naming the file system."""
+    write_atomic(path, lambda handle: torch.save(obj, handle), needed=checkpoint_bytes(obj), sync=True)
+
+
+def checkpoint_bytes(obj: Any) -> int:
+    """About what ``torch.save(obj)`` writes: its tensors' bytes, plus a megabyte for the rest."""
+    def tensors(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(tensors(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensors(v) for v in value)
+        return 0
+    return tensors(obj) + MB
+
+
+def prepare_workdir(workdir: Path, model: torch.nn.Module) -> None:
+    """Before a member trains: its folder exists, a killed attempt's partial files are gone, and
+    its file system has room for a checkpoint with optimiser state and a best model (about four
+    times the weights), so a full artifact disk fails the member now, not after an epoch."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if remove_partial_files(workdir):
+        log.info("removed partial checkpoint files a killed attempt left in %s", workdir)
+    weights = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    require_space(workdir, 4 * weights + MB, "a member's checkpoints")
 
 
 def rng_states() -> dict[str, Any]:

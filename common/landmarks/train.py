@@ -39,6 +39,7 @@ from common.landmarks.checkpoint import (
     check_resumable,
     load_checkpoint,
     rng_states,
+    prepare_workdir,
     save_atomic,
     set_rng_states,
 )
@@ -295,6 +296,7 @@ def train_member(
     val_sizes, val_truth = val_set.image_sizes, val_set.points_px
 
     model = build_model(spec)
+    prepare_workdir(workdir, model)
     if not last_path.is_file():  # a resumed member gets its weights from last.pt
         load_pretrained(model, spec)
     model.to(device)

@@ -10,13 +10,13 @@ Class colours: ground glass orange, consolidation magenta, other lung light blue
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from common.atomic_files import write_atomic
 from common.seg.schema import LESIONS
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (centre -600, width 1500)
@@ -52,12 +52,8 @@ def agreement_rgb(hu: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.nda
 
 
 def _save(panels: Sequence[np.ndarray], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.concatenate(panels, axis=1)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    image = Image.fromarray(np.concatenate(panels, axis=1))
+    return write_atomic(Path(path), lambda handle: image.save(handle, format="PNG"))
 
 
 def review_panel(hu: np.ndarray, pred: np.ndarray, truth: np.ndarray, path: Path) -> Path:

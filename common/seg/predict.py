@@ -16,7 +16,6 @@ and records per study: voxels per class, the lesion volume per lesion class in m
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common.atomic_files import write_atomic
 from common.inference.outcome import ChunkStats, StudyOutcome
 from common.inference.types import StudyError
 from common.landmarks.train import pick_device
@@ -153,12 +153,9 @@ def _done(study_id: int, volume: CTVolume, labels: np.ndarray, out_dir: Path) ->
     from common.seg.overlay import prediction_panel
 
     path = mask_path(out_dir, study_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, labels=labels, classes=np.array(CLASSES),
-                        spacing_mm=np.array(volume.spacing_mm or (), dtype=np.float64),
-                        sop_instance_uids=np.array(volume.slice_uids, dtype=str))
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: np.savez_compressed(
+        handle, labels=labels, classes=np.array(CLASSES), spacing_mm=np.array(volume.spacing_mm or (), dtype=np.float64),
+        sop_instance_uids=np.array(volume.slice_uids, dtype=str)))
     lesion_per_slice = np.isin(labels, LESIONS).sum(axis=(1, 2))
     shown = int(lesion_per_slice.argmax()) if lesion_per_slice.any() else len(labels) // 2
     prediction_panel(volume.hu[shown], labels[shown], Path(out_dir) / "overlays" / f"{int(study_id)}.png")

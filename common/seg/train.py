@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 import common
 from common.errors import JobError
-from common.landmarks.checkpoint import load_checkpoint, rng_states, save_atomic, set_rng_states
+from common.landmarks.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
 from common.landmarks.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from common.seg.augment import seg_transform
 from common.seg.data import SegSource, SliceReader, slice_arrays
@@ -148,6 +148,7 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
         normaliser = HUNormaliser(**checkpoint["hu"])
         class_weights, lesion = tuple(checkpoint["class_weights"]), checkpoint["lesion"].numpy()
     model = build_segmenter(spec.arch, spec.encoder, N_CLASSES, None if checkpoint else spec.pretrained).to(device)
+    prepare_workdir(workdir, model)
     set_bn_momentum(model, spec.bn_momentum)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     steps_per_epoch = math.ceil(len(split["train"]) / spec.batch_size)
