@@ -48,8 +48,8 @@ def decoded_image_size(path: Path) -> tuple[int, int] | str:
                         f"are decoded)")
             image.load()
             return image.size
-    except Image.DecompressionBombError:
-        return f"image too large (Pillow refuses it as a decompression bomb; at most {MAX_TRAINING_PIXELS:,} pixels)"
+    except Image.DecompressionBombError as exc:  # Pillow's own header check came first
+        return f"image too large ({str(exc).split(',')[0]}; at most {MAX_TRAINING_PIXELS:,} pixels are decoded)"
     except (OSError, SyntaxError, ValueError) as exc:
         return f"cannot be decoded ({exc})"
 

@@ -58,3 +58,11 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, MedqError):
         return str(exc)
     return f"{type(exc).__name__} (details in the log of the process that raised it)"
+
+
+def brief(exc: BaseException) -> str:
+    """One line for a log: the error's type and the first line of its cause (a driver's own
+    message, not the SQL statement and parameters an SQLAlchemy error carries)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

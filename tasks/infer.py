@@ -14,6 +14,7 @@ from common.store.jobs import cancel_requested
 from tasks import names
 from tasks.app import app
 from tasks.runtime import Heartbeat
+from tasks.store_retry import StoreUnavailable, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
@@ -24,9 +25,12 @@ def infer_chunk(self, chunk_id: int) -> str:
     settings = app.conf.medq_settings
     store = open_store(settings)
     owner = uuid.uuid4().hex
-    claim = store_ops.claim_chunk(store, chunk_id, owner, self.request.hostname or settings.worker_label,
-                                  settings.device, settings.lease_seconds, settings.max_attempts,
-                                  datetime.now().time())
+    try:
+        claim = retrying(f"claim chunk {chunk_id}", lambda: store_ops.claim_chunk(
+            store, chunk_id, owner, self.request.hostname or settings.worker_label, settings.device,
+            settings.lease_seconds, settings.max_attempts, datetime.now().time()))
+    except StoreUnavailable as exc:
+        return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
     from common.inference.archive import open_archive
@@ -40,9 +44,14 @@ def infer_chunk(self, chunk_id: int) -> str:
         try:
             from common.inference.predict import run_chunk
 
-            items = store_ops.pending_studies(store, claim.job_id, claim.index)
+            items = retrying("read the chunk's studies", lambda: store_ops.pending_studies(store, claim.job_id,
+                                                                                           claim.index))
             predictor, archive = _predictor(spec), open_archive(Path(spec.archive), settings.max_study_bytes)
-            record = lambda outcomes: store_ops.record_studies(store, [study_row(o) for o in outcomes])  # noqa: E731
+
+            def record(outcomes) -> None:
+                rows = [study_row(o) for o in outcomes]
+                retrying("record studies", lambda: store_ops.record_studies(store, rows))
+
             if hasattr(predictor, "run_chunk"):  # a segmenter: masks and measurements per volume
                 stats = predictor.run_chunk(items, archive, spec.batch_size, spec.loader_workers, record,
                                             should_stop=beat.should_stop,
@@ -51,19 +60,30 @@ def infer_chunk(self, chunk_id: int) -> str:
                 overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
                 stats = run_chunk(items, archive, predictor, spec.batch_size, spec.loader_workers, record,
                                   should_stop=beat.should_stop, overlay_dir=overlays)
+        except StoreUnavailable as exc:
+            log.error("chunk %s of job %s: %s; its lease will lapse and its remaining studies run again",
+                      claim.index, claim.job_id, exc)
+            return "stood down: store unavailable"
         except JobError as exc:
-            store_ops.finish_chunk(store, chunk_id, owner, "failed", str(exc))
-            return "failed"
+            return _finish(store, chunk_id, owner, "failed", str(exc))
         except Exception as exc:
             log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
-            store_ops.finish_chunk(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
-            return "failed"
+            return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
     if beat.lease_lost.is_set():
         return "stood down: lease lost"
-    state = "cancelled" if beat.cancelled.is_set() else "succeeded"
-    store_ops.finish_chunk(store, chunk_id, owner, state)
+    state = _finish(store, chunk_id, owner, "cancelled" if beat.cancelled.is_set() else "succeeded")
     log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f images/s", claim.index, claim.job_id,
              stats.done, stats.failed, stats.skipped, stats.images_per_s)
+    return state
+
+
+def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:
+    try:
+        retrying(f"record the end of chunk {chunk_id}",
+                 lambda: store_ops.finish_chunk(store, chunk_id, owner, state, error))
+    except StoreUnavailable as exc:
+        log.error("%s; its lease will lapse and its remaining studies run again", exc)
+        return "stood down: store unavailable"
     return state
 
 

@@ -7,7 +7,7 @@ import gc
 import logging
 import uuid
 
-from common.errors import JobError, TransientError
+from common.errors import JobError, TransientError, brief
 from common.store import State, open_store
 from common.store import evaluation
 from tasks import names
@@ -15,6 +15,7 @@ from tasks.app import app
 from tasks.engines import EVALUATORS, TRAINERS
 from tasks.runtime import Heartbeat, MemberRun
 from tasks.send import send_evaluation
+from tasks.store_retry import StoreUnavailable, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
@@ -23,7 +24,11 @@ TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
 @app.task(name=names.TRAIN_MEMBER, bind=True)
 def train_member(self, member_id: int) -> str:
     settings = app.conf.medq_settings
-    with MemberRun(self, member_id, settings) as run:
+    try:
+        run = MemberRun(self, member_id, settings)
+    except StoreUnavailable as exc:
+        return retry_later(self, exc)
+    with run:
         claim = run.claim
         if not claim.run:
             _dispatch_evaluation(claim.job_id, claim.dispatch_evaluation)
@@ -58,7 +63,11 @@ def train_member(self, member_id: int) -> str:
 def evaluate_ensemble(self, job_id: str) -> str:
     settings = app.conf.medq_settings
     store, owner = open_store(settings), uuid.uuid4().hex
-    claim = evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds)
+    try:
+        claim = retrying(f"claim the evaluation of job {job_id}",
+                         lambda: evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds))
+    except StoreUnavailable as exc:
+        return retry_later(self, exc)
     if claim is None:
         return "skipped: not ours"
     beat = Heartbeat(settings, f"evaluation of job {job_id}", cancelled=lambda: False,
@@ -67,23 +76,37 @@ def evaluate_ensemble(self, job_id: str) -> str:
         try:
             results = EVALUATORS.get(claim.kind)(claim)
         except JobError as exc:
-            evaluation.fail_evaluation(store, job_id, owner, str(exc))
-            return "failed"
+            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, str(exc)))
         except Exception as exc:
             log.exception("evaluation of job %s failed", job_id)
-            evaluation.fail_evaluation(store, job_id, owner, f"{type(exc).__name__}: {exc}")
-            return "failed"
+            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(
+                store, job_id, owner, f"{type(exc).__name__}: {exc}"))
         finally:
             _release_memory()
     member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}
-    if not evaluation.record_results(store, job_id, owner, results, member_ids):
-        return "stood down: the evaluation's lease was lost"
-    return "done"
+    return _record_evaluation(job_id, lambda: evaluation.record_results(store, job_id, owner, results, member_ids))
+
+
+def _record_evaluation(job_id: str, write) -> str:
+    """The evaluation's outcome, written by its owner; a store away past the retries leaves the
+    lease to lapse (the reaper sends the evaluation again)."""
+    try:
+        written = retrying(f"record the evaluation of job {job_id}", write)
+    except StoreUnavailable as exc:
+        log.error("%s; the evaluation's lease will lapse and it will run again", exc)
+        return "stood down: store unavailable"
+    return "done" if written else "stood down: the evaluation's lease was lost"
 
 
 def _dispatch_evaluation(job_id: str, needed: bool) -> None:
-    if needed:
+    """Send the evaluation the store has just marked dispatched. If the broker refuses, the
+    reaper sends it again (recovery.redispatch_evaluations): say so in one line and go on."""
+    if not needed:
+        return
+    try:
         send_evaluation(app, job_id)
+    except Exception as exc:
+        log.warning("job %s: could not send its evaluation (%s); the reaper will send it again", job_id, brief(exc))
 
 
 def _release_memory() -> None:

@@ -15,9 +15,11 @@ import time
 import uuid
 from typing import Any, Callable
 
+from common.errors import brief
 from common.settings import Settings
 from common.store import State, open_store
 from common.store import jobs
+from tasks.store_retry import StoreUnavailable, retrying
 
 log = logging.getLogger("medq.worker")
 
@@ -50,7 +52,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
-        last_cancel_check = 0.0
+        last_cancel_check, failures = 0.0, 0
         while not self._stop.wait(interval):
             if os.getppid() != self._parent:  # the worker (or its launcher) died: this process is orphaned
                 log.error("%s: the worker process that ran this task is gone; stopping so that the lease "
@@ -67,8 +69,14 @@ class Heartbeat:
                     last_cancel_check = now
                     if self._cancelled():
                         self.cancelled.set()
-            except Exception:  # a database hiccup: the lease has slack, try again next beat
-                log.warning("%s: heartbeat failed", self.label, exc_info=True)
+            except Exception as exc:  # a database hiccup: the lease has slack, try again next beat
+                failures += 1
+                if failures == 1 or failures % 20 == 0:  # one line per outage, not one per beat
+                    log.warning("%s: heartbeat failed %d time(s) (%s); trying again", self.label, failures, brief(exc))
+                continue
+            if failures:
+                log.info("%s: heartbeat back after %d failure(s)", self.label, failures)
+                failures = 0
 
 
 class MemberRun:
@@ -79,8 +87,9 @@ class MemberRun:
         self.store = open_store(settings)
         self.owner = uuid.uuid4().hex
         self.worker = task.request.hostname or settings.worker_label or "worker"
-        self.claim = jobs.claim_member(self.store, member_id, self.owner, self.worker, settings.device,
-                                       settings.lease_seconds, settings.max_attempts)
+        self.claim = retrying(f"claim member {member_id}", lambda: jobs.claim_member(
+            self.store, member_id, self.owner, self.worker, settings.device, settings.lease_seconds,
+            settings.max_attempts))
         self._latest: dict[str, Any] = {}
         self._last_event = 0.0
         self.heartbeat = Heartbeat(
@@ -129,12 +138,20 @@ class MemberRun:
                **fields: Any) -> bool:
         self.heartbeat.stop()
         fields = {**self._latest, **fields}
-        return jobs.finish_member(self.store, self.member_id, self.owner, state, error=error,
-                                  artifacts=artifacts, **fields)
+        try:
+            return retrying(f"record the end of member {self.member_id}", lambda: jobs.finish_member(
+                self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, **fields))
+        except StoreUnavailable as exc:
+            log.error("%s; its lease will lapse and the reaper will resume it from its checkpoint", exc)
+            return False
 
     def release(self, reason: str) -> None:
         self.heartbeat.stop()
-        jobs.release_member(self.store, self.member_id, self.owner, reason)
+        try:
+            retrying(f"give member {self.member_id} back", lambda: jobs.release_member(
+                self.store, self.member_id, self.owner, reason))
+        except StoreUnavailable as exc:
+            log.error("%s; its lease will lapse and the reaper will send it again", exc)
 
 
 def _finite(value: float | None) -> float | None:

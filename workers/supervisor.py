@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from common.errors import brief
 from common.settings import Settings
 from common.store import open_store
 from workers.plan import WorkerPlan, worker_command
@@ -53,6 +54,7 @@ class Supervisor:
         self.settings, self.app, self.log_dir = settings, app, log_dir
         self.store = open_store(settings)  # migrates once, before any worker starts
         self.stopping = 0
+        self.reap_failures = 0
 
     def start(self, child: Child) -> None:
         env = {**os.environ, **child.plan.env}
@@ -101,8 +103,15 @@ class Supervisor:
     def _reap(self) -> None:
         try:
             reap_once(self.store, self.app)
-        except Exception:
-            log.warning("reaper round failed; will retry", exc_info=True)
+        except Exception as exc:  # the store or the broker is away: every round retries
+            self.reap_failures += 1
+            if self.reap_failures == 1 or self.reap_failures % 30 == 0:
+                log.warning("reaper round failed %d time(s) (%s); will retry", self.reap_failures, brief(exc))
+                log.debug("reaper round failure", exc_info=True)
+        else:
+            if self.reap_failures:
+                log.info("reaper rounds work again after %d failure(s)", self.reap_failures)
+            self.reap_failures = 0
 
     def _on_signal(self, signum, _frame) -> None:
         self.stopping += 1

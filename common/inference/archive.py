@@ -268,8 +268,9 @@ class ZipArchive(_PerProcessHandle):
                 yield SkippedEntry(name, ARCHIVE_LINK)
             elif info.flag_bits & 0x1:
                 yield SkippedEntry(name, "encrypted file in archive")
-            elif name == previous:
-                yield SkippedEntry(name, "duplicate name in archive")
+            elif name == previous:  # read() returns the first of the name
+                yield SkippedEntry(name, "duplicate name in archive: the first file of this name is the study",
+                                   "skipped")
             else:
                 yield Entry(name, info.file_size)
             previous = name

@@ -89,6 +89,10 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("logs-*/*.log")))
 
+    def full_logs(self) -> str:
+        """Every worker and launcher log, whole (logs() keeps the tail of each, for messages)."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.home.glob("logs-*/*.log")))
+
     def attempts(self, job_id: str, seed: int) -> list[Attempt]:
         store = Store(self.database_url)
         try:

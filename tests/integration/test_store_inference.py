@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
+from pathlib import Path
 
 import pytest
 
 from common.store import inference as ops
 from common.store import jobs
+from common.store.models import utcnow
 from common.store.views import infer_view
 
 OPEN, CLOSED = time(23, 0), time(12, 0)
@@ -133,3 +135,59 @@ def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
     jobs.finish_member(store, member, "a", jobs.State.SUCCEEDED, artifacts={"seed-0/best": str(folder / "best-0012.pt")})
     assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id,
                                             "hrnet")
+
+
+def test_two_files_of_one_name_get_distinct_keys_and_the_second_is_skipped(store):
+    ops.create_infer_job(store, "dupjob000001", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
+    names = ["a.png", "b.png", "a.png"] + [f"x{i}.png" for i in range(ops.BATCH)] + ["b.png"]  # across batches too
+    total, chunks = ops.add_studies(store, "dupjob000001", iter([ops.PlannedStudy(n) for n in names]), 500)
+    assert total == len(names)
+    rows = list(ops.iter_studies(store, "dupjob000001"))
+    assert len({r.path_hash for r in rows}) == len(names)
+    dups = [r for r in rows if r.state == "skipped"]
+    assert [r.path for r in dups] == ["a.png", "b.png"] and all("duplicate name" in r.reason for r in dups)
+    assert ops.study_counts(store, "dupjob000001")["pending"] == len(names) - 2
+
+
+def test_a_failed_chunk_is_shown_with_its_reason_and_its_studies_listed_as_not_run(store):
+    from scheduler.infer_views import summary_lines
+
+    job_id, _ = _job(store, n=4, chunk=2)
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None)
+    a, _ = _chunk_ids(store, job_id)
+    assert ops.claim_chunk(store, a, "o", "w", "cpu", 60, 3, OPEN).run
+    ops.finish_chunk(store, a, "o", "failed", "--out /x cannot be written: Read-only file system")
+    view = infer_view(store, job_id)
+    assert view["failed_chunks"] == [{"chunk": 0, "studies": 2, "error": "--out /x cannot be written: Read-only "
+                                                                         "file system"}]
+    assert any("chunk 0 failed (2 studies not run): --out /x" in line for line in summary_lines(view))
+    listed = list(ops.iter_unsuccessful(store, job_id))
+    assert [(r.path, r.state) for r in listed] == [("x", "failed"), ("p0.png", "pending"), ("p1.png", "pending")]
+    assert listed[1].reason.startswith("not run: its chunk 0 failed (--out /x")
+
+
+def test_a_job_that_could_not_be_enqueued_ends_its_chunks_too(store):
+    job_id, _ = _job(store, n=4, chunk=2)
+    jobs.fail_job(store, job_id, "could not enqueue: broker down")
+    view = infer_view(store, job_id)
+    assert view["state"] == "failed" and view["chunks"] == {"failed": 2}
+    assert ops.resend_queued_chunks(store, "normal", utcnow() + timedelta(seconds=1), lambda c, p: None) == []
+
+
+def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_written(tmp_path):
+    from common.errors import SpecError
+    from common.inference.archive import open_archive
+    from scheduler.infer_plan import check_out_dir
+
+    archive = tmp_path / "export"
+    archive.mkdir()
+    (tmp_path / "afile").write_text("x")
+    folder = open_archive(archive)
+    with pytest.raises(SpecError, match="is inside the archive"):
+        check_out_dir(archive / "overlays", folder)
+    with pytest.raises(SpecError, match="cannot be written: Not a directory"):
+        check_out_dir(tmp_path / "afile" / "out", folder)
+    with pytest.raises(SpecError, match="cannot be written"):
+        check_out_dir(Path("/proc/medq-out"), folder)
+    check_out_dir(tmp_path / "out", folder)
+    assert (tmp_path / "out").is_dir() and list((tmp_path / "out").iterdir()) == []

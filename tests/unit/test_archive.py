@@ -19,7 +19,8 @@ from PIL import Image
 from common.errors import DataError
 from common.inference import archive as archive_module
 from common.inference.archive import (
-    MAX_FILE_BYTES, NO_PERMISSION, OUTSIDE, UNSAFE_NAME, FolderArchive, TarArchive, ZipArchive, open_archive,
+    MAX_FILE_BYTES, NO_PERMISSION, NOT_UTF8, NOT_UTF8_FOLDER, OUTSIDE, UNSAFE_NAME, FolderArchive, TarArchive,
+    ZipArchive, open_archive, read_capped,
 )
 from common.inference.types import Entry, SkippedEntry, StudyError
 
@@ -342,5 +343,49 @@ def test_zip_entries_are_archive_relative_posix_paths(tmp_path):
         zf.writestr("Patient A/scan.png", b"2")  # the same name once cleaned: one study, not two
     archive = ZipArchive(tmp_path / "x.zip")
     assert as_entries(archive) == [Entry("Patient A/scan.png", 1),
-                                   SkippedEntry("Patient A/scan.png", "duplicate name in archive")]
+                                   SkippedEntry("Patient A/scan.png", "duplicate name in archive: the first file of "
+                                                "this name is the study", "skipped")]
     assert archive.read("Patient A/scan.png") == b"1"
+
+
+def test_names_that_are_not_utf8_fail_alone_with_a_name_the_store_can_keep(tmp_path):
+    root = tmp_path / "export"
+    root.mkdir()
+    (root / "ok.png").write_bytes(b"x")
+    os.close(os.open(bytes(root) + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY))
+    os.mkdir(bytes(root) + b"/w\xffrd")
+    with tarfile.open(tmp_path / "x.tar", "w", encoding="utf-8", errors="surrogateescape") as tf:
+        info = tarfile.TarInfo("caf\udce9.png")
+        tf.addfile(info, io.BytesIO(b""))
+    folder = as_entries(open_archive(root))
+    assert folder == [SkippedEntry("caf\\xe9.png", NOT_UTF8), Entry("ok.png", 1),
+                      SkippedEntry("w\\xffrd", NOT_UTF8_FOLDER)]
+    assert as_entries(open_archive(tmp_path / "x.tar")) == [SkippedEntry("caf\\xe9.png", NOT_UTF8)]
+    assert all(e.path.encode("utf-8") for e in folder)  # storable as text
+
+
+class _Lying:
+    """A stream that produces more than its header declared (a zip bomb with a false size)."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.left)
+        self.left -= n
+        return b"\0" * n
+
+
+def test_a_stream_that_inflates_past_the_limit_is_refused_holding_at_most_the_limit():
+    assert read_capped(_Lying(10), limit=100, declared=10) == b"\0" * 10
+    with pytest.raises(StudyError, match="over 100 bytes once decompressed, 10 declared"):
+        read_capped(_Lying(10_000), limit=100, declared=10)
+
+
+def test_a_zip_bomb_is_refused_on_its_declared_size_before_anything_is_inflated(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.dcm", b"\0" * 5_000_000)
+    assert (tmp_path / "bomb.zip").stat().st_size < 20_000
+    archive = open_archive(tmp_path / "bomb.zip", max_bytes=1_000_000)
+    with pytest.raises(StudyError, match="file too large \\(5,000,000 bytes; maximum 1,000,000"):
+        archive.read("bomb.dcm")

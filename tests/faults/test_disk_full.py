@@ -1,0 +1,88 @@
+"""The artifact root on a tiny file system (a tmpfs: a loop mount needs no image file and the
+same privilege). A member that cannot fit its checkpoints is refused before it trains; one whose
+disk fills while it trains fails with the reason, leaves no partial file, and resumes from its
+last good checkpoint once space is freed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import unavailable
+from tests.integration.harness import Cluster, ended
+
+pytestmark = pytest.mark.integration
+TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "artifacts"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        unavailable(f"cannot mount a tmpfs for the artifact root: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _resize(mount, megabytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
+
+
+def test_a_full_artifact_disk_fails_the_member_clearly_and_resume_goes_on(redis_url, tmp_path, small_disk,
+                                                                          fault_log):
+    import redis
+
+    redis.Redis.from_url(f"{redis_url}/4").flushdb()
+    cluster = Cluster(tmp_path / "home", broker_url=f"{redis_url}/4", artifact_root=str(small_disk))
+    data = tmp_path / "chest"
+    try:
+        assert cluster.medq("data", "synth-chest", str(data), "--n", "36", "--seed", "3").returncode == 0
+        cluster.start_workers(1, "a")
+        # 60 MB cannot hold a ResNet-18 member's checkpoints (~45 MB of weights, Adam's moments, best.pt)
+        done = cluster.medq("submit", "ensemble", "--data", str(data), "--seeds", "1", "--epochs", "3", *TINY)
+        job_id = done.stdout.splitlines()[0]
+        view = cluster.wait(job_id, ended, timeout=120)
+        assert view["state"] == "failed"
+        reason = view["members"][0]["error"]
+        assert f"no space left on {small_disk}" in reason and "a member's checkpoints needs ~" in reason, reason
+        assert view["members"][0]["epoch"] == 0  # refused before it trained
+
+        _resize(small_disk, 400)  # room to start; then the disk fills while it trains
+        assert cluster.medq("resume", job_id).returncode == 0
+        workdir = small_disk / job_id / "seed-0"
+        deadline = time.monotonic() + 120
+        while not (workdir / "last.pt").exists():
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.1)
+        filler = small_disk / "filler"
+        with open(filler, "wb") as handle:  # leave 2 MB: the next checkpoint cannot fit
+            os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(small_disk).free - 2 * 1024 * 1024)
+        view = cluster.wait(job_id, ended, timeout=120)
+        reason = view["members"][0]["error"] or ""
+        assert view["state"] == "failed" and f"no space left on {small_disk}" in reason, view
+        assert "writing last.pt" in reason or "writing best.pt" in reason, reason
+        assert not list(workdir.glob("*.tmp")), "a partial checkpoint was left behind"
+        assert cluster.medq("status", job_id).returncode == 0 and "no space left" in cluster.medq("status", job_id).stdout
+
+        filler.unlink()  # the operator frees space
+        freed = time.monotonic()
+        assert cluster.medq("resume", job_id).returncode == 0
+        view = cluster.wait(job_id, ended, timeout=240)
+        recovery = time.monotonic() - freed
+        assert view["state"] == "succeeded", cluster.logs()
+        attempts = cluster.attempts(job_id, 0)
+        assert attempts[-1].state == "succeeded" and attempts[-1].start_epoch >= 1  # from the last good checkpoint
+        results = json.loads(cluster.medq("results", job_id, "--json").stdout)
+        assert [m["seed"] for m in results["members"] if m["metrics"]] == [0]
+    finally:
+        cluster.stop()
+    fault_log.bad_inputs("an artifact disk too small, then full", 2, 2)
+    fault_log.survived("the artifact disk full (too small at start, then filled mid-member)", recovery,
+                       "space freed + `medq resume` to the job's results")

@@ -1,0 +1,162 @@
+"""Processes killed outright (SIGKILL: no clean-up, no ack) at the worst moments: the launcher
+alone, the pool process during training, during an evaluation and during a chunk. Each job
+ends, loses and repeats nothing, and the user sees why it took another attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+from sqlalchemy import select
+
+from common.store import Job, Member, Store
+from tests.faults.conftest import group_alive, pool_process
+from tests.integration.harness import Cluster, ended
+
+pytestmark = pytest.mark.integration
+TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chest") / "data"
+    done = Cluster(out.parent / "home").medq("data", "synth-chest", str(out), "--n", "36", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_url):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
+    yield c
+    c.stop()
+
+
+def _until(check, timeout: float = 180, poll: float = 0.1, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+def _member(store: Store, job_id: str) -> Member:
+    with store.session() as s:
+        return s.scalars(select(Member).where(Member.job_id == job_id)).first()
+
+
+def _submit(cluster, dataset, epochs: int) -> str:
+    done = cluster.medq("submit", "ensemble", "--data", str(dataset), "--seeds", "1", "--epochs", str(epochs), *TINY)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[0]
+
+
+def _one_result_per_seed(cluster, job_id: str) -> None:
+    results = json.loads(cluster.medq("results", job_id, "--json").stdout)
+    assert [m["seed"] for m in results["members"] if m["metrics"]] == [0]
+    assert {e["aggregation"] for e in results["ensemble"]} == {"mean", "median", "weighted"}
+
+
+def test_a_sigkilled_launcher_takes_its_workers_with_it_and_another_resumes(cluster, dataset, fault_log):
+    """The launcher alone is killed: its Celery worker and pool process must not run on beside
+    the launcher that replaces it (they used to, holding the member and its device)."""
+    first = cluster.start_workers(1, "first")
+    job_id = _submit(cluster, dataset, epochs=30)  # long enough that a warm stop would still be running
+    store = Store(cluster.database_url)
+    _until(lambda: (m := _member(store, job_id)).state == "running" and m.epoch >= 2, what="epoch 2")
+    os.kill(first.pid, signal.SIGKILL)  # the launcher only, not its process group
+    first.wait()
+    killed_at, epoch = time.monotonic(), _member(store, job_id).epoch
+    _until(lambda: not group_alive(first.pid), timeout=10, what="the orphaned worker to stop")
+    orphan_gone_s = time.monotonic() - killed_at
+    cluster.start_workers(1, "second")
+    _until(lambda: _member(store, job_id).epoch > epoch and _member(store, job_id).state == "running",
+           what="the next epoch on the new launcher")
+    recovery = time.monotonic() - killed_at
+    view = cluster.wait(job_id, ended, timeout=240)
+    assert view["state"] == "succeeded", cluster.logs()
+    attempts = cluster.attempts(job_id, 0)
+    assert [a.state for a in attempts] == ["lost", "succeeded"] and attempts[1].start_epoch >= 1  # epoch 2 was running
+    _one_result_per_seed(cluster, job_id)
+    store.dispose()
+    fault_log.survived("launcher SIGKILLed mid-member", recovery,
+                       f"its worker gone in {orphan_gone_s:.1f} s; includes starting a new launcher")
+
+
+def test_a_pool_process_sigkilled_mid_training_resumes_from_its_checkpoint(cluster, dataset, fault_log):
+    launcher = cluster.start_workers(1, "a")
+    job_id = _submit(cluster, dataset, epochs=8)
+    store = Store(cluster.database_url)
+    _until(lambda: (m := _member(store, job_id)).state == "running" and m.epoch >= 2, what="epoch 2")
+    epoch = _member(store, job_id).epoch
+    os.kill(pool_process(launcher.pid), signal.SIGKILL)
+    killed_at = time.monotonic()
+    _until(lambda: _member(store, job_id).epoch > epoch + 1, what="two more epochs")
+    recovery = time.monotonic() - killed_at
+    view = cluster.wait(job_id, ended, timeout=240)
+    assert view["state"] == "succeeded", cluster.logs()
+    attempts = cluster.attempts(job_id, 0)
+    assert [a.state for a in attempts][-1] == "succeeded" and attempts[-1].start_epoch >= epoch - 1
+    assert sum(a.state == "succeeded" for a in attempts) == 1
+    _one_result_per_seed(cluster, job_id)
+    store.dispose()
+    fault_log.survived("pool process SIGKILLed mid-training", recovery, "to the epoch after the resumed one")
+
+
+def test_an_evaluation_whose_pool_process_is_sigkilled_is_retried_after_one_lease(cluster, tmp_path, fault_log):
+    """The evaluation holds a lease renewed by a heartbeat, like a member: a killed one is taken
+    again after the lease (6 s here, 60 s by default), not after ten of them."""
+    data = tmp_path / "eval-data"  # a larger test split, so that the evaluation takes a while
+    assert cluster.medq("data", "synth-chest", str(data), "--n", "240", "--seed", "4").returncode == 0
+    launcher = cluster.start_workers(1, "a")
+    job_id = _submit(cluster, data, epochs=0)
+    store = Store(cluster.database_url)
+
+    def evaluating():
+        with store.session() as s:
+            return s.get(Job, job_id).eval_state == "running"
+
+    _until(evaluating, timeout=240, poll=0.02, what="the evaluation to start")
+    os.kill(pool_process(launcher.pid), signal.SIGKILL)
+    killed_at = time.monotonic()
+    view = cluster.wait(job_id, ended, timeout=120, poll=0.2)
+    recovery = time.monotonic() - killed_at
+    assert view["state"] == "succeeded", cluster.logs()
+    assert recovery < 45, f"the evaluation took {recovery:.0f} s to come back; it waits for one lease (6 s)"
+    _one_result_per_seed(cluster, job_id)
+    store.dispose()
+    fault_log.survived("pool process SIGKILLed during an evaluation", recovery, "to the job's results")
+
+
+def test_a_pool_process_sigkilled_mid_chunk_loses_and_repeats_no_study(cluster, tmp_path, fault_log):
+    from common.landmarks.synth import synth_chest
+    from scheduler.bench import _untrained_checkpoint
+
+    synth_chest(tmp_path / "synth", n=60, seed=5)
+    archive = tmp_path / "archive"
+    shutil.copytree(tmp_path / "synth" / "images", archive)
+    model = _untrained_checkpoint(tmp_path / "best.pt", 64)
+    launcher = cluster.start_workers(1, "a")
+    done = cluster.medq("submit", "infer", "--archive", str(archive), "--model", str(model), "--chunk", "20",
+                        "--batch-size", "2", "--loader-workers", "0")
+    job_id = done.stdout.splitlines()[0]
+    _until(lambda: cluster.status(job_id)["studies"]["done"] >= 6, poll=0.2, what="six studies")
+    before = cluster.status(job_id)["studies"]["done"]
+    os.kill(pool_process(launcher.pid), signal.SIGKILL)
+    killed_at = time.monotonic()
+    _until(lambda: cluster.status(job_id)["studies"]["done"] > before + 2, poll=0.2, what="the next studies")
+    recovery = time.monotonic() - killed_at
+    view = cluster.wait(job_id, ended, timeout=240)
+    assert view["state"] == "succeeded" and view["studies"]["done"] == 60, cluster.logs()
+    rows = cluster.medq("results", job_id, "--csv").stdout.splitlines()[1:]
+    assert len(rows) == 60 and len({r.split(",")[0] for r in rows}) == 60
+    fault_log.survived("pool process SIGKILLed mid-chunk", recovery, "to the next studies done")

@@ -1,0 +1,72 @@
+"""Poison on the broker: malformed messages pushed on every queue a worker consumes and
+published on the pidbox (remote control) channel. The worker logs and sets each aside, stays
+up (no restart), and runs the next job."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from tasks import names
+from tasks.broker_guard import DEAD_LETTER
+from tests.integration.harness import Cluster
+
+pytestmark = pytest.mark.integration
+
+ENVELOPE = {"body": "eA==", "content-type": "application/json", "content-encoding": "utf-8", "headers": {},
+            "properties": {"delivery_tag": "poison", "body_encoding": "base64",
+                           "delivery_info": {"exchange": "gpu", "routing_key": "gpu"}}}
+POISON = [
+    "this is {not json",  # not JSON
+    "[1, 2, 3]",  # JSON, not an object
+    '{"body": 5}',  # an object without properties
+    json.dumps({**ENVELOPE, "properties": {**ENVELOPE["properties"], "delivery_info": None}}),
+    json.dumps({**ENVELOPE, "body": "%%% not base64"}),
+    json.dumps(ENVELOPE),  # a valid envelope whose body is not JSON: Celery refuses it
+    json.dumps({**ENVELOPE, "content-type": "application/x-python-serialize",
+                "headers": {"task": names.NOOP, "id": "x"}}),  # pickle: refused, never unpickled
+    json.dumps({**ENVELOPE, "body": "eyJhIjogMX0=", "headers": {"task": "no.such.task", "id": "y"}}),
+]
+PIDBOX = ["[1, 2]", "nope{", json.dumps({**ENVELOPE, "properties": {**ENVELOPE["properties"], "delivery_info": {
+    "exchange": "celery.pidbox", "routing_key": ""}}})]
+
+
+def test_poison_on_every_queue_and_the_pidbox_channel_kills_no_worker(redis_url, tmp_path, fault_log):
+    import redis
+
+    client = redis.Redis.from_url(f"{redis_url}/3")
+    client.flushdb()
+    data = tmp_path / "chest"
+    cluster = Cluster(tmp_path / "home", broker_url=f"{redis_url}/3")
+    try:
+        assert cluster.medq("data", "synth-chest", str(data), "--n", "24", "--seed", "2").returncode == 0
+        launcher = cluster.start_workers(1, "a")
+        queues = [*names.consume_order(), names.CPU_QUEUE, names.device_queue(socket.gethostname(), 0, "cpu")]
+        for queue in queues:
+            for payload in POISON:
+                client.lpush(queue, payload)
+        for payload in PIDBOX:
+            client.publish("/3.celery.pidbox", payload)
+        started = time.monotonic()
+        deadline = time.monotonic() + 60
+        while any(client.llen(q) for q in queues):  # the worker has read every message
+            assert time.monotonic() < deadline, {q: client.llen(q) for q in queues}
+            time.sleep(0.2)
+        done = cluster.medq("submit", "ensemble", "--data", str(data), "--seeds", "1", "--epochs", "1",
+                            "--epochs-head", "0", "--image-size", "64", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()
+        served = time.monotonic() - started
+        logs = cluster.full_logs()
+        assert launcher.poll() is None and "exited with code" not in logs, logs[-3000:]
+        assert logs.count("dropped a malformed message") >= 5 * len(queues)
+        assert client.llen(DEAD_LETTER) >= 5 * len(queues)  # kept for an operator to look at
+        assert "Refusing to deserialize untrusted content" in logs
+    finally:
+        cluster.stop()
+    tried = len(POISON) * len(queues) + len(PIDBOX)
+    fault_log.bad_inputs("malformed broker messages", tried, tried)
+    fault_log.survived(f"{tried} malformed messages on {len(queues)} queues and the pidbox", served,
+                       "to the next job done; the worker never restarted")
