@@ -13,7 +13,7 @@ from common.store import inference as store_ops
 from common.store.jobs import cancel_requested
 from tasks import names
 from tasks.app import app
-from tasks.runtime import Heartbeat
+from tasks.runtime import Heartbeat, interrupted
 from tasks.store_retry import StoreUnavailable, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
@@ -67,6 +67,8 @@ def infer_chunk(self, chunk_id: int) -> str:
         except JobError as exc:
             return _finish(store, chunk_id, owner, "failed", str(exc))
         except Exception as exc:
+            if interrupted(exc):
+                raise
             log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
             return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
     if beat.lease_lost.is_set():

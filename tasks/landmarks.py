@@ -13,7 +13,7 @@ from common.store import evaluation
 from tasks import names
 from tasks.app import app
 from tasks.engines import EVALUATORS, TRAINERS
-from tasks.runtime import Heartbeat, MemberRun
+from tasks.runtime import Heartbeat, MemberRun, interrupted
 from tasks.send import send_evaluation
 from tasks.store_retry import StoreUnavailable, retry_later, retrying
 
@@ -45,6 +45,8 @@ def train_member(self, member_id: int) -> str:
         except JobError as exc:
             last = run.finish(State.FAILED, error=str(exc))
         except Exception as exc:  # a bug or an environment fault: fail this member, keep the worker
+            if interrupted(exc):
+                raise
             log.exception("member %s (seed %s) crashed", member_id, claim.seed)
             last = run.finish(State.FAILED, error=f"{type(exc).__name__}: {exc}")
         else:
@@ -78,6 +80,8 @@ def evaluate_ensemble(self, job_id: str) -> str:
         except JobError as exc:
             return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, str(exc)))
         except Exception as exc:
+            if interrupted(exc):
+                raise
             log.exception("evaluation of job %s failed", job_id)
             return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(
                 store, job_id, owner, f"{type(exc).__name__}: {exc}"))

@@ -154,6 +154,20 @@ class MemberRun:
             log.error("%s; its lease will lapse and the reaper will send it again", exc)
 
 
+def interrupted(exc: BaseException) -> bool:
+    """True when ``exc`` was raised because this process is being stopped: billiard turns the
+    SIGTERM of a cold shutdown into a SystemExit wherever the task happens to be, and code in
+    the middle of a write (torch.save) may raise its own error on the way out. Not the job's
+    fault: the caller re-raises, records nothing, and the lease lapses so the work resumes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _finite(value: float | None) -> float | None:
     if value is None or value != value or value in (float("inf"), float("-inf")):
         return None

@@ -6,6 +6,7 @@ each other (as two workers whose members were cancelled at once did: 17 µs apar
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import time, timedelta
 
@@ -17,7 +18,7 @@ from common.store import inference as ops
 from common.store.models import Chunk, EvalState, utcnow
 
 pytestmark = pytest.mark.faults
-ROUNDS = 40
+ROUNDS = int(os.environ.get("MEDQ_RACE_ROUNDS", "40"))  # `MEDQ_RACE_ROUNDS=1000 pytest tests/faults -k races`
 OPEN = time(12, 0)
 
 
@@ -55,21 +56,23 @@ def _job(store, job_id):
         return s.get(Job, job_id)
 
 
-def test_the_last_two_members_ending_at_once_dispatch_the_evaluation_exactly_once(store):
+def test_the_last_two_members_ending_at_once_dispatch_the_evaluation_exactly_once(store, fault_log):
     for _ in range(ROUNDS):
         job_id, members = _running_job(store)
         ended = at_once(*(lambda m=m: jobs.finish_member(store, m, f"o{m}", jobs.State.SUCCEEDED) for m in members))
         assert sorted(ended) == [False, True]
         assert _job(store, job_id).eval_state == EvalState.DISPATCHED.value
+    fault_log.survived(f"two last members ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
 
 
-def test_members_cancelled_at_once_on_two_workers_end_the_job(store):
+def test_members_cancelled_at_once_on_two_workers_end_the_job(store, fault_log):
     for _ in range(ROUNDS):
         job_id, members = _running_job(store)
         jobs.request_cancel(store, job_id)
         at_once(*(lambda m=m: jobs.finish_member(store, m, f"o{m}", jobs.State.CANCELLED) for m in members))
         job = _job(store, job_id)
         assert (job.state, job.eval_state) == ("cancelled", EvalState.SKIPPED.value)
+    fault_log.survived(f"two members cancelled at once, {ROUNDS} rounds on {store.engine.dialect.name}")
 
 
 def test_a_cancel_racing_the_last_members_never_leaves_the_job_open(store):
@@ -99,7 +102,7 @@ def _infer_job(store, job_id, chunks=2):
         return list(s.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.index)))
 
 
-def test_the_last_two_chunks_ending_at_once_end_the_inference_job(store):
+def test_the_last_two_chunks_ending_at_once_end_the_inference_job(store, fault_log):
     for i in range(ROUNDS):
         job_id = f"inf{i:09d}"
         chunk_ids = _infer_job(store, job_id)
@@ -108,6 +111,7 @@ def test_the_last_two_chunks_ending_at_once_end_the_inference_job(store):
             assert ops.claim_chunk(store, c, f"o{c}", "w", "cpu", 60, 3, OPEN).run
         at_once(*(lambda c=c: ops.finish_chunk(store, c, f"o{c}", "succeeded") for c in chunk_ids))
         assert _job(store, job_id).state == "succeeded"
+    fault_log.survived(f"two last chunks ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
 
 
 def test_two_launchers_dispatching_at_once_send_each_chunk_once(store):

@@ -173,3 +173,18 @@ def test_cancel_reasons_say_what_had_run():
 
     assert cancel_reason(Member(attempts=0, epoch=0)) == "cancelled before it started"
     assert "after 2 epoch(s) on 1 attempt(s)" in cancel_reason(Member(attempts=1, epoch=2))
+
+
+def test_a_shutdown_that_interrupts_a_write_is_not_taken_for_the_jobs_failure():
+    """billiard's SIGTERM handler raises SystemExit mid-torch.save, which then raises its own
+    RuntimeError on the way out; the member must not be failed for that."""
+    from tasks.runtime import interrupted
+
+    try:
+        try:
+            raise SystemExit(-241)
+        except SystemExit:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    except RuntimeError as exc:
+        assert interrupted(exc)
+    assert not interrupted(RuntimeError("a real bug"))
