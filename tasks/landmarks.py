@@ -78,13 +78,14 @@ def evaluate_ensemble(self, job_id: str) -> str:
         try:
             results = EVALUATORS.get(claim.kind)(claim)
         except JobError as exc:
-            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, str(exc)))
+            reason = str(exc)
+            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason))
         except Exception as exc:
             if interrupted(exc):
                 raise
             log.exception("evaluation of job %s failed", job_id)
-            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(
-                store, job_id, owner, f"{type(exc).__name__}: {exc}"))
+            reason = f"{type(exc).__name__}: {exc}"
+            return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason))
         finally:
             _release_memory()
     member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}

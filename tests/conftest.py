@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -121,3 +122,46 @@ def store(request, tmp_path):
         with store.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
     store.dispose()
+
+
+# --- shared by the end-to-end and fault tests --------------------------------------------------
+
+TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]  # a chest member in seconds
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """36 synthetic chest radiographs (`medq data synth-chest`)."""
+    from tests.integration.harness import Cluster
+
+    out = tmp_path_factory.mktemp("chest") / "data"
+    done = Cluster(out.parent / "home").medq("data", "synth-chest", str(out), "--n", "36", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_url):
+    """An empty broker database and a fresh MEDQ_HOME; the workers it started are stopped after."""
+    import redis
+
+    from tests.integration.harness import Cluster
+
+    redis.Redis.from_url(redis_url).flushall()
+    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
+    yield c
+    c.stop()
+
+
+@contextmanager
+def tmpfs(path, megabytes: int):
+    """A tmpfs of ``megabytes`` mounted at ``path`` (root may mount one; CI runs as root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                          capture_output=True)
+    if done.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -52,7 +52,7 @@ def prepare_workdir(workdir: Path, model: torch.nn.Module) -> None:
     if remove_partial_files(workdir):
         log.info("removed partial checkpoint files a killed attempt left in %s", workdir)
     weights = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-    require_space(workdir, 4 * weights + MB, "a member's checkpoints")
+    require_space(workdir, 4 * weights + MB, "writing a member's checkpoints")
 
 
 def rng_states() -> dict[str, Any]:

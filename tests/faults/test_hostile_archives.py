@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster, ended
+from tests.integration.harness import Cluster
 
 pytestmark = pytest.mark.integration
 LIMIT = 4_000_000  # MEDQ_MAX_STUDY_BYTES for this test: a 20 MB member is a bomb

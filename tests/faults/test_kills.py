@@ -14,29 +14,11 @@ import pytest
 from sqlalchemy import select
 
 from common.store import Job, Member, Store
+from tests.conftest import TINY
 from tests.faults.conftest import group_alive, pool_process
-from tests.integration.harness import Cluster, ended
+from tests.integration.harness import ended
 
 pytestmark = pytest.mark.integration
-TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chest") / "data"
-    done = Cluster(out.parent / "home").medq("data", "synth-chest", str(out), "--n", "36", "--seed", "3")
-    assert done.returncode == 0, done.stderr
-    return out
-
-
-@pytest.fixture
-def cluster(tmp_path, redis_url):
-    import redis
-
-    redis.Redis.from_url(redis_url).flushall()
-    c = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0")
-    yield c
-    c.stop()
 
 
 def _until(check, timeout: float = 180, poll: float = 0.1, what: str = ""):

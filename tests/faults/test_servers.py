@@ -11,18 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from common.store import Member, Store
+from tests.conftest import TINY
 from tests.integration.harness import Cluster, ended
 
 pytestmark = pytest.mark.integration
-TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chest") / "data"
-    done = Cluster(out.parent / "home").medq("data", "synth-chest", str(out), "--n", "36", "--seed", "3")
-    assert done.returncode == 0, done.stderr
-    return out
 
 
 def _members(url: str, job_id: str) -> list[Member]:

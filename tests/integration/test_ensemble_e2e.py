@@ -9,19 +9,10 @@ import time
 
 import pytest
 
+from tests.conftest import TINY
 from tests.integration.harness import Cluster, ended
 
 pytestmark = pytest.mark.integration
-TINY = ["--epochs-head", "1", "--image-size", "64", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chest") / "data"
-    done = Cluster(out.parent / "home").medq("data", "synth-chest", str(out), "--n", "36", "--seed", "3")
-    assert done.returncode == 0, done.stderr
-    return out
-
 
 def test_an_ensemble_trains_in_parallel_and_lands_in_postgres(tmp_path, redis_url, postgres_url, dataset):
     import redis

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 
 from common.atomic_files import DiskFull, remove_partial_files, write_atomic
 from common.landmarks.checkpoint import checkpoint_bytes, prepare_workdir, save_atomic
-from tests.conftest import unavailable
+from tests.conftest import tmpfs
 
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    """A 4 MiB tmpfs (root can mount one; CI runs as root)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        unavailable(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "tiny", 4) as mount:
+        yield mount
 
 
 def _big(megabytes: int) -> dict:
@@ -48,7 +40,7 @@ def test_a_member_is_refused_before_it_trains_when_its_checkpoints_cannot_fit(ti
     model = torch.nn.Linear(1024, 1024)  # 4 MiB of weights: ~16 MiB of checkpoints
     (tiny_fs / "seed-0").mkdir()
     (tiny_fs / "seed-0" / "last.pt.tmp").write_bytes(b"partial")
-    with pytest.raises(DiskFull, match="a member's checkpoints needs ~17 MB"):
+    with pytest.raises(DiskFull, match="writing a member's checkpoints needs ~17 MB"):
         prepare_workdir(tiny_fs / "seed-0", model)
     assert not (tiny_fs / "seed-0" / "last.pt.tmp").exists()  # a killed attempt's leftovers went first
 
