@@ -50,7 +50,7 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
     chunks: list[int] = []
     for priority, queue in names.INFER_QUEUES.items():
         if queue_depth(app, queue) == 0:
-            chunks += inference.resend_queued_chunks(store, priority, older_than,
+            chunks += recovery.resend_queued_chunks(store, priority, older_than,
                                                      lambda cid, prio: send_chunk(app, cid, prio))
     if chunks:
         log.warning("%d queued chunk(s) were not on the broker; sent again", len(chunks))
@@ -60,7 +60,7 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
 def dispatch_and_reap_chunks(store: Store, app) -> tuple[int, list[int]]:
     """Queue waiting chunks of inference jobs whose window is open; re-enqueue lapsed ones."""
     sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio))
-    lapsed = inference.reap_lapsed_chunks(store, lambda cid, prio: send_chunk(app, cid, prio))
+    lapsed = recovery.reap_lapsed_chunks(store, lambda cid, prio: send_chunk(app, cid, prio))
     for chunk_id in lapsed:
         log.warning("chunk %s: lease lapsed; re-enqueued (its done studies are not redone)", chunk_id)
     return sent, lapsed
@@ -69,7 +69,7 @@ def dispatch_and_reap_chunks(store: Store, app) -> tuple[int, list[int]]:
 def close_stalled(store: Store, app) -> list[str]:
     """Jobs whose members or chunks have all ended but which are still open: closed now."""
     repaired = recovery.close_stalled_jobs(store, lambda job_id: send_evaluation(app, job_id))
-    repaired += inference.close_stalled_infer_jobs(store)
+    repaired += recovery.close_stalled_infer_jobs(store)
     for job_id in repaired:
         log.warning("job %s: every member or chunk had ended but the job was still open; closed it", job_id)
     return repaired

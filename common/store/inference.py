@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from common.store.db import Store
-from common.store.locking import locked_job
+from common.store.locking import each_job_locked, locked_job
 from common.store.models import Chunk, Job, State, Study, utcnow
 from common.windows import window_open
 
@@ -133,20 +133,22 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
     ``send(chunk_id, priority)`` is called after the commit (outbox order): a worker that
     receives a chunk finds it queued. A send that fails leaves its chunk queued without a
     message, and the resend sweep sends it once its queue is empty."""
-    todo: list[tuple[int, str]] = []
     now = utcnow()
+    query = select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
+                                 Job.cancel_requested.is_(False))
     with store.session() as s:
-        query = select(Job).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
-                                  Job.cancel_requested.is_(False))
-        if job_id:
-            query = query.where(Job.id == job_id)
-        for job in s.scalars(query):
-            if not (job.window_lifted or window_open(job.window, now_local)):
-                continue
-            queued = s.scalars(update(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
-                               .values(state="queued", updated_at=now).returning(Chunk.id)
-                               .execution_options(synchronize_session=False)).all()
-            todo += [(chunk_id, job.priority or "normal") for chunk_id in sorted(queued)]
+        job_ids = list(s.scalars(query.where(Job.id == job_id) if job_id else query))
+
+    def queue(s, job) -> list[tuple[int, str]]:
+        if State(job.state).ended or job.cancel_requested or not (job.window_lifted or
+                                                                 window_open(job.window, now_local)):
+            return []
+        queued = s.scalars(update(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
+                           .values(state="queued", updated_at=now).returning(Chunk.id)
+                           .execution_options(synchronize_session=False)).all()
+        return [(chunk_id, job.priority or "normal") for chunk_id in sorted(queued)]
+
+    todo = each_job_locked(store, job_ids, queue)
     for chunk_id, priority in todo:
         send(chunk_id, priority)
     return len(todo)
@@ -172,7 +174,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             return ChunkClaim(False, f"chunk already {chunk.state}")
         if job.cancel_requested:
             chunk.state, chunk.finished_at = State.CANCELLED.value, now
-            _close_job(s, job, now)
+            close_job(s, job, now)
             return ChunkClaim(False, "job cancelled")
         if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now \
                 and chunk.lease_owner != owner:
@@ -183,7 +185,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
         if chunk.attempts >= max_attempts:
             chunk.state, chunk.finished_at = State.FAILED.value, now
             chunk.error = f"gave up after {chunk.attempts} attempts" + (f" (last: {chunk.error})" if chunk.error else "")
-            _close_job(s, job, now)
+            close_job(s, job, now)
             return ChunkClaim(False, chunk.error)
         taken = s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.attempts == chunk.attempts).values(
             state="running", attempts=chunk.attempts + 1, lease_owner=owner,
@@ -246,10 +248,10 @@ def finish_chunk(store: Store, chunk_id: int, owner: str, state: str, error: str
         chunk.lease_owner = chunk.lease_expires_at = None
         if state in CHUNK_ENDED:
             chunk.finished_at = now
-        _close_job(s, job, now)
+        close_job(s, job, now)
 
 
-def _close_job(s, job: Job, now: datetime) -> None:
+def close_job(s, job: Job, now: datetime) -> None:
     """An inference job ends when every chunk has ended (the caller holds the job's row lock)."""
     s.flush()
     states = [c for (c,) in s.execute(select(Chunk.state).where(Chunk.job_id == job.id)).all()]
@@ -263,58 +265,6 @@ def _close_job(s, job: Job, now: datetime) -> None:
     else:
         job.state = State.SUCCEEDED.value
     job.finished_at = now
-
-
-def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[int]:
-    """Chunks whose lease lapsed (their worker died): queued again, sent after the commit."""
-    now = utcnow()
-    reaped: list[tuple[int, str]] = []
-    with store.session() as s:
-        rows = s.execute(select(Chunk.id, Job.priority, Chunk.worker).join(Job, Job.id == Chunk.job_id)
-                         .where(Chunk.state == "running", Chunk.lease_expires_at < now)).all()
-        for chunk_id, priority, worker in rows:
-            taken = s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.state == "running",
-                                                  Chunk.lease_expires_at < now)
-                              .values(state="queued", lease_owner=None, lease_expires_at=None,
-                                      error=f"lease lapsed on {worker}", updated_at=now)
-                              .execution_options(synchronize_session=False)).rowcount
-            if taken:
-                reaped.append((chunk_id, priority or "normal"))
-    for chunk_id, priority in reaped:
-        send(chunk_id, priority)
-    return [chunk_id for chunk_id, _ in reaped]
-
-
-def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
-                         send: Callable[[int, str], None]) -> list[int]:
-    """Chunks of open jobs of ``priority`` queued since before ``older_than`` are sent again (the
-    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless."""
-    now = utcnow()
-    with store.session() as s:
-        ids = list(s.scalars(select(Chunk.id).join(Job, Job.id == Chunk.job_id).where(
-            Chunk.state == "queued", Job.priority == priority, Job.state.in_(["queued", "running"]),
-            Job.cancel_requested.is_(False), Chunk.updated_at < older_than)))
-        if ids:
-            s.execute(update(Chunk).where(Chunk.id.in_(ids)).values(updated_at=now)
-                      .execution_options(synchronize_session=False))
-    for chunk_id in ids:
-        send(chunk_id, priority)
-    return ids
-
-
-def close_stalled_infer_jobs(store: Store) -> list[str]:
-    """Belt and braces: an inference job whose chunks have all ended but which is still open is
-    closed now (as its last chunk would have closed it). Returns the ids repaired."""
-    now = utcnow()
-    unfinished = exists().where(Chunk.job_id == Job.id, Chunk.state.not_in(CHUNK_ENDED))
-    any_chunk = exists().where(Chunk.job_id == Job.id)
-    with store.session() as s:
-        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
-                                                  any_chunk, ~unfinished)))
-    for job_id in ids:
-        with store.session() as s:
-            _close_job(s, locked_job(s, job_id), now)
-    return ids
 
 
 def fail_open_chunks(s, job_id: str, reason: str, now: datetime) -> None:
@@ -396,4 +346,4 @@ def cancel_chunks(s, job: Job, now: datetime) -> None:
     """Waiting and queued chunks end now; running ones stop at their next batch."""
     for chunk in s.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.state.in_(["waiting", "queued"]))):
         chunk.state, chunk.finished_at = State.CANCELLED.value, now
-    _close_job(s, job, now)
+    close_job(s, job, now)

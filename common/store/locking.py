@@ -11,12 +11,30 @@ Lock order everywhere: the job, then its members or chunks; never the other way 
 
 from __future__ import annotations
 
+from typing import Callable, Iterable, TypeVar
+
 from sqlalchemy import select
 
+from common.store.db import Store
 from common.store.models import Job
+
+T = TypeVar("T")
 
 
 def locked_job(s, job_id: str) -> Job | None:
     """The job row, locked until the transaction ends, with its columns read after the lock."""
     return s.scalars(select(Job).where(Job.id == job_id).with_for_update()
                      .execution_options(populate_existing=True)).one_or_none()
+
+
+def each_job_locked(store: Store, job_ids: Iterable[str], work: Callable[[object, Job], list[T]]) -> list[T]:
+    """``work(session, job)`` for each job in id order, each in a transaction of its own that holds
+    the job's row lock, so the reaper's repairs take the locks in the same order as everyone else
+    (the job, then its rows) and two reapers take jobs in the same order. Vanished jobs are skipped."""
+    done: list[T] = []
+    for job_id in sorted(set(job_ids)):
+        with store.session() as s:
+            job = locked_job(s, job_id)
+            if job is not None:
+                done.extend(work(s, job))
+    return done

@@ -4,7 +4,7 @@ Outbox order everywhere: a row is changed and committed first, and only then is 
 sent, so a worker that receives it always finds the row as the message says (a message sent
 inside the transaction could be claimed before the commit, and the late commit would then
 overwrite the claim). A send that fails after the commit leaves the row queued with no message
-on the broker; the resend sweep (``resend_queued_members``, ``inference.resend_queued_chunks``)
+on the broker; the resend sweep (``resend_queued_members``, ``resend_queued_chunks``)
 finds it once its queue is empty. Duplicates are harmless: a claim lets only one run.
 """
 
@@ -18,8 +18,9 @@ from sqlalchemy import and_, exists, or_, select, update
 
 from common.store.db import Store
 from common.store.jobs import EVAL_DISPATCH_GRACE, close_members_phase
-from common.store.locking import locked_job
-from common.store.models import Attempt, EvalState, Job, Member, State, utcnow
+from common.store.locking import each_job_locked, locked_job
+from common.store.inference import CHUNK_ENDED, close_job
+from common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
 
 OPEN_JOB = (State.QUEUED.value, State.RUNNING.value)
 
@@ -34,25 +35,28 @@ class Lapsed:
 
 def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapsed]:
     """Members whose lease lapsed (their worker died): back to queued, then ``send`` re-enqueues
-    each. Each row is taken with a guarded UPDATE, so two reapers never both re-enqueue it."""
+    each. Each row is taken with a guarded UPDATE under its job's lock, so two reapers never both
+    re-enqueue it and a late heartbeat keeps its member."""
     now = utcnow()
-    reaped: list[Lapsed] = []
+    lapsed = (Member.state == State.RUNNING.value) & (Member.lease_expires_at < now)
     with store.session() as s:
-        rows = s.execute(select(Member.id, Member.job_id, Member.seed, Member.worker)
-                         .where(Member.state == State.RUNNING.value, Member.lease_expires_at < now)).all()
-        for member_id, job_id, seed, worker in rows:
-            taken = s.execute(
-                update(Member).where(Member.id == member_id, Member.state == State.RUNNING.value,
-                                     Member.lease_expires_at < now)
-                .values(state=State.QUEUED.value, lease_owner=None, lease_expires_at=None,
-                        error=f"lease lapsed on {worker}", updated_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if taken:
+        job_ids = list(s.scalars(select(Member.job_id).where(lapsed).distinct()))
+
+    def reap(s, job) -> list[Lapsed]:
+        reaped = []
+        for member_id, seed, worker in s.execute(select(Member.id, Member.seed, Member.worker)
+                                                 .where(Member.job_id == job.id, lapsed)).all():
+            reason = f"lease lapsed on {worker}"
+            if s.execute(update(Member).where(Member.id == member_id, lapsed)
+                         .values(state=State.QUEUED.value, lease_owner=None, lease_expires_at=None, error=reason,
+                                 updated_at=now).execution_options(synchronize_session=False)).rowcount:
                 s.execute(update(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")
-                          .values(state="lost", ended_at=now, error=f"lease lapsed on {worker}")
+                          .values(state="lost", ended_at=now, error=reason)
                           .execution_options(synchronize_session=False))
-                reaped.append(Lapsed(member_id, job_id, seed, worker))
+                reaped.append(Lapsed(member_id, job.id, seed, worker))
+        return reaped
+
+    reaped = each_job_locked(store, job_ids, reap)
     for item in reaped:
         send(item.member_id)
     return reaped
@@ -63,15 +67,24 @@ def resend_queued_members(store: Store, older_than: datetime, send: Callable[[in
     has seen their queue empty, so the broker lost their messages (a Redis restart without
     persistence, a send that failed after its commit)."""
     now = utcnow()
+    waiting = and_(Member.state == State.QUEUED.value,
+                   or_(Member.updated_at < older_than,
+                       and_(Member.updated_at.is_(None), Job.created_at < older_than)))  # rows of older versions
     with store.session() as s:
-        sent_before = or_(Member.updated_at < older_than,
-                          and_(Member.updated_at.is_(None), Job.created_at < older_than))  # rows of older versions
-        ids = list(s.scalars(select(Member.id).join(Job, Job.id == Member.job_id).where(
-            Member.state == State.QUEUED.value, Job.state.in_(OPEN_JOB), Job.cancel_requested.is_(False),
-            sent_before)))
+        job_ids = list(s.scalars(select(Member.job_id).join(Job, Job.id == Member.job_id).where(
+            waiting, Job.state.in_(OPEN_JOB), Job.cancel_requested.is_(False)).distinct()))
+
+    def mark(s, job) -> list[int]:
+        if job.state not in OPEN_JOB or job.cancel_requested:
+            return []
+        ids = list(s.scalars(select(Member.id).join(Job, Job.id == Member.job_id)
+                             .where(Member.job_id == job.id, waiting)))
         if ids:
             s.execute(update(Member).where(Member.id.in_(ids)).values(updated_at=now)
                       .execution_options(synchronize_session=False))
+        return ids
+
+    ids = each_job_locked(store, job_ids, mark)
     for member_id in ids:
         send(member_id)
     return ids
@@ -84,16 +97,20 @@ def redispatch_evaluations(store: Store, send: Callable[[str], None],
     training queue empty (``queue_empty_since``: dispatched before this), since before then."""
     now = utcnow()
     dispatched_before = now - EVAL_DISPATCH_GRACE if queue_empty_since is None else queue_empty_since
+    lost = or_(and_(Job.eval_state == EvalState.RUNNING.value, Job.eval_lease_expires_at < now),
+               and_(Job.eval_state == EvalState.DISPATCHED.value,
+                    Job.eval_lease_expires_at < dispatched_before + EVAL_DISPATCH_GRACE))
     with store.session() as s:
-        ids = list(s.scalars(select(Job.id).where(or_(
-            and_(Job.eval_state == EvalState.RUNNING.value, Job.eval_lease_expires_at < now),
-            and_(Job.eval_state == EvalState.DISPATCHED.value,
-                 Job.eval_lease_expires_at < dispatched_before + EVAL_DISPATCH_GRACE)))))
-        if ids:
-            s.execute(update(Job).where(Job.id.in_(ids))
-                      .values(eval_state=EvalState.DISPATCHED.value, eval_lease_owner=None,
-                              eval_lease_expires_at=now + EVAL_DISPATCH_GRACE)
-                      .execution_options(synchronize_session=False))
+        job_ids = list(s.scalars(select(Job.id).where(lost)))
+
+    def mark(s, job) -> list[str]:
+        if not s.scalar(select(Job.id).where(Job.id == job.id, lost)):  # taken meanwhile
+            return []
+        job.eval_state, job.eval_lease_owner = EvalState.DISPATCHED.value, None
+        job.eval_lease_expires_at = now + EVAL_DISPATCH_GRACE
+        return [job.id]
+
+    ids = each_job_locked(store, job_ids, mark)
     for job_id in ids:
         send(job_id)
     return ids
@@ -120,3 +137,68 @@ def close_stalled_jobs(store: Store, send_evaluation: Callable[[str], None]) -> 
     for job_id in dispatch:
         send_evaluation(job_id)
     return repaired
+
+
+# --- inference chunks ---------------------------------------------------------------------
+
+
+def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[int]:
+    """Chunks whose lease lapsed (their worker died): queued again under their job's lock, sent
+    after the commit."""
+    now = utcnow()
+    lapsed = (Chunk.state == "running") & (Chunk.lease_expires_at < now)
+    with store.session() as s:
+        job_ids = list(s.scalars(select(Chunk.job_id).where(lapsed).distinct()))
+
+    def reap(s, job) -> list[tuple[int, str]]:
+        reaped = []
+        for chunk_id, worker in s.execute(select(Chunk.id, Chunk.worker).where(Chunk.job_id == job.id, lapsed)).all():
+            if s.execute(update(Chunk).where(Chunk.id == chunk_id, lapsed)
+                         .values(state="queued", lease_owner=None, lease_expires_at=None,
+                                 error=f"lease lapsed on {worker}", updated_at=now)
+                         .execution_options(synchronize_session=False)).rowcount:
+                reaped.append((chunk_id, job.priority or "normal"))
+        return reaped
+
+    reaped = each_job_locked(store, job_ids, reap)
+    for chunk_id, priority in reaped:
+        send(chunk_id, priority)
+    return [chunk_id for chunk_id, _ in reaped]
+
+
+def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
+                         send: Callable[[int, str], None]) -> list[int]:
+    """Chunks of open jobs of ``priority`` queued since before ``older_than`` are sent again (the
+    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless."""
+    now = utcnow()
+    waiting = (Chunk.state == "queued") & (Chunk.updated_at < older_than)
+    with store.session() as s:
+        job_ids = list(s.scalars(select(Chunk.job_id).join(Job, Job.id == Chunk.job_id).where(
+            waiting, Job.priority == priority, Job.state.in_(["queued", "running"]),
+            Job.cancel_requested.is_(False)).distinct()))
+
+    def mark(s, job) -> list[int]:
+        if State(job.state).ended or job.cancel_requested:
+            return []
+        return list(s.scalars(update(Chunk).where(Chunk.job_id == job.id, waiting).values(updated_at=now)
+                              .returning(Chunk.id).execution_options(synchronize_session=False)).all())
+
+    ids = each_job_locked(store, job_ids, mark)
+    for chunk_id in ids:
+        send(chunk_id, priority)
+    return ids
+
+
+def close_stalled_infer_jobs(store: Store) -> list[str]:
+    """Belt and braces: an inference job whose chunks have all ended but which is still open is
+    closed now (as its last chunk would have closed it). Returns the ids repaired."""
+    now = utcnow()
+    unfinished = exists().where(Chunk.job_id == Job.id, Chunk.state.not_in(CHUNK_ENDED))
+    any_chunk = exists().where(Chunk.job_id == Job.id)
+    with store.session() as s:
+        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
+                                                  any_chunk, ~unfinished)))
+    for job_id in ids:
+        with store.session() as s:
+            close_job(s, locked_job(s, job_id), now)
+    return ids

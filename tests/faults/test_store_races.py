@@ -147,7 +147,7 @@ def test_the_reaper_closes_an_inference_job_whose_chunks_all_ended(store):
     with store.session() as s:
         s.execute(update(Chunk).where(Chunk.id.in_(chunk_ids)).values(state="succeeded"))
         s.execute(update(Job).where(Job.id == "stalled00001").values(state="running"))
-    assert ops.close_stalled_infer_jobs(store) == ["stalled00001"]
+    assert recovery.close_stalled_infer_jobs(store) == ["stalled00001"]
     assert _job(store, "stalled00001").state == "succeeded"
 
 

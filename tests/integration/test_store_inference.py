@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.store import inference as ops
-from common.store import jobs
+from common.store import jobs, recovery
 from common.store.models import utcnow
 from common.store.views import infer_view
 
@@ -60,7 +60,7 @@ def test_a_redelivered_chunk_does_only_what_is_left_and_writes_nothing_twice(sto
     items = ops.pending_studies(store, job_id, 0)
     ops.record_studies(store, [{"study_id": sid, "state": "done", "result": {"landmarks_px": []}}
                                for sid, _ in items[:2]])
-    assert ops.reap_lapsed_chunks(store, lambda c, p: None) == [first]
+    assert recovery.reap_lapsed_chunks(store, lambda c, p: None) == [first]
     assert ops.claim_chunk(store, first, "alive", "w2", "cpu", 60, 3, OPEN).run
     left = ops.pending_studies(store, job_id, 0)
     assert left == items[2:]
@@ -171,7 +171,7 @@ def test_a_job_that_could_not_be_enqueued_ends_its_chunks_too(store):
     jobs.fail_job(store, job_id, "could not enqueue: broker down")
     view = infer_view(store, job_id)
     assert view["state"] == "failed" and view["chunks"] == {"failed": 2}
-    assert ops.resend_queued_chunks(store, "normal", utcnow() + timedelta(seconds=1), lambda c, p: None) == []
+    assert recovery.resend_queued_chunks(store, "normal", utcnow() + timedelta(seconds=1), lambda c, p: None) == []
 
 
 def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_written(tmp_path):
