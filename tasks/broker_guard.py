@@ -82,9 +82,21 @@ class _GuardedChannel:
     def _get(self, queue, *args, **kwargs):
         try:
             return super()._get(queue, *args, **kwargs)
-        except json.JSONDecodeError as exc:
-            self._set_aside(queue, exc.doc, "not JSON")
+        except Empty:
+            raise
+        except Exception as exc:
+            if isinstance(exc, self.connection.connection_errors):
+                raise
+            self._undecodable(queue, exc)
             raise Empty() from None
+
+    def _undecodable(self, queue: str, exc: Exception) -> None:
+        """A popped message that kombu could not decode (not JSON, or JSON its decoder's hooks
+        refuse, such as ``{"__type__": "bytes", "__value__": 5}``)."""
+        if isinstance(exc, json.JSONDecodeError):
+            self._set_aside(queue, exc.doc, "not JSON")
+        else:
+            log.error("dropped a malformed message from %r: kombu cannot decode it (%s)", queue, type(exc).__name__)
 
 
 class _GuardedTransport:
@@ -119,9 +131,28 @@ class _RedisGuard:
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
-        except json.JSONDecodeError as exc:  # popped already: set it aside and go on
-            self._set_aside("a queue", exc.doc, "not JSON")
+        except Empty:
+            raise
+        except Exception as exc:  # popped already: set it aside and go on
+            if isinstance(exc, self.connection_errors):
+                raise
+            self._undecodable("a queue", exc)
             return True
+
+    def _receive_one(self, c):
+        """A broadcast (pidbox) message: kombu itself drops one that is not JSON, with a warning
+        that quotes it, by raising Empty, which also abandons the rest of a burst of messages
+        already read from the socket (they would wait for the next message to be seen); anything
+        else it cannot decode is dropped here. Either way the burst goes on being read."""
+        try:
+            return super()._receive_one(c)
+        except Empty:
+            return None
+        except Exception as exc:
+            if isinstance(exc, self.connection_errors):
+                raise
+            self._undecodable("the broadcast channel", exc)
+            return None
 
 
 class RedisChannel(_RedisGuard, _GuardedChannel, kombu_redis.Channel):

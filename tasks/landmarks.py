@@ -88,6 +88,8 @@ def evaluate_ensemble(self, job_id: str) -> str:
             return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason))
         finally:
             _release_memory()
+    if beat.lease_lost.is_set():  # its worker died, or another took the lapsed evaluation over
+        return "stood down: the evaluation's lease was lost"
     member_ids = {f"seed-{seed}": member_id for member_id, seed, _, _ in claim.members}
     return _record_evaluation(job_id, lambda: evaluation.record_results(store, job_id, owner, results, member_ids))
 

@@ -22,8 +22,12 @@ log = logging.getLogger("medq.reaper")
 def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
     lapsed = recovery.reap_lapsed_members(store, lambda member_id: send_member(app, member_id))
     for item in lapsed:
-        log.warning("job %s seed %s: lease lapsed on %s; re-enqueued (it resumes from its checkpoint)",
-                    item.job_id, item.seed, item.worker)
+        if item.cancelled:
+            log.warning("job %s seed %s: lease lapsed on %s while the job was being cancelled; ended as cancelled",
+                        item.job_id, item.seed, item.worker)
+        else:
+            log.warning("job %s seed %s: lease lapsed on %s; re-enqueued (it resumes from its checkpoint)",
+                        item.job_id, item.seed, item.worker)
     evaluations = recovery.redispatch_evaluations(store, lambda job_id: send_evaluation(app, job_id))
     for job_id in evaluations:
         log.warning("job %s: evaluation sent again (not taken, or its worker died)", job_id)

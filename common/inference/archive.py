@@ -89,16 +89,19 @@ def _check_size(size: int, limit: int) -> None:
 
 def read_capped(stream, limit: int, declared: int) -> bytes:
     """Everything ``stream`` produces, refusing more than ``limit`` bytes as they come (a stream
-    may produce more than its header declared)."""
-    buffer = bytearray()
-    while True:
+    may produce more than its header declared). An honest file is one read, with no copy."""
+    expected = min(declared, limit)
+    data = stream.read(expected + 1)
+    if len(data) <= expected:
+        return data
+    buffer = bytearray(data)  # more than declared: go on only up to the limit
+    while len(buffer) <= limit:
         block = stream.read(min(READ_BLOCK, limit + 1 - len(buffer)))
         if not block:
             return bytes(buffer)
         buffer += block
-        if len(buffer) > limit:
-            raise StudyError(f"file too large (over {limit:,} bytes once decompressed, {declared:,} declared; "
-                             f"MEDQ_MAX_STUDY_BYTES)")
+    raise StudyError(f"file too large (over {limit:,} bytes once decompressed, {declared:,} declared; "
+                     f"MEDQ_MAX_STUDY_BYTES)")
 
 
 class Archive(ABC):
@@ -115,6 +118,9 @@ class Archive(ABC):
     @abstractmethod
     def read(self, path: str) -> bytes:
         """The whole file at an archive-relative path; StudyError when it cannot or must not be read."""
+
+    def check(self) -> None:
+        """Read what must be readable before anything is planned (a zip's central directory)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
@@ -248,6 +254,10 @@ class ZipArchive(_PerProcessHandle):
 
     def _open(self) -> zipfile.ZipFile:
         return zipfile.ZipFile(self.root)
+
+    def check(self) -> None:
+        with zipfile.ZipFile(self.root):  # a corrupt directory, or a name flagged UTF-8 that is not
+            pass
 
     def _after_open(self) -> None:
         self._by_name: dict[str, zipfile.ZipInfo] = {}
@@ -414,7 +424,9 @@ def open_archive(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Archive:
         for name in ARCHIVE_KINDS:
             kind = ARCHIVE_KINDS.get(name)
             if kind.detect(path):
-                return kind.open(path, max_bytes)
+                archive = kind.open(path, max_bytes)
+                archive.check()
+                return archive
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
     except UnicodeDecodeError:

@@ -31,7 +31,8 @@ def claim_evaluation(store: Store, job_id: str, owner: str, lease_seconds: int) 
         taken = s.execute(
             update(Job).where(Job.id == job_id)
             .where((Job.eval_state == EvalState.DISPATCHED.value)
-                   | ((Job.eval_state == EvalState.RUNNING.value) & (Job.eval_lease_expires_at < now)))
+                   | ((Job.eval_state == EvalState.RUNNING.value)
+                      & ((Job.eval_lease_expires_at < now) | (Job.eval_lease_owner == owner))))  # or our own retry
             .values(eval_state=EvalState.RUNNING.value, eval_lease_owner=owner,
                     eval_lease_expires_at=now + timedelta(seconds=lease_seconds))
             .execution_options(synchronize_session=False)

@@ -78,15 +78,18 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
     flush()
     n_chunks = -(-pending // chunk_size)
     with store.session() as s:
+        job = locked_job(s, job_id)
         sizes = dict(s.execute(select(Study.chunk_index, func.count()).where(Study.job_id == job_id,
                                                                             Study.chunk_index >= 0)
                                .group_by(Study.chunk_index)).all())
         if n_chunks:
             s.execute(insert(Chunk), [{"job_id": job_id, "index": i, "n_studies": sizes.get(i, 0),
                                        "state": "waiting"} for i in range(n_chunks)])
+            if job.cancel_requested:  # cancelled while it was being planned
+                cancel_chunks(s, job, utcnow())
         else:  # nothing to run: every file was refused at enumeration or done before
-            job = s.get(Job, job_id)
-            job.state, job.finished_at = State.SUCCEEDED.value, utcnow()
+            job.state = State.CANCELLED.value if job.cancel_requested else State.SUCCEEDED.value
+            job.finished_at = utcnow()
     return total, n_chunks
 
 
@@ -176,8 +179,9 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             chunk.state, chunk.finished_at = State.CANCELLED.value, now
             close_job(s, job, now)
             return ChunkClaim(False, "job cancelled")
-        if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now \
-                and chunk.lease_owner != owner:
+        if chunk.state == "running" and chunk.lease_owner == owner:  # a retry of a claim that committed
+            return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+        if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now:
             return ChunkClaim(False, f"running on {chunk.worker} with a live lease")
         if not (job.window_lifted or window_open(job.window, now_local)):
             chunk.state, chunk.updated_at = "waiting", now  # the window closed: wait for the next one

@@ -53,7 +53,7 @@ def fail_job(store: Store, job_id: str, reason: str) -> None:
         job.state, job.error, job.finished_at, job.eval_state = State.FAILED.value, reason, now, EvalState.SKIPPED.value
         for m in job.members:
             if not State(m.state).ended:
-                _end_member(m, State.FAILED, reason, now)
+                end_member(m, State.FAILED, reason, now)
         fail_open_chunks(s, job_id, reason, now)
 
 
@@ -92,15 +92,19 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
         if State(member.state).ended:
             return Claim(False, f"member already {member.state}")
         if job.cancel_requested:
-            _end_member(member, State.CANCELLED, cancel_reason(member), now)
+            end_member(member, State.CANCELLED, cancel_reason(member), now)
             s.flush()
             return Claim(False, "job cancelled", job_id=job.id, dispatch_evaluation=close_members_phase(s, job, now))
+        if member.state == State.RUNNING.value and member.lease_owner == owner:  # a retry of a claim that
+            number = s.scalar(select(func.max(Attempt.number)).where(Attempt.member_id == member_id))  # committed
+            return Claim(True, attempt=number or member.attempts, job_id=job.id, seed=member.seed, spec=job.spec,
+                         plan=job.plan, kind=job.kind)
         live = member.state == State.RUNNING.value and member.lease_expires_at and member.lease_expires_at > now
-        if live and member.lease_owner != owner:
+        if live:
             return Claim(False, f"running on {member.worker} with a live lease")
         if member.attempts >= max_attempts:
             reason = f"gave up after {member.attempts} attempts" + (f" (last: {member.error})" if member.error else "")
-            _end_member(member, State.FAILED, reason, now)
+            end_member(member, State.FAILED, reason, now)
             s.flush()
             return Claim(False, reason, job_id=job.id, gave_up=True,
                          dispatch_evaluation=close_members_phase(s, job, now))
@@ -162,7 +166,7 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
             for attempt in member.attempt_rows:
                 if attempt.state == "running":
                     attempt.start_epoch = resumed_from_epoch
-        _end_member(member, state, error, now)
+        end_member(member, state, error, now)
         for name, path in (artifacts or {}).items():
             _put_artifact(s, member.job_id, member.id, name, path)
         s.flush()
@@ -192,7 +196,7 @@ def cancel_reason(member: Member) -> str:
             f"`medq resume` continues from its checkpoint)")
 
 
-def _end_member(member: Member, state: State, error: str | None, now: datetime) -> None:
+def end_member(member: Member, state: State, error: str | None, now: datetime) -> None:
     member.state, member.error, member.finished_at, member.updated_at = state.value, error, now, now
     member.lease_owner = member.lease_expires_at = None
     for attempt in member.attempt_rows:
@@ -254,7 +258,7 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
             return job
         for m in job.members:
             if m.state == State.QUEUED.value:
-                _end_member(m, State.CANCELLED, cancel_reason(m), now)
+                end_member(m, State.CANCELLED, cancel_reason(m), now)
         close_members_phase(s, job, now)
         return job
 

@@ -1,7 +1,8 @@
 """The one lock that makes "this job is complete" a decision taken exactly once.
 
 Every transaction that may end a member, a chunk or the job itself locks the job's row first
-(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already lets one writer in
+(``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL, which leaves the key-share locks of rows that
+reference the job, such as new study or result rows, free to go; SQLite's ``BEGIN IMMEDIATE`` already lets one writer in
 at a time). Under READ COMMITTED two finishers that each updated their own row would otherwise
 both read the other's row as still running, and nobody would close the job. With the lock the
 second waits, and its next statement sees the first one's commit.
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 def locked_job(s, job_id: str) -> Job | None:
     """The job row, locked until the transaction ends, with its columns read after the lock."""
-    return s.scalars(select(Job).where(Job.id == job_id).with_for_update()
+    return s.scalars(select(Job).where(Job.id == job_id).with_for_update(key_share=True)  # FOR NO KEY UPDATE
                      .execution_options(populate_existing=True)).one_or_none()
 
 

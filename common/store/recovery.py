@@ -17,9 +17,9 @@ from typing import Callable
 from sqlalchemy import and_, exists, or_, select, update
 
 from common.store.db import Store
-from common.store.jobs import EVAL_DISPATCH_GRACE, close_members_phase
-from common.store.locking import each_job_locked, locked_job
-from common.store.inference import CHUNK_ENDED, close_job
+from common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
+from common.store.locking import each_job_locked
+from common.store.inference import CHUNK_ENDED, cancel_chunks, close_job
 from common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
 
 OPEN_JOB = (State.QUEUED.value, State.RUNNING.value)
@@ -31,6 +31,7 @@ class Lapsed:
     job_id: str
     seed: int
     worker: str | None
+    cancelled: bool = False  # its job was being cancelled: ended, not sent again
 
 
 def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapsed]:
@@ -44,21 +45,27 @@ def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapse
 
     def reap(s, job) -> list[Lapsed]:
         reaped = []
+        # a job being cancelled: its member ends now instead of going back to a queue
+        state = State.CANCELLED if job.cancel_requested else State.QUEUED
         for member_id, seed, worker in s.execute(select(Member.id, Member.seed, Member.worker)
                                                  .where(Member.job_id == job.id, lapsed)).all():
-            reason = f"lease lapsed on {worker}"
+            reason = f"lease lapsed on {worker}" + (" while it was being cancelled" if job.cancel_requested else "")
+            ended = dict(finished_at=now) if job.cancel_requested else {}
             if s.execute(update(Member).where(Member.id == member_id, lapsed)
-                         .values(state=State.QUEUED.value, lease_owner=None, lease_expires_at=None, error=reason,
-                                 updated_at=now).execution_options(synchronize_session=False)).rowcount:
+                         .values(state=state.value, lease_owner=None, lease_expires_at=None, error=reason,
+                                 updated_at=now, **ended).execution_options(synchronize_session=False)).rowcount:
                 s.execute(update(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")
                           .values(state="lost", ended_at=now, error=reason)
                           .execution_options(synchronize_session=False))
-                reaped.append(Lapsed(member_id, job.id, seed, worker))
+                reaped.append(Lapsed(member_id, job.id, seed, worker, cancelled=job.cancel_requested))
+        if job.cancel_requested:
+            close_members_phase(s, job, now)
         return reaped
 
     reaped = each_job_locked(store, job_ids, reap)
     for item in reaped:
-        send(item.member_id)
+        if not item.cancelled:
+            send(item.member_id)
     return reaped
 
 
@@ -117,26 +124,36 @@ def redispatch_evaluations(store: Store, send: Callable[[str], None],
 
 
 def close_stalled_jobs(store: Store, send_evaluation: Callable[[str], None]) -> list[str]:
-    """Belt and braces: a training job whose members have all ended but which is still open and
-    unevaluated (a finisher died between its commit and its message, or a store written by an
-    older version) is closed now: its evaluation dispatched, or the job ended. Returns its ids."""
+    """Belt and braces: a training job left open with nothing running that could close it is
+    closed now. Either every member has ended (a finisher died between its commit and its
+    message, or a store written by an older version), or the job is being cancelled and its
+    queued members' messages were lost (a broker restart): those end cancelled. Its evaluation is
+    dispatched, or the job ends. Returns the ids repaired."""
     now = utcnow()
-    unfinished = exists().where(Member.job_id == Job.id, Member.state.in_(OPEN_JOB))
+    running = exists().where(Member.job_id == Job.id, Member.state == State.RUNNING.value)
+    queued = exists().where(Member.job_id == Job.id, Member.state == State.QUEUED.value)
     with store.session() as s:
         ids = list(s.scalars(select(Job.id).where(Job.kind != "infer", Job.state.in_(OPEN_JOB),
-                                                  Job.eval_state == EvalState.PENDING.value, ~unfinished)))
-    repaired, dispatch = [], []
-    for job_id in ids:
-        with store.session() as s:
-            job = locked_job(s, job_id)
-            if job is None or job.eval_state != EvalState.PENDING.value:
-                continue
-            if close_members_phase(s, job, now):
-                dispatch.append(job_id)
-            repaired.append(job_id)
-    for job_id in dispatch:
-        send_evaluation(job_id)
-    return repaired
+                                                  Job.eval_state == EvalState.PENDING.value, ~running,
+                                                  or_(~queued, Job.cancel_requested.is_(True)))))
+
+    def close(s, job) -> list[tuple[str, bool]]:
+        if job.eval_state != EvalState.PENDING.value or State(job.state).ended:
+            return []
+        members = list(s.scalars(select(Member).where(Member.job_id == job.id)))
+        if any(m.state == State.RUNNING.value for m in members) or (
+                not job.cancel_requested and any(m.state == State.QUEUED.value for m in members)):
+            return []  # something started meanwhile
+        for m in members:
+            if m.state == State.QUEUED.value:
+                end_member(m, State.CANCELLED, cancel_reason(m), now)
+        return [(job.id, close_members_phase(s, job, now))]
+
+    closed = each_job_locked(store, ids, close)
+    for job_id, dispatch in closed:
+        if dispatch:
+            send_evaluation(job_id)
+    return [job_id for job_id, _ in closed]
 
 
 # --- inference chunks ---------------------------------------------------------------------
@@ -151,6 +168,12 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
         job_ids = list(s.scalars(select(Chunk.job_id).where(lapsed).distinct()))
 
     def reap(s, job) -> list[tuple[int, str]]:
+        if job.cancel_requested:  # a job being cancelled: its lapsed chunks end instead
+            s.execute(update(Chunk).where(Chunk.job_id == job.id, lapsed)
+                      .values(state=State.CANCELLED.value, lease_owner=None, lease_expires_at=None, finished_at=now,
+                              updated_at=now).execution_options(synchronize_session=False))
+            close_job(s, job, now)
+            return []
         reaped = []
         for chunk_id, worker in s.execute(select(Chunk.id, Chunk.worker).where(Chunk.job_id == job.id, lapsed)).all():
             if s.execute(update(Chunk).where(Chunk.id == chunk_id, lapsed)
@@ -190,15 +213,24 @@ def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
 
 
 def close_stalled_infer_jobs(store: Store) -> list[str]:
-    """Belt and braces: an inference job whose chunks have all ended but which is still open is
-    closed now (as its last chunk would have closed it). Returns the ids repaired."""
+    """Belt and braces: an inference job left open with nothing running that could close it (its
+    chunks have all ended, or it is being cancelled and its queued chunks' messages were lost) is
+    closed now, as its last chunk would have closed it. Returns the ids repaired."""
     now = utcnow()
     unfinished = exists().where(Chunk.job_id == Job.id, Chunk.state.not_in(CHUNK_ENDED))
+    running = exists().where(Chunk.job_id == Job.id, Chunk.state == "running")
     any_chunk = exists().where(Chunk.job_id == Job.id)
     with store.session() as s:
-        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
-                                                  any_chunk, ~unfinished)))
-    for job_id in ids:
-        with store.session() as s:
-            close_job(s, locked_job(s, job_id), now)
-    return ids
+        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(OPEN_JOB), any_chunk,
+                                                  or_(~unfinished, and_(Job.cancel_requested.is_(True), ~running)))))
+
+    def close(s, job) -> list[str]:
+        if State(job.state).ended:
+            return []
+        if job.cancel_requested:
+            cancel_chunks(s, job, now)  # waiting and queued ones end; running ones stop at their next batch
+        else:
+            close_job(s, job, now)
+        return [job.id] if State(job.state).ended else []
+
+    return each_job_locked(store, ids, close)

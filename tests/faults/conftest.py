@@ -103,40 +103,63 @@ def pg_cluster():
 
 @dataclass
 class FaultLog:
-    faults: list[tuple[str, float | None, str]] = field(default_factory=list)
+    """What each fault test tried and whether it survived (set from the test's own outcome), and
+    how many bad inputs each tried and saw refused cleanly (counted by the test, then asserted)."""
+
+    faults: dict[str, dict] = field(default_factory=dict)  # test id -> name, survived, recovery_s, note
     inputs: dict[str, tuple[int, int]] = field(default_factory=dict)  # what -> (tried, refused cleanly)
 
-    def survived(self, fault: str, recovery_s: float | None = None, note: str = "") -> None:
-        self.faults.append((fault, recovery_s, note))
+
+class TestFaults:
+    def __init__(self, log: FaultLog, test_id: str):
+        self.log, self.test_id = log, test_id
+
+    def trying(self, name: str) -> None:
+        """Declare the fault first: if the test fails later, the summary says it was not survived."""
+        self.log.faults[self.test_id] = {"name": name, "survived": None, "recovery_s": None, "note": ""}
+
+    def survived(self, recovery_s: float | None = None, note: str = "") -> None:
+        self.log.faults[self.test_id].update(recovery_s=recovery_s, note=note)
 
     def bad_inputs(self, what: str, tried: int, clean: int) -> None:
-        self.inputs[what] = (tried, clean)
+        self.log.inputs[what] = (tried, clean)
 
 
 _LOG = FaultLog()
 
 
 @pytest.fixture
-def fault_log() -> FaultLog:
-    return _LOG
+def fault_log(request) -> TestFaults:
+    return TestFaults(_LOG, request.node.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    entry = _LOG.faults.get(item.nodeid)
+    if entry is not None and report.when == "call":
+        entry["survived"] = report.passed
 
 
 def pytest_terminal_summary(terminalreporter):
     if not (_LOG.faults or _LOG.inputs):
         return
     write = terminalreporter.write_line
-    terminalreporter.section("medq faults survived")
-    for fault, seconds, note in _LOG.faults:
+    terminalreporter.section("medq faults")
+    for entry in _LOG.faults.values():
+        seconds = entry["recovery_s"]
         recovery = f"{seconds:6.1f} s" if seconds is not None else "      -"
-        write(f"  {recovery}  {fault}" + (f"  ({note})" if note else ""))
+        verdict = "survived" if entry["survived"] else "NOT SURVIVED"
+        write(f"  {verdict:12} {recovery}  {entry['name']}" + (f"  ({entry['note']})" if entry["note"] else ""))
     if _LOG.inputs:
+        for what, (tried, clean) in _LOG.inputs.items():
+            write(f"  bad inputs, {what}: {clean} of {tried} refused cleanly")
         tried = sum(t for t, _ in _LOG.inputs.values())
         clean = sum(c for _, c in _LOG.inputs.values())
-        for what, (t, c) in _LOG.inputs.items():
-            write(f"  bad inputs, {what}: {c} of {t} refused cleanly")
         write(f"  bad inputs in all: {clean} of {tried} refused cleanly")
-    write(f"  faults survived: {len(_LOG.faults)} (recovery: the fault to the next epoch or study done, "
-          f"lease 6 s, reaper every 1 s)")
+    survived = sum(1 for e in _LOG.faults.values() if e["survived"])
+    write(f"  faults survived: {survived} of {len(_LOG.faults)} tried (recovery: the fault to the next epoch, "
+          f"study or result; lease 6 s, reaper every 1 s)")
 
 
 # --- processes ---------------------------------------------------------------------------------

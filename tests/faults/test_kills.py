@@ -51,6 +51,7 @@ def _one_result_per_seed(cluster, job_id: str) -> None:
 def test_a_sigkilled_launcher_takes_its_workers_with_it_and_another_resumes(cluster, dataset, fault_log):
     """The launcher alone is killed: its Celery worker and pool process must not run on beside
     the launcher that replaces it (they used to, holding the member and its device)."""
+    fault_log.trying("launcher SIGKILLed mid-member")
     first = cluster.start_workers(1, "first")
     job_id = _submit(cluster, dataset, epochs=30)  # long enough that a warm stop would still be running
     store = Store(cluster.database_url)
@@ -70,11 +71,11 @@ def test_a_sigkilled_launcher_takes_its_workers_with_it_and_another_resumes(clus
     assert [a.state for a in attempts] == ["lost", "succeeded"] and attempts[1].start_epoch >= 1  # epoch 2 was running
     _one_result_per_seed(cluster, job_id)
     store.dispose()
-    fault_log.survived("launcher SIGKILLed mid-member", recovery,
-                       f"its worker gone in {orphan_gone_s:.1f} s; includes starting a new launcher")
+    fault_log.survived(recovery, f"its worker gone in {orphan_gone_s:.1f} s; includes starting a new launcher")
 
 
 def test_a_pool_process_sigkilled_mid_training_resumes_from_its_checkpoint(cluster, dataset, fault_log):
+    fault_log.trying("pool process SIGKILLed mid-training")
     launcher = cluster.start_workers(1, "a")
     job_id = _submit(cluster, dataset, epochs=8)
     store = Store(cluster.database_url)
@@ -91,12 +92,13 @@ def test_a_pool_process_sigkilled_mid_training_resumes_from_its_checkpoint(clust
     assert sum(a.state == "succeeded" for a in attempts) == 1
     _one_result_per_seed(cluster, job_id)
     store.dispose()
-    fault_log.survived("pool process SIGKILLed mid-training", recovery, "to the epoch after the resumed one")
+    fault_log.survived(recovery, "to the epoch after the resumed one")
 
 
 def test_an_evaluation_whose_pool_process_is_sigkilled_is_retried_after_one_lease(cluster, tmp_path, fault_log):
     """The evaluation holds a lease renewed by a heartbeat, like a member: a killed one is taken
     again after the lease (6 s here, 60 s by default), not after ten of them."""
+    fault_log.trying("pool process SIGKILLed during an evaluation")
     data = tmp_path / "eval-data"  # a larger test split, so that the evaluation takes a while
     assert cluster.medq("data", "synth-chest", str(data), "--n", "240", "--seed", "4").returncode == 0
     launcher = cluster.start_workers(1, "a")
@@ -114,15 +116,17 @@ def test_an_evaluation_whose_pool_process_is_sigkilled_is_retried_after_one_leas
     recovery = time.monotonic() - killed_at
     assert view["state"] == "succeeded", cluster.logs()
     assert recovery < 45, f"the evaluation took {recovery:.0f} s to come back; it waits for one lease (6 s)"
+    assert "evaluation sent again" in cluster.full_logs(), "the kill did not land in the evaluation"
     _one_result_per_seed(cluster, job_id)
     store.dispose()
-    fault_log.survived("pool process SIGKILLed during an evaluation", recovery, "to the job's results")
+    fault_log.survived(recovery, "to the job's results")
 
 
 def test_a_pool_process_sigkilled_mid_chunk_loses_and_repeats_no_study(cluster, tmp_path, fault_log):
     from common.landmarks.synth import synth_chest
     from scheduler.bench import _untrained_checkpoint
 
+    fault_log.trying("pool process SIGKILLed mid-chunk")
     synth_chest(tmp_path / "synth", n=60, seed=5)
     archive = tmp_path / "archive"
     shutil.copytree(tmp_path / "synth" / "images", archive)
@@ -141,4 +145,5 @@ def test_a_pool_process_sigkilled_mid_chunk_loses_and_repeats_no_study(cluster, 
     assert view["state"] == "succeeded" and view["studies"]["done"] == 60, cluster.logs()
     rows = cluster.medq("results", job_id, "--csv").stdout.splitlines()[1:]
     assert len(rows) == 60 and len({r.split(",")[0] for r in rows}) == 60
-    fault_log.survived("pool process SIGKILLed mid-chunk", recovery, "to the next studies done")
+    assert "lease lapsed; re-enqueued" in cluster.full_logs(), "the chunk was not taken again"
+    fault_log.survived(recovery, "to the next studies done")

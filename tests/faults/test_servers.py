@@ -50,6 +50,7 @@ def test_postgres_stopped_mid_member_and_started_again(pg_cluster, redis_url, da
     checkpoint if its lease was reaped meanwhile), once."""
     import redis
 
+    fault_log.trying("PostgreSQL stopped (-m immediate) for 8 s mid-member")
     redis.Redis.from_url(redis_url).flushall()
     url = pg_cluster.database(f"medq_fault_{uuid.uuid4().hex[:8]}")
     cluster = Cluster(tmp_path / "home", broker_url=f"{redis_url}/0", database_url=url)
@@ -72,13 +73,13 @@ def test_postgres_stopped_mid_member_and_started_again(pg_cluster, redis_url, da
         assert logs.count("heartbeat failed") <= 3 and "Traceback" not in logs
     finally:
         cluster.stop()
-    fault_log.survived("PostgreSQL stopped (-m immediate) for 8 s mid-member", recovery,
-                       "restart to the job's results; training went on meanwhile")
+    fault_log.survived(recovery, "restart to the job's results; training went on meanwhile")
 
 
 def test_redis_sigkilled_mid_training_and_restarted_empty(redis_server, dataset, tmp_path, fault_log):
     """One worker, two seeds: seed 0 runs while seed 1's message waits in Redis, which dies and
     comes back with nothing in it. The store still says seed 1 is queued: it is sent again."""
+    fault_log.trying("Redis SIGKILLed mid-training, restarted empty")
     cluster = Cluster(tmp_path / "home", broker_url=f"{redis_server.url}/0", resend_after="3")
     try:
         cluster.start_workers(1, "a")
@@ -99,8 +100,7 @@ def test_redis_sigkilled_mid_training_and_restarted_empty(redis_server, dataset,
         assert "not on the broker; sent again" in cluster.full_logs()
     finally:
         cluster.stop()
-    fault_log.survived("Redis SIGKILLed mid-training, restarted empty", recovery,
-                       "restart to the lost member running; it includes seed 0 finishing first")
+    fault_log.survived(recovery, "restart to the lost member running; it includes seed 0 finishing first")
 
 
 ROUNDS = 3
@@ -112,6 +112,7 @@ def test_members_cancelled_at_the_same_moment_on_two_workers_end_the_job(pg_clus
     and the job must end cancelled every time (it used to hang in 1 try of 3 on PostgreSQL)."""
     import redis
 
+    fault_log.trying(f"a cancel reaching two running members at once ({ROUNDS} rounds, PostgreSQL)")
     redis.Redis.from_url(redis_url).flushall()
     url = pg_cluster.database(f"medq_cancel_{uuid.uuid4().hex[:8]}")
     cluster = Cluster(tmp_path / "home", broker_url=f"{redis_url}/2", database_url=url)
@@ -131,5 +132,4 @@ def test_members_cancelled_at_the_same_moment_on_two_workers_end_the_job(pg_clus
         stop_s = time.monotonic() - started
     finally:
         cluster.stop()
-    fault_log.survived(f"a cancel reaching two running members at once ({ROUNDS} rounds, PostgreSQL)", stop_s,
-                       "cancel to the job ended")
+    fault_log.survived(stop_s, "cancel to the job ended")

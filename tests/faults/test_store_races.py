@@ -57,22 +57,24 @@ def _job(store, job_id):
 
 
 def test_the_last_two_members_ending_at_once_dispatch_the_evaluation_exactly_once(store, fault_log):
+    fault_log.trying(f"two last members ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
     for _ in range(ROUNDS):
         job_id, members = _running_job(store)
         ended = at_once(*(lambda m=m: jobs.finish_member(store, m, f"o{m}", jobs.State.SUCCEEDED) for m in members))
         assert sorted(ended) == [False, True]
         assert _job(store, job_id).eval_state == EvalState.DISPATCHED.value
-    fault_log.survived(f"two last members ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
+    fault_log.survived()
 
 
 def test_members_cancelled_at_once_on_two_workers_end_the_job(store, fault_log):
+    fault_log.trying(f"two members cancelled at once, {ROUNDS} rounds on {store.engine.dialect.name}")
     for _ in range(ROUNDS):
         job_id, members = _running_job(store)
         jobs.request_cancel(store, job_id)
         at_once(*(lambda m=m: jobs.finish_member(store, m, f"o{m}", jobs.State.CANCELLED) for m in members))
         job = _job(store, job_id)
         assert (job.state, job.eval_state) == ("cancelled", EvalState.SKIPPED.value)
-    fault_log.survived(f"two members cancelled at once, {ROUNDS} rounds on {store.engine.dialect.name}")
+    fault_log.survived()
 
 
 def test_a_cancel_racing_the_last_members_never_leaves_the_job_open(store):
@@ -103,6 +105,7 @@ def _infer_job(store, job_id, chunks=2):
 
 
 def test_the_last_two_chunks_ending_at_once_end_the_inference_job(store, fault_log):
+    fault_log.trying(f"two last chunks ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
     for i in range(ROUNDS):
         job_id = f"inf{i:09d}"
         chunk_ids = _infer_job(store, job_id)
@@ -111,7 +114,7 @@ def test_the_last_two_chunks_ending_at_once_end_the_inference_job(store, fault_l
             assert ops.claim_chunk(store, c, f"o{c}", "w", "cpu", 60, 3, OPEN).run
         at_once(*(lambda c=c: ops.finish_chunk(store, c, f"o{c}", "succeeded") for c in chunk_ids))
         assert _job(store, job_id).state == "succeeded"
-    fault_log.survived(f"two last chunks ending at once, {ROUNDS} rounds on {store.engine.dialect.name}")
+    fault_log.survived()
 
 
 def test_two_launchers_dispatching_at_once_send_each_chunk_once(store):
@@ -171,3 +174,40 @@ def test_a_dispatched_evaluation_missing_from_an_empty_queue_is_sent_again(store
     assert recovery.redispatch_evaluations(store, sent.append) == []  # within the grace: it may be on its way
     assert recovery.redispatch_evaluations(store, sent.append, queue_empty_since=utcnow() + timedelta(seconds=1)) \
         == [job_id]
+
+
+def test_a_member_whose_worker_died_after_the_cancel_ends_cancelled_not_requeued(store):
+    """Running, cancelled, then its worker SIGKILLed: re-queuing it would leave the job open for
+    good if that message were lost (a cancelled job's queued rows are never sent again)."""
+    job_id, (m0,) = jobs.create_job(store, "ensemble", {}, {"split": {}}, [0], 2)
+    assert jobs.claim_member(store, m0, "dead", "w", "cpu", lease_seconds=-1, max_attempts=3).run
+    jobs.request_cancel(store, job_id)
+    sent: list[int] = []
+    reaped = recovery.reap_lapsed_members(store, sent.append)
+    assert [r.cancelled for r in reaped] == [True] and sent == []
+    job = _job(store, job_id)
+    assert (job.state, job.eval_state) == ("cancelled", EvalState.SKIPPED.value)
+
+
+def test_a_cancelled_job_left_with_a_queued_member_is_closed_by_the_reaper(store):
+    job_id, (m0, m1) = jobs.create_job(store, "ensemble", {}, {"split": {}}, [0, 1], 2)
+    with store.session() as s:  # as an older version left it: cancel requested, one member still queued
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, state="running"))
+        s.execute(update(Member).where(Member.id == m0).values(state="cancelled"))
+    assert recovery.close_stalled_jobs(store, lambda _: None) == [job_id]
+    assert _job(store, job_id).state == "cancelled"
+
+
+def test_an_inference_job_cancelled_while_it_was_planned_or_left_with_queued_chunks_is_closed(store):
+    ops.create_infer_job(store, "plan00000001", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
+    jobs.request_cancel(store, "plan00000001")  # before its chunks exist
+    ops.add_studies(store, "plan00000001", iter([ops.PlannedStudy("a.png"), ops.PlannedStudy("b.png")]), 1)
+    assert _job(store, "plan00000001").state == "cancelled"
+    chunk_ids = _infer_job(store, "lost00000001")
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None, job_id="lost00000001")
+    with store.session() as s:
+        s.execute(update(Job).where(Job.id == "lost00000001").values(cancel_requested=True))
+    assert recovery.close_stalled_infer_jobs(store) == ["lost00000001"]
+    assert _job(store, "lost00000001").state == "cancelled"
+    with store.session() as s:
+        assert set(s.scalars(select(Chunk.state).where(Chunk.id.in_(chunk_ids)))) == {"cancelled"}

@@ -178,3 +178,18 @@ def test_several_processes_write_to_sqlite_at_once_without_database_is_locked(tm
     assert reported == [0, 0, 0, 0], reported
     with store.session() as s:
         assert {m.step for m in s.scalars(select(Member))} == {149}
+
+
+def test_a_claim_retried_after_its_commit_is_the_same_claim(store):
+    """The connection died during the commit, so the task tried again: no second attempt is burnt."""
+    job_id, (m0,) = _job(store, seeds=(0,))
+    first = jobs.claim_member(store, m0, "o", "w", "cpu", 60, 3)
+    again = jobs.claim_member(store, m0, "o", "w", "cpu", 60, 3)
+    assert first.run and again.run and again.attempt == first.attempt == 1
+    assert jobs.finish_member(store, m0, "o", jobs.State.SUCCEEDED)
+    assert evaluation.claim_evaluation(store, job_id, "e", 60) is not None
+    assert evaluation.claim_evaluation(store, job_id, "e", 60) is not None  # the same owner again
+    assert evaluation.claim_evaluation(store, job_id, "other", 60) is None
+    with store.session() as s:
+        assert s.get(Member, m0).attempts == 1
+        assert s.scalar(select(func.count()).select_from(Attempt).where(Attempt.member_id == m0)) == 1

@@ -389,3 +389,16 @@ def test_a_zip_bomb_is_refused_on_its_declared_size_before_anything_is_inflated(
     archive = open_archive(tmp_path / "bomb.zip", max_bytes=1_000_000)
     with pytest.raises(StudyError, match="file too large \\(5,000,000 bytes; maximum 1,000,000"):
         archive.read("bomb.dcm")
+
+
+def test_a_corrupt_zip_or_one_with_a_false_utf8_name_is_refused_before_planning(tmp_path):
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("scan\u00e9.png", b"x")  # zipfile flags this name UTF-8
+    data = good.read_bytes()
+    (tmp_path / "false-utf8.zip").write_bytes(data.replace("scan\u00e9".encode(), b"scan\xff\xfe"))
+    with pytest.raises(DataError, match="false-utf8.zip: a member name is flagged UTF-8 but is not"):
+        open_archive(tmp_path / "false-utf8.zip")
+    (tmp_path / "cut.zip").write_bytes(data[:-10])
+    with pytest.raises(DataError, match=r"cut.zip: cannot be opened as an archive \(BadZipFile\)"):
+        open_archive(tmp_path / "cut.zip")

@@ -66,7 +66,8 @@ def test_poison_on_the_embedded_broker_is_dropped_and_the_next_message_still_arr
         queue_id = conn.execute(text("SELECT id FROM kombu_queue WHERE name='gpu'")).scalar()
         good = conn.execute(text("SELECT payload FROM kombu_message")).scalar()
         conn.execute(text("DELETE FROM kombu_message"))
-        for payload in ("this is {not json", "[1, 2]", '{"body": 5}', good):
+        for payload in ("this is {not json", "[1, 2]", '{"body": 5}', '{"__type__": "bytes", "__value__": 5}',
+                        '{"__type__": "nope", "__value__": 1}', good):
             conn.execute(text("INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) "
                               "VALUES (1, CURRENT_TIMESTAMP, :p, 1, :q)"), {"p": payload, "q": queue_id})
     engine.dispose()
@@ -77,7 +78,7 @@ def test_poison_on_the_embedded_broker_is_dropped_and_the_next_message_still_arr
             received.append(message.headers.get("task"))
             message.ack()
     assert received == [names.NOOP]
-    assert sum("dropped a malformed message" in r.message for r in caplog.records) == 3
+    assert sum("dropped a malformed message" in r.message for r in caplog.records) == 5
 
 
 def test_looking_at_queue_depths_does_not_leak_connections(embedded):
