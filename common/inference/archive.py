@@ -31,7 +31,6 @@ stored): DataLoader workers each get their own file offset. Archives pickle with
 from __future__ import annotations
 
 import os
-import re
 import stat
 import tarfile
 import zipfile
@@ -42,66 +41,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common.errors import DataError
+from common.inference.entry_checks import (
+    ARCHIVE_LINK, MAX_FILE_BYTES, NO_PERMISSION, NOT_UTF8, NOT_UTF8_FOLDER, OUTSIDE, UNSAFE_NAME, check_size,
+    clean_name, is_unsafe_name, is_utf8, printable_name, read_capped,
+)
 from common.inference.types import Entry, SkippedEntry, StudyError
 from common.registry import Registry
 
-MAX_FILE_BYTES = 1024**3  # 1 GiB default (MEDQ_MAX_STUDY_BYTES): read() holds a study in memory
-READ_BLOCK = 1 << 20
-
-UNSAFE_NAME = "unsafe name in archive (absolute or '..')"
-OUTSIDE = "symlink points outside the archive"
-NO_PERMISSION = "permission denied"
-ARCHIVE_LINK = "link in archive (not followed)"
-NOT_UTF8 = "file name is not valid UTF-8 (rename the file to process it)"
-NOT_UTF8_FOLDER = "folder name is not valid UTF-8 (none of its files was read; rename it to process them)"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # a member, an empty zip, a spanned zip
-
-
-def is_unsafe_name(name: str) -> bool:
-    """An absolute name (``/x``, ``\\x``, ``C:x``) or one with a ``..`` component (``/`` or ``\\``)."""
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-        return True
-    return ".." in re.split(r"[/\\]", name)
-
-
-def clean_name(name: str) -> str:
-    """An archive member's name as an archive-relative POSIX path: ``./a//b.png`` -> ``a/b.png``."""
-    return "/".join(part for part in name.split("/") if part not in ("", "."))
-
-
-def printable_name(name: str) -> str:
-    """A name as text the store can keep: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # os and tarfile hand undecodable bytes over as lone surrogates
-        return False
-
-
-def _check_size(size: int, limit: int) -> None:
-    if size > limit:
-        raise StudyError(f"file too large ({size:,} bytes; maximum {limit:,}, MEDQ_MAX_STUDY_BYTES)")
-
-
-def read_capped(stream, limit: int, declared: int) -> bytes:
-    """Everything ``stream`` produces, refusing more than ``limit`` bytes as they come (a stream
-    may produce more than its header declared). An honest file is one read, with no copy."""
-    expected = min(declared, limit)
-    data = stream.read(expected + 1)
-    if len(data) <= expected:
-        return data
-    buffer = bytearray(data)  # more than declared: go on only up to the limit
-    while len(buffer) <= limit:
-        block = stream.read(min(READ_BLOCK, limit + 1 - len(buffer)))
-        if not block:
-            return bytes(buffer)
-        buffer += block
-    raise StudyError(f"file too large (over {limit:,} bytes once decompressed, {declared:,} declared; "
-                     f"MEDQ_MAX_STUDY_BYTES)")
 
 
 class Archive(ABC):
@@ -200,7 +147,7 @@ class FolderArchive(Archive):
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise StudyError("not a regular file")
-                _check_size(info.st_size, self.max_bytes)
+                check_size(info.st_size, self.max_bytes)
                 return read_capped(f, self.max_bytes, info.st_size)
         except PermissionError:
             raise StudyError(NO_PERMISSION) from None
@@ -294,7 +241,7 @@ class ZipArchive(_PerProcessHandle):
             raise StudyError("no such file in archive")
         if _zip_link(info):
             raise StudyError(ARCHIVE_LINK)
-        _check_size(info.file_size, self.max_bytes)
+        check_size(info.file_size, self.max_bytes)
         try:
             with zf.open(info) as member:
                 return read_capped(member, self.max_bytes, info.file_size)
@@ -365,7 +312,7 @@ class TarArchive(_PerProcessHandle):
                 raise StudyError(ARCHIVE_LINK)
             if not member.isreg():
                 raise StudyError("device or special file in archive")
-            _check_size(member.size, self.max_bytes)
+            check_size(member.size, self.max_bytes)
             data = read_capped(self._handle.extractfile(member), self.max_bytes, member.size)
         except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
             raise StudyError(f"corrupt file in archive ({type(exc).__name__})") from None
