@@ -69,7 +69,7 @@ def _as_text(raw: Any) -> str:
 
 
 class _GuardedChannel:
-    """Channel mixin: JSON that does not parse is set aside instead of raised."""
+    """Channel mixin: a popped message kombu cannot decode is set aside instead of raised."""
 
     def _set_aside(self, queue: str, raw: Any, problem: str) -> None:
         text = _as_text(raw)

@@ -14,7 +14,7 @@ from common.store.jobs import cancel_requested
 from tasks import names
 from tasks.app import app
 from tasks.runtime import Heartbeat, interrupted
-from tasks.store_retry import StoreUnavailable, retry_later, retrying
+from tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
@@ -80,13 +80,10 @@ def infer_chunk(self, chunk_id: int) -> str:
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:
-    try:
-        retrying(f"record the end of chunk {chunk_id}",
-                 lambda: store_ops.finish_chunk(store, chunk_id, owner, state, error))
-    except StoreUnavailable as exc:
-        log.error("%s; its lease will lapse and its remaining studies run again", exc)
-        return "stood down: store unavailable"
-    return state
+    written = recorded(f"record the end of chunk {chunk_id}",
+                       lambda: store_ops.finish_chunk(store, chunk_id, owner, state, error),
+                       "its lease will lapse and its remaining studies run again")
+    return "stood down: store unavailable" if written is None else state
 
 
 def _predictor(spec):

@@ -15,7 +15,7 @@ from tasks.app import app
 from tasks.engines import EVALUATORS, TRAINERS
 from tasks.runtime import Heartbeat, MemberRun, interrupted
 from tasks.send import send_evaluation
-from tasks.store_retry import StoreUnavailable, retry_later, retrying
+from tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
@@ -97,10 +97,9 @@ def evaluate_ensemble(self, job_id: str) -> str:
 def _record_evaluation(job_id: str, write) -> str:
     """The evaluation's outcome, written by its owner; a store away past the retries leaves the
     lease to lapse (the reaper sends the evaluation again)."""
-    try:
-        written = retrying(f"record the evaluation of job {job_id}", write)
-    except StoreUnavailable as exc:
-        log.error("%s; the evaluation's lease will lapse and it will run again", exc)
+    written = recorded(f"record the evaluation of job {job_id}", write,
+                       "the evaluation's lease will lapse and it will run again")
+    if written is None:
         return "stood down: store unavailable"
     return "done" if written else "stood down: the evaluation's lease was lost"
 

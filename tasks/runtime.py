@@ -19,7 +19,7 @@ from common.errors import brief
 from common.settings import Settings
 from common.store import State, open_store
 from common.store import jobs
-from tasks.store_retry import StoreUnavailable, retrying
+from tasks.store_retry import recorded, retrying
 
 log = logging.getLogger("medq.worker")
 
@@ -138,20 +138,14 @@ class MemberRun:
                **fields: Any) -> bool:
         self.heartbeat.stop()
         fields = {**self._latest, **fields}
-        try:
-            return retrying(f"record the end of member {self.member_id}", lambda: jobs.finish_member(
-                self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, **fields))
-        except StoreUnavailable as exc:
-            log.error("%s; its lease will lapse and the reaper will resume it from its checkpoint", exc)
-            return False
+        return bool(recorded(f"record the end of member {self.member_id}", lambda: jobs.finish_member(
+            self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, **fields),
+            "its lease will lapse and the reaper will resume it from its checkpoint"))
 
     def release(self, reason: str) -> None:
         self.heartbeat.stop()
-        try:
-            retrying(f"give member {self.member_id} back", lambda: jobs.release_member(
-                self.store, self.member_id, self.owner, reason))
-        except StoreUnavailable as exc:
-            log.error("%s; its lease will lapse and the reaper will send it again", exc)
+        recorded(f"give member {self.member_id} back", lambda: jobs.release_member(
+            self.store, self.member_id, self.owner, reason), "its lease will lapse and the reaper will send it again")
 
 
 def interrupted(exc: BaseException) -> bool:

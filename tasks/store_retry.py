@@ -54,6 +54,16 @@ def retrying(what: str, write: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def recorded(what: str, write: Callable[[], T], otherwise: str) -> T | None:
+    """``write()`` through ``retrying``; when the store stays away, one log line saying what
+    happens instead (``otherwise``: the lease lapses and ...) and None."""
+    try:
+        return retrying(what, write)
+    except StoreUnavailable as exc:
+        log.error("%s; %s", exc, otherwise)
+        return None
+
+
 def retry_later(task, exc: StoreUnavailable) -> str:
     """A claim the store could not take: a Celery retry (a new message) while retries are left,
     then the message is dropped: the store still says queued, and the resend sweep sends it."""

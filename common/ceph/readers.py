@@ -181,8 +181,8 @@ def read_ceph_csv(path: Path) -> CephDataset:
         except ValueError:
             problems.append(f"{where}: a coordinate is not a number")
             continue
-        if not_regular(image):
-            problems.append(f"{where}: image {image} {not_regular(image)}")
+        if unusable := not_regular(image):
+            problems.append(f"{where}: image {image} {unusable}")
             continue
         size = _image_size(image, problems)
         if size is None:

@@ -186,8 +186,8 @@ def validate_dataset(data_dir: Path) -> DatasetSummary:
     csv_path = data_dir / CSV_NAME
     if not csv_path.exists():
         raise DataError(f"{csv_path}: missing {CSV_NAME} (expected in the data folder)")
-    if not_regular(csv_path):
-        raise DataError(f"{csv_path}: {not_regular(csv_path)}")
+    if unusable := not_regular(csv_path):
+        raise DataError(f"{csv_path}: {unusable}")
     records = read_landmark_csv(csv_path)
 
     problems: list[str] = []

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 from sqlalchemy import func, insert, select, update
 
 from common.store.db import Store
-from common.store.locking import each_job_locked, locked_job
+from common.store.locking import each_job_locked, locked_job, row_and_locked_job
 from common.store.models import Chunk, Job, State, Study, utcnow
 from common.windows import window_open
 
@@ -170,7 +170,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
                 max_attempts: int, now_local: time) -> ChunkClaim:
     now = utcnow()
     with store.session() as s:
-        chunk, job = _chunk_and_locked_job(s, chunk_id)
+        chunk, job = row_and_locked_job(s, Chunk, chunk_id)
         if chunk is None:
             return ChunkClaim(False, f"chunk {chunk_id} does not exist")
         if chunk.state in CHUNK_ENDED:
@@ -200,15 +200,6 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
         if job.state == State.QUEUED.value or job.started_at is None:
             job.state, job.started_at = State.RUNNING.value, job.started_at or now
         return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
-
-
-def _chunk_and_locked_job(s, chunk_id: int) -> tuple[Chunk | None, Job | None]:
-    """The chunk, read after its job's row lock (locking.py: the job first, then its chunks)."""
-    job_id = s.scalar(select(Chunk.job_id).where(Chunk.id == chunk_id))
-    if job_id is None:
-        return None, None
-    job = locked_job(s, job_id)
-    return s.get(Chunk, chunk_id, populate_existing=True), job
 
 
 def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: int) -> bool:
@@ -242,17 +233,19 @@ def record_studies(store: Store, records: list[dict[str, Any]]) -> int:
     return written
 
 
-def finish_chunk(store: Store, chunk_id: int, owner: str, state: str, error: str | None = None) -> None:
+def finish_chunk(store: Store, chunk_id: int, owner: str, state: str, error: str | None = None) -> bool:
+    """Record a chunk's end (and its job's, when it was the last); False: the chunk is not ours."""
     now = utcnow()
     with store.session() as s:
-        chunk, job = _chunk_and_locked_job(s, chunk_id)
+        chunk, job = row_and_locked_job(s, Chunk, chunk_id)
         if chunk is None or chunk.lease_owner != owner:
-            return
+            return False
         chunk.state, chunk.error, chunk.updated_at = state, error, now
         chunk.lease_owner = chunk.lease_expires_at = None
         if state in CHUNK_ENDED:
             chunk.finished_at = now
         close_job(s, job, now)
+        return True
 
 
 def close_job(s, job: Job, now: datetime) -> None:

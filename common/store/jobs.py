@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from sqlalchemy import func, select, update
 
 from common.store.db import Store
-from common.store.locking import locked_job
+from common.store.locking import locked_job, row_and_locked_job
 from common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
 
 # An evaluation dispatched but not taken within this long is sent again even while the training
@@ -73,27 +73,18 @@ class Claim:
     kind: str = ""  # the job's kind: which engine runs the member
 
 
-def _member_and_locked_job(s, member_id: int) -> tuple[Member | None, Job | None]:
-    job_id = s.scalar(select(Member.job_id).where(Member.id == member_id))
-    if job_id is None:
-        return None, None
-    job = locked_job(s, job_id)
-    return s.get(Member, member_id, populate_existing=True), job
-
-
 def claim_member(store: Store, member_id: int, owner: str, worker: str, device: str,
                  lease_seconds: int, max_attempts: int) -> Claim:
     """Take the lease on a member, or say why not (ended, cancelled, live elsewhere, cap)."""
     now = utcnow()
     with store.session() as s:
-        member, job = _member_and_locked_job(s, member_id)
+        member, job = row_and_locked_job(s, Member, member_id)
         if member is None:
             return Claim(False, f"member {member_id} does not exist")
         if State(member.state).ended:
             return Claim(False, f"member already {member.state}")
         if job.cancel_requested:
             end_member(member, State.CANCELLED, cancel_reason(member), now)
-            s.flush()
             return Claim(False, "job cancelled", job_id=job.id, dispatch_evaluation=close_members_phase(s, job, now))
         if member.state == State.RUNNING.value and member.lease_owner == owner:  # a retry of a claim that
             number = s.scalar(select(func.max(Attempt.number)).where(Attempt.member_id == member_id))  # committed
@@ -105,7 +96,6 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
         if member.attempts >= max_attempts:
             reason = f"gave up after {member.attempts} attempts" + (f" (last: {member.error})" if member.error else "")
             end_member(member, State.FAILED, reason, now)
-            s.flush()
             return Claim(False, reason, job_id=job.id, gave_up=True,
                          dispatch_evaluation=close_members_phase(s, job, now))
         taken = s.execute(
@@ -157,7 +147,7 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
     """
     now = utcnow()
     with store.session() as s:
-        member, job = _member_and_locked_job(s, member_id)
+        member, job = row_and_locked_job(s, Member, member_id)
         if member is None or member.lease_owner != owner or State(member.state).ended:
             return False
         for key, value in fields.items():
@@ -169,7 +159,6 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
         end_member(member, state, error, now)
         for name, path in (artifacts or {}).items():
             _put_artifact(s, member.job_id, member.id, name, path)
-        s.flush()
         return close_members_phase(s, job, now)
 
 
@@ -232,7 +221,6 @@ def close_members_phase(s, job: Job, now: datetime) -> bool:
     job.eval_state, job.eval_lease_expires_at = EvalState.DISPATCHED.value, now + EVAL_DISPATCH_GRACE
     job.eval_lease_owner = None
     return True
-
 
 
 def members_error(s, job_id: str) -> str | None:

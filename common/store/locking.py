@@ -28,6 +28,16 @@ def locked_job(s, job_id: str) -> Job | None:
                      .execution_options(populate_existing=True)).one_or_none()
 
 
+def row_and_locked_job(s, model, row_id: int):
+    """(row, its job) with the job locked first and the row read after the lock; (None, None)
+    when there is no such row. ``model`` is Member or Chunk (anything with a ``job_id``)."""
+    job_id = s.scalar(select(model.job_id).where(model.id == row_id))
+    if job_id is None:
+        return None, None
+    job = locked_job(s, job_id)
+    return s.get(model, row_id, populate_existing=True), job
+
+
 def each_job_locked(store: Store, job_ids: Iterable[str], work: Callable[[object, Job], list[T]]) -> list[T]:
     """``work(session, job)`` for each job in id order, each in a transaction of its own that holds
     the job's row lock, so the reaper's repairs take the locks in the same order as everyone else

@@ -197,7 +197,7 @@ def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
     waiting = (Chunk.state == "queued") & (Chunk.updated_at < older_than)
     with store.session() as s:
         job_ids = list(s.scalars(select(Chunk.job_id).join(Job, Job.id == Chunk.job_id).where(
-            waiting, Job.priority == priority, Job.state.in_(["queued", "running"]),
+            waiting, Job.priority == priority, Job.state.in_(OPEN_JOB),
             Job.cancel_requested.is_(False)).distinct()))
 
     def mark(s, job) -> list[int]:
