@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from common.errors import JobError
+from medq.common.errors import JobError
 
 MB = 1024 * 1024
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

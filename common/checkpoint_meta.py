@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from common.errors import SpecError
+from medq.common.errors import SpecError
 
 
 class _Inert(pickle.Unpickler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from common.errors import unknown_name
+from medq.common.errors import unknown_name
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import SpecError
+from medq.common.errors import SpecError
 
 PREFIX = "MEDQ_"
 

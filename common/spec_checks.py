@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from common.errors import SpecError
+from medq.common.errors import SpecError
 
 
 @dataclass(frozen=True)

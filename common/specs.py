@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from common.errors import SpecError, unknown_name
-from common.spec_checks import Bound, between, check_numbers, positive
+from medq.common.errors import SpecError, unknown_name
+from medq.common.spec_checks import Bound, between, check_numbers, positive
 
 LANDMARK_LOSSES = ("mse", "wing", "symmetry", "distance", "complete")
 LANDMARK_BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -311,7 +311,7 @@ class InferSpec:
 
     def __post_init__(self) -> None:
         check_numbers(self, self.BOUNDS)
-        from common.windows import parse_window
+        from medq.common.windows import parse_window
 
         if self.aggregation not in ("mean", "median"):
             raise unknown_name("aggregation", self.aggregation, ("mean", "median"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import time
 
-from common.errors import SpecError
+from medq.common.errors import SpecError
 
 
 def parse_window(text: str) -> tuple[time, time]:

@@ -1,3 +1,3 @@
-from scheduler.cli import main
+from medq.scheduler.cli import main
 
 main()

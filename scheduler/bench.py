@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from scheduler.local import LocalPool
+    from medq.scheduler.local import LocalPool
 
 
 @click.group()
@@ -46,20 +46,20 @@ def bench_queue(redis_url: str, n: int) -> None:
            "MEDQ_HOME": tempfile.mkdtemp(prefix="medq-bench-"), "RAW_BROKER_URL": redis_url, "RAW_BACKEND_URL": backend}
     out: dict[str, dict] = {}
     # medq: its own worker command (prefork -c 1, acks late, prefetch 1, JSON, events).
-    from common.settings import load_settings
-    from workers.plan import plan_workers, worker_command
+    from medq.common.settings import load_settings
+    from medq.workers.plan import plan_workers, worker_command
 
     settings = load_settings(env)
     plan = plan_workers([], 1)[0]
     medq_cmd = worker_command(plan, settings)
-    raw_cmd = [sys.executable, "-m", "celery", "-A", "tasks.raw_noop:raw", "worker", "--pool", "prefork",
+    raw_cmd = [sys.executable, "-m", "celery", "-A", "medq.tasks.raw_noop:raw", "worker", "--pool", "prefork",
                "--concurrency", "1", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
     for name, cmd in (("medq", medq_cmd), ("raw_celery", raw_cmd)):
         proc = subprocess.Popen(cmd, env={**env, **plan.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             if name == "medq":
-                from tasks import names
-                from tasks.app import make_app
+                from medq.tasks import names
+                from medq.tasks.app import make_app
 
                 app = make_app(settings)
                 out[name] = _timed_noops(lambda i: app.send_task(names.NOOP, args=[i]), n)
@@ -84,10 +84,10 @@ def bench_queue(redis_url: str, n: int) -> None:
 @click.option("--loader-workers", default=0, show_default=True, help="DataLoader processes of the member")
 def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: bool, loader_workers: int) -> None:
     """Images/s of one ensemble member vs a bare PyTorch loop, same model, batch and data."""
-    from common.landmarks.bench import bare_loop_throughput, member_throughput
-    from common.landmarks.synth import synth_chest
-    from common.landmarks.train import pick_device
-    from common.specs import EnsembleSpec
+    from medq.common.families.chest.bench import bare_loop_throughput, member_throughput
+    from medq.common.families.chest.synth import synth_chest
+    from medq.common.families.chest.train import pick_device
+    from medq.common.specs import EnsembleSpec
 
     data_dir = Path(tempfile.mkdtemp(prefix="medq-bench-")) / "data"
     synth_chest(data_dir, n=images, seed=1)
@@ -112,11 +112,11 @@ def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: 
 @click.option("--loader-workers", default=0, show_default=True)
 def bench_hrnet(width, sizes, images, batch_size, steps, amp, channels_last, loader_workers) -> None:
     """Images/s of one HRNet member vs a bare PyTorch loop, same model, batch and data."""
-    from common.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
-    from common.ceph.readers import read_isbi
-    from common.ceph.synth import synth_ceph
-    from common.landmarks.train import pick_device
-    from common.specs import HRNetSpec
+    from medq.common.families.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
+    from medq.common.families.ceph.readers import read_isbi
+    from medq.common.families.ceph.synth import synth_ceph
+    from medq.common.families.chest.train import pick_device
+    from medq.common.specs import HRNetSpec
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-hrnet-"))
     synth_ceph(root, n=images, seed=1, n_test=0)
@@ -143,12 +143,12 @@ def bench_hrnet(width, sizes, images, batch_size, steps, amp, channels_last, loa
 @click.option("--gpus", default="", help="GPU indices (e.g. 0,1): 1 GPU worker vs all of them, instead of 1 vs 2 CPU workers")
 def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: str) -> None:
     """Wall time of an N-seed ensemble on 1 worker vs 2 workers (embedded broker unless set)."""
-    from common.landmarks.synth import synth_chest
-    from common.settings import load_settings
-    from common.specs import EnsembleSpec
-    from common.store import open_store
-    from scheduler.local import local_workers, wait_for_job
-    from scheduler.submit import submit_ensemble
+    from medq.common.families.chest.synth import synth_chest
+    from medq.common.settings import load_settings
+    from medq.common.specs import EnsembleSpec
+    from medq.common.store import open_store
+    from medq.scheduler.local import local_workers, wait_for_job
+    from medq.scheduler.submit import submit_ensemble
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-"))
     data_dir = root / "data"
@@ -173,7 +173,7 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: 
 
 def _pools(gpus: str) -> list[tuple[int, LocalPool]]:
     """The worker sets a bench compares: 1 vs 2 CPU workers, or 1 GPU vs every GPU listed."""
-    from scheduler.local import LocalPool
+    from medq.scheduler.local import LocalPool
 
     indices = tuple(int(g) for g in gpus.split(",") if g.strip())
     if not indices:
@@ -202,18 +202,18 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
     and data) and of bulk inference (`medq submit infer` on .npy volumes vs a bare loop)."""
     import numpy as np
 
-    import common
-    from common.landmarks.checkpoint import save_atomic
-    from common.landmarks.train import pick_device
-    from common.seg.bench import bare_seg_training, member_seg_training
-    from common.seg.data import read_medseg
-    from common.seg.model import build_segmenter
-    from common.seg.synth import synth_ct
-    from common.settings import load_settings
-    from common.specs import SegmentSpec
-    from common.store import open_store
-    from scheduler.infer_plan import submit_infer
-    from scheduler.local import local_workers, wait_for_job
+    from medq import common
+    from medq.common.families.chest.checkpoint import save_atomic
+    from medq.common.families.chest.train import pick_device
+    from medq.common.families.ct_lesions.bench import bare_seg_training, member_seg_training
+    from medq.common.families.ct_lesions.data import read_medseg
+    from medq.common.families.ct_lesions.model import build_segmenter
+    from medq.common.families.ct_lesions.synth import synth_ct
+    from medq.common.settings import load_settings
+    from medq.common.specs import SegmentSpec
+    from medq.common.store import open_store
+    from medq.scheduler.infer_plan import submit_infer
+    from medq.scheduler.local import local_workers, wait_for_job
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-segment-"))
     spec = SegmentSpec(arch=arch, encoder=encoder, image_size=image_size, batch_size=batch_size, amp=amp,
@@ -242,11 +242,11 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
     # the bare loop runs in a fresh process with the worker's environment (threads, device), so
     # both start cold: a process that has trained first has a warm allocator and ran the same
     # loop up to 1.6x faster here
-    from workers.plan import plan_workers
+    from medq.workers.plan import plan_workers
 
     gpu_list = [int(g) for g in gpus.split(",") if g.strip()][:1]
     worker_env = plan_workers(gpu_list, 0 if gpu_list else 1)[0].env
-    code = ("import sys; from pathlib import Path; from common.seg.bench import bare_seg_inference; "
+    code = ("import sys; from pathlib import Path; from medq.common.families.ct_lesions.bench import bare_seg_inference; "
             "print(bare_seg_inference(Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob('*.npy')), int(sys.argv[3])))")
     done = subprocess.run([sys.executable, "-c", code, str(checkpoint), str(archive), str(infer_batch_size)],
                           env={**os.environ, **worker_env}, capture_output=True, text=True, check=True)
@@ -270,10 +270,10 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
 
 def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     """A member checkpoint in best.pt's format with random weights (throughput does not care)."""
-    import common
-    from common.landmarks.checkpoint import save_atomic
-    from common.landmarks.model import build_model
-    from common.specs import EnsembleSpec
+    from medq import common
+    from medq.common.families.chest.checkpoint import save_atomic
+    from medq.common.families.chest.model import build_model
+    from medq.common.specs import EnsembleSpec
 
     spec = EnsembleSpec(image_size=image_size)
     save_atomic({"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "seed": 0, "epoch": 0,
@@ -287,7 +287,7 @@ _PEAK_RSS_WRAPPER = (
     "import atexit, sys\n"
     "atexit.register(lambda: sys.stderr.write([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]))\n"
     "sys.argv = ['medq', *sys.argv[1:]]\n"
-    "from scheduler.cli import main\n"
+    "from medq.scheduler.cli import main\n"
     "main()\n"
 )
 
@@ -305,12 +305,12 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
                 plan_files: int, gpus: str) -> None:
     """End-to-end `medq submit infer` images/s vs a bare PyTorch loop; 1 vs 2 workers; the
     submitter's peak memory while planning a large archive."""
-    from common.inference.bench import bare_inference_throughput
-    from common.landmarks.synth import synth_chest
-    from common.settings import load_settings
-    from common.store import open_store
-    from scheduler.infer_plan import submit_infer
-    from scheduler.local import local_workers, wait_for_job
+    from medq.common.inference.bench import bare_inference_throughput
+    from medq.common.families.chest.synth import synth_chest
+    from medq.common.settings import load_settings
+    from medq.common.store import open_store
+    from medq.scheduler.infer_plan import submit_infer
+    from medq.scheduler.local import local_workers, wait_for_job
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-infer-"))
     synth_chest(root / "data", n=images, seed=2)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from common.errors import MedqError
-from common.settings import load_settings
-from scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
+from medq.common.errors import MedqError
+from medq.common.settings import load_settings
+from medq.scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
@@ -52,10 +52,10 @@ def resume(job) -> None:
     failed chunks); a training job's failed or cancelled members from their last checkpoints."""
     from datetime import datetime
 
-    from common.store import inference
-    from common.store.views import find_job
-    from tasks.app import app
-    from tasks.send import send_chunk
+    from medq.common.store import inference
+    from medq.common.store.views import find_job
+    from medq.tasks.app import app
+    from medq.tasks.send import send_chunk
 
     store = current_store()
     job_id = resolve_job(store, job)
@@ -75,7 +75,7 @@ def resume(job) -> None:
 @click.option("--limit", default=20, show_default=True)
 def status(job, as_json, limit) -> None:
     """Jobs, or one job's members: state, epoch, loss, validation error, worker, device."""
-    from common.store.views import find_job, list_jobs
+    from medq.common.store.views import find_job, list_jobs
 
     store = current_store()
     if job:
@@ -83,7 +83,7 @@ def status(job, as_json, limit) -> None:
         if view is None:
             raise click.ClickException(f"no job {job!r}")
         if view["kind"] == "infer":
-            from common.store.views import infer_view
+            from medq.common.store.views import infer_view
 
             view = infer_view(store, view["job_id"])
             if as_json:
@@ -94,7 +94,7 @@ def status(job, as_json, limit) -> None:
         if as_json:
             click.echo(json.dumps(view, indent=2))
             return
-        from scheduler.render import console, members_table
+        from medq.scheduler.render import console, members_table
 
         console().print(members_table(view))
         if view["error"]:
@@ -104,7 +104,7 @@ def status(job, as_json, limit) -> None:
     if as_json:
         click.echo(json.dumps(views, indent=2))
         return
-    from scheduler.render import console, jobs_table
+    from medq.scheduler.render import console, jobs_table
 
     console().print(jobs_table(views))
 
@@ -113,8 +113,8 @@ def status(job, as_json, limit) -> None:
 @click.argument("job")
 def watch(job) -> None:
     """Live progress bars until the job ends."""
-    from scheduler.render import console
-    from scheduler.watch import watch_job
+    from medq.scheduler.render import console
+    from medq.scheduler.watch import watch_job
 
     store = current_store()
     state = watch_job(store, resolve_job(store, job), console())
@@ -128,21 +128,21 @@ def watch(job) -> None:
 @click.option("--failed", is_flag=True, help="inference: each failed or skipped study with its reason")
 def results(job, as_json, as_csv, failed) -> None:
     """Metrics of a training job; per-study records of an inference job."""
-    from common.store.views import job_results
+    from medq.common.store.views import job_results
 
     store = current_store()
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
     if view["kind"] == "infer":
-        from common.store.inference import iter_studies
-        from scheduler.infer_views import write_csv
+        from medq.common.store.inference import iter_studies
+        from medq.scheduler.infer_views import write_csv
 
         if as_csv or failed:
-            from common.landmarks.schema import N_LANDMARKS
-            from common.store.inference import landmark_count, model_family
-            from scheduler.infer_views import write_seg_csv
+            from medq.common.families.chest.schema import N_LANDMARKS
+            from medq.common.store.inference import landmark_count, model_family
+            from medq.scheduler.infer_views import write_seg_csv
 
-            from common.store.inference import iter_unsuccessful
+            from medq.common.store.inference import iter_unsuccessful
 
             studies = iter_unsuccessful(store, job_id) if failed else iter_studies(store, job_id)
             if model_family(store, job_id) == "segment":
@@ -150,7 +150,7 @@ def results(job, as_json, as_csv, failed) -> None:
             else:
                 write_csv(sys.stdout, studies, landmark_count(store, job_id) or N_LANDMARKS)
         elif as_json:
-            from common.store.views import infer_view
+            from medq.common.store.views import infer_view
 
             click.echo(json.dumps(infer_view(store, job_id), indent=2))
         else:
@@ -160,7 +160,7 @@ def results(job, as_json, as_csv, failed) -> None:
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
-    from scheduler.render import console, print_results
+    from medq.scheduler.render import console, print_results
 
     print_results(console(), view)
 
@@ -169,7 +169,7 @@ def results(job, as_json, as_csv, failed) -> None:
 @click.argument("job")
 def cancel(job) -> None:
     """Stop a job: queued members now, running ones within an epoch. Survives restarts."""
-    from common.store import jobs
+    from medq.common.store import jobs
 
     store = current_store()
     row = jobs.request_cancel(store, resolve_job(store, job))
@@ -186,9 +186,9 @@ def worker(gpus, cpu, queues, logs) -> None:
     """Start workers: one Celery process per GPU (CUDA_VISIBLE_DEVICES=k), or N CPU ones."""
     import logging
 
-    from tasks.app import app
-    from workers.plan import plan_workers
-    from workers.supervisor import Supervisor
+    from medq.tasks.app import app
+    from medq.workers.plan import plan_workers
+    from medq.workers.supervisor import Supervisor
 
     indices = [int(g) for g in gpus.split(",") if g.strip()]
     if not indices and cpu <= 0:
@@ -209,7 +209,7 @@ def flower(ctx) -> None:
     import os
 
     args = flower_args(ctx.args)
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks.app", "flower", *args])
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "medq.tasks.app", "flower", *args])
 
 
 def flower_args(args: list[str]) -> list[str]:
@@ -237,8 +237,8 @@ def flower_args(args: list[str]) -> list[str]:
 @click.option("--gpus", default="", help="GPU indices (e.g. 0,1): one GPU worker each instead of CPU workers")
 def demo(seeds, n_workers, images, epochs, image_size, gpus) -> None:
     """Synthetic data, local workers, a small ensemble, the metrics table; then stop."""
-    from scheduler.demo import run_demo
-    from scheduler.local import LocalPool
+    from medq.scheduler.demo import run_demo
+    from medq.scheduler.local import LocalPool
 
     indices = tuple(int(g) for g in gpus.split(",") if g.strip())
     pool = LocalPool(gpus=indices) if indices else LocalPool(cpu=n_workers)
@@ -254,16 +254,16 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply the store's migrations (also done automatically on first use)."""
-    from common.store.db import Store
-    from common.store.migrate import upgrade
+    from medq.common.store.db import Store
+    from medq.common.store.migrate import upgrade
 
     settings = load_settings()
     upgrade(Store(settings.resolved_database_url))
     click.echo(f"store at {settings.describe()['database']} is at the newest schema")
 
 
-from scheduler.bench import bench  # noqa: E402  (a command group of its own)
-from scheduler.cli_submit import data, submit  # noqa: E402
+from medq.scheduler.bench import bench  # noqa: E402  (a command group of its own)
+from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)

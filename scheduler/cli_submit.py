@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from common.settings import load_settings
-from scheduler.cli_support import announce, current_store, print_infer_summary, resume_and_announce
+from medq.common.settings import load_settings
+from medq.scheduler.cli_support import announce, current_store, print_infer_summary, resume_and_announce
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ def data() -> None:
 @click.option("--size", default=299, show_default=True, help="image side in pixels")
 def synth_chest_cmd(out: Path, n: int, seed: int, size: int) -> None:
     """Synthetic chest radiographs with 15 landmarks drawn from the 957 real annotations."""
-    from common.landmarks.synth import synth_chest
+    from medq.common.families.chest.synth import synth_chest
 
     synth_chest(out, n=n, seed=seed, size=size)
     click.echo(f"wrote {n} images to {out / 'images'} and {out / 'landmarks.csv'}")
@@ -40,7 +40,7 @@ def synth_chest_cmd(out: Path, n: int, seed: int, size: int) -> None:
 @click.option("--height", default=600, show_default=True)
 def synth_ceph_cmd(out: Path, n: int, n_test: int | None, seed: int, width: int, height: int) -> None:
     """Synthetic lateral cephalograms in the ISBI 2015 layout (19 landmarks, 0.1 mm/px)."""
-    from common.ceph.synth import synth_ceph
+    from medq.common.families.ceph.synth import synth_ceph
 
     summary = synth_ceph(out, n=n, seed=seed, n_test=n_test, width=width, height=height)
     sets = ", ".join(f"{name} {count}" for name, count in summary.sets.items())
@@ -55,7 +55,7 @@ def synth_ceph_cmd(out: Path, n: int, n_test: int | None, seed: int, width: int,
 @click.option("--slices-per-volume", default=10, show_default=True)
 def synth_ct_cmd(out: Path, n: int, seed: int, size: int, slices_per_volume: int) -> None:
     """Synthetic CT slices in the MedSeg layout (HU images, one-hot masks of 4 classes)."""
-    from common.seg.synth import synth_ct
+    from medq.common.families.ct_lesions.synth import synth_ct
 
     summary = synth_ct(out, n=n, seed=seed, size=size, slices_per_volume=slices_per_volume)
     click.echo(f"wrote {n} slices of {size} x {size} px from {summary.n_volumes} volumes "
@@ -88,8 +88,8 @@ def submit() -> None:
 def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
                         pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
     """A seed ensemble of the chest-landmark regressor, one member per worker."""
-    from common.specs import EnsembleSpec, SplitSpec
-    from scheduler.submit import submit_ensemble
+    from medq.common.specs import EnsembleSpec, SplitSpec
+    from medq.scheduler.submit import submit_ensemble
 
     if seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
@@ -135,8 +135,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                      warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained, loader_workers, split_seed,
                      resume_job, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
-    from common.specs import HRNetSpec, SplitSpec
-    from scheduler.submit import submit_hrnet
+    from medq.common.specs import HRNetSpec, SplitSpec
+    from medq.scheduler.submit import submit_hrnet
 
     if resume_job:
         resume_and_announce(resume_job, "hrnet", wait)
@@ -197,8 +197,8 @@ def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, 
                        lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
                        resume_job, wait) -> None:
     """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
-    from common.specs import SegmentSpec, SplitSpec
-    from scheduler.submit import submit_segment
+    from medq.common.specs import SegmentSpec, SplitSpec
+    from medq.scheduler.submit import submit_segment
 
     if resume_job:
         resume_and_announce(resume_job, "segment", wait)
@@ -248,7 +248,7 @@ def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, p
     """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
     archive, with the failures listed. A segmentation model's study is a .npy volume or a DICOM
     series."""
-    from scheduler.infer_plan import submit_infer
+    from medq.scheduler.infer_plan import submit_infer
 
     job_id, n_studies, n_chunks = submit_infer(
         load_settings(), archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
@@ -257,8 +257,8 @@ def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, p
     click.echo(job_id)
     click.echo(f"{n_studies} studies in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
     if wait:
-        from scheduler.render import console
-        from scheduler.watch import watch_job
+        from medq.scheduler.render import console
+        from medq.scheduler.watch import watch_job
 
         state = watch_job(current_store(), job_id, console(stderr=True))
         print_infer_summary(current_store(), job_id)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from common.settings import load_settings
+from medq.common.settings import load_settings
 
 
 def server_problem(exc: BaseException) -> str | None:
@@ -45,13 +45,13 @@ def _secrets(settings) -> list[str]:
 
 
 def current_store():
-    from common.store import open_store
+    from medq.common.store import open_store
 
     return open_store(load_settings())
 
 
 def resolve_job(store, job: str) -> str:
-    from common.store.views import find_job
+    from medq.common.store.views import find_job
 
     found = find_job(store, job)
     if found is None:
@@ -60,8 +60,8 @@ def resolve_job(store, job: str) -> str:
 
 
 def print_infer_summary(store, job_id: str) -> None:
-    from common.store.views import infer_view
-    from scheduler.infer_views import summary_lines
+    from medq.common.store.views import infer_view
+    from medq.scheduler.infer_views import summary_lines
 
     for line in summary_lines(infer_view(store, job_id)):
         click.echo(line)
@@ -69,10 +69,10 @@ def print_infer_summary(store, job_id: str) -> None:
 
 def resume_training(job: str, kind: str | None = None) -> str:
     """Requeue a training job's failed and cancelled members; progress on standard error."""
-    from common.store.jobs import resume_training_job
-    from common.store.views import find_job
-    from tasks.app import app
-    from tasks.send import send_member
+    from medq.common.store.jobs import resume_training_job
+    from medq.common.store.views import find_job
+    from medq.tasks.app import app
+    from medq.tasks.send import send_member
 
     store = current_store()
     job_id = resolve_job(store, job)
@@ -87,13 +87,13 @@ def resume_training(job: str, kind: str | None = None) -> str:
 
 
 def wait_and_report(job_id: str) -> int:
-    from scheduler.render import console, print_results
-    from scheduler.watch import watch_job
+    from medq.scheduler.render import console, print_results
+    from medq.scheduler.watch import watch_job
 
     store = current_store()
     out = console()
     state = watch_job(store, job_id, console(stderr=True))
-    from common.store.views import job_results
+    from medq.common.store.views import job_results
 
     print_results(out, job_results(store, job_id))
     return 0 if state == "succeeded" else 1

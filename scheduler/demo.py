@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 
-from common.settings import Settings
-from common.specs import EnsembleSpec
-from common.store import open_store
-from common.store.views import job_results
-from scheduler.local import LocalPool, local_workers
-from scheduler.render import console as make_console, print_results
-from scheduler.submit import submit_ensemble
-from scheduler.watch import watch_job
+from medq.common.settings import Settings
+from medq.common.specs import EnsembleSpec
+from medq.common.store import open_store
+from medq.common.store.views import job_results
+from medq.scheduler.local import LocalPool, local_workers
+from medq.scheduler.render import console as make_console, print_results
+from medq.scheduler.submit import submit_ensemble
+from medq.scheduler.watch import watch_job
 
 
 def run_demo(settings: Settings, seeds: int, pool: LocalPool, n_images: int, epochs: int, image_size: int) -> int:
@@ -21,7 +21,7 @@ def run_demo(settings: Settings, seeds: int, pool: LocalPool, n_images: int, epo
         console.print(f"[dim]{key}: {value}[/]")
     data_dir = settings.home / f"demo-data-{n_images}"
     if not (data_dir / "landmarks.csv").exists():
-        from common.landmarks.synth import synth_chest
+        from medq.common.families.chest.synth import synth_chest
 
         console.print(f"making {n_images} synthetic chest radiographs in {data_dir}")
         synth_chest(data_dir, n=n_images, seed=1)

@@ -9,17 +9,17 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from common.errors import SpecError
-from common.inference.archive import open_archive
-from common.inference.types import Entry
-from common.seg.volumes import plan_ct_studies
-from common.settings import Settings
-from common.specs import InferSpec
-from common.store import open_store
-from common.store import inference as store_ops
-from common.store.jobs import fail_job, new_job_id
-from common.store.views import job_results
-from scheduler.submit import describe_enqueue_error
+from medq.common.errors import SpecError
+from medq.common.inference.archive import open_archive
+from medq.common.inference.types import Entry
+from medq.common.families.ct_lesions.volumes import plan_ct_studies
+from medq.common.settings import Settings
+from medq.common.specs import InferSpec
+from medq.common.store import open_store
+from medq.common.store import inference as store_ops
+from medq.common.store.jobs import fail_job, new_job_id
+from medq.common.store.views import job_results
+from medq.scheduler.submit import describe_enqueue_error
 
 
 TRAINED_KINDS = ("ensemble", "hrnet", "segment")
@@ -30,7 +30,7 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None, str]:
     """(checkpoints, training job id or None, model family). A checkpoint file; an ensemble job
     id: the best checkpoints of its members that succeeded; an hrnet job id: its best k
     checkpoints (averaged, as its evaluation does); a segment job id: its best checkpoint."""
-    from common.checkpoint_meta import checkpoint_spec, model_family
+    from medq.common.checkpoint_meta import checkpoint_spec, model_family
 
     path = Path(model)
     if path.is_file():
@@ -77,8 +77,8 @@ def submit_infer(settings: Settings, archive_path: Path, model: str, **options) 
                else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in entries)
     try:
         n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere)
-        from tasks.app import app_for
-        from tasks.send import send_chunk
+        from medq.tasks.app import app_for
+        from medq.tasks.send import send_chunk
 
         app = app_for(settings)
         store_ops.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from typing import IO, Iterable
 
-from common.landmarks.schema import N_LANDMARKS
+from medq.common.families.chest.schema import N_LANDMARKS
 
 STUDY_FIELDS = ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
                 "review", "review_reasons"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tasks.names import POOL_READY
+from medq.tasks.names import POOL_READY
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def wait_for_job(store, job_id: str, timeout: float, poll: float = 0.5) -> dict:
-    from common.store.views import find_job
+    from medq.common.store.views import find_job
 
     deadline = time.monotonic() + timeout
     while True:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.landmarks.csvio import make_split, validate_dataset
-from common.errors import describe
-from common.settings import Settings
-from common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
-from common.store import open_store
-from common.store import jobs
+from medq.common.families.chest.csvio import make_split, validate_dataset
+from medq.common.errors import describe
+from medq.common.settings import Settings
+from medq.common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
+from medq.common.store import open_store
+from medq.common.store import jobs
 
 
 def plan_ensemble(spec: EnsembleSpec, data_dir: Path) -> dict:
@@ -28,8 +28,8 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
     plan["seeds"] = seeds
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, EnsembleSpec.kind, spec.to_dict(), plan, seeds, spec.total_epochs)
-    from tasks.app import app_for
-    from tasks.send import send_member
+    from medq.tasks.app import app_for
+    from medq.tasks.send import send_member
 
     app = app_for(settings)
     try:
@@ -43,7 +43,7 @@ def submit_ensemble(settings: Settings, spec: EnsembleSpec, data_dir: Path, seed
 
 def plan_hrnet(spec: HRNetSpec, data_dir: Path, test_dirs: list[Path]) -> dict:
     """Read and check the training data and every test set, and fix the split (torch-free)."""
-    from common.ceph.readers import read_dataset, read_test_set, split_stems
+    from medq.common.families.ceph.readers import read_dataset, read_test_set, split_stems
 
     data = read_dataset(data_dir, spec.format, spec.annotator)
     tests = {str(Path(p).resolve()): read_test_set(Path(p), spec.format, spec.annotator) for p in test_dirs}
@@ -62,7 +62,7 @@ def submit_hrnet(settings: Settings, spec: HRNetSpec, data_dir: Path, test_dirs:
 def plan_segment(spec: SegmentSpec, data_dir: Path) -> dict:
     """Read and check every images/masks pair, and fix the split: by volume when volume ids are
     given, by slice otherwise (torch-free)."""
-    from common.seg.data import read_medseg, split_slices
+    from medq.common.families.ct_lesions.data import read_medseg, split_slices
 
     data = read_medseg(data_dir)
     split, split_by = split_slices(data, spec.split)
@@ -81,8 +81,8 @@ def _submit_single(settings: Settings, spec, plan: dict, seed: int) -> str:
     the reason if the broker refuses it)."""
     store = open_store(settings)
     job_id, (member_id,) = jobs.create_job(store, spec.kind, spec.to_dict(), plan, [seed], spec.epochs)
-    from tasks.app import app_for
-    from tasks.send import send_member
+    from medq.tasks.app import app_for
+    from medq.tasks.send import send_member
 
     try:
         send_member(app_for(settings), member_id)
@@ -95,6 +95,6 @@ def _submit_single(settings: Settings, spec, plan: dict, seed: int) -> str:
 def describe_enqueue_error(exc: BaseException) -> str:
     """Why the broker did not take a message: the server and reason (password masked), or the
     error's type alone (its text may carry paths)."""
-    from scheduler.cli_support import server_problem
+    from medq.scheduler.cli_support import server_problem
 
     return server_problem(exc) or describe(exc)

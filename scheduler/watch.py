@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.store.views import find_job, infer_view
+from medq.common.store.views import find_job, infer_view
 
 ENDED = {"succeeded", "failed", "cancelled"}
 

@@ -1,4 +1,4 @@
-"""The Celery app, configured from medq's settings. `celery -A tasks.app worker` finds it here."""
+"""The Celery app, configured from medq's settings. `celery -A medq.tasks.app worker` finds it here."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 
 from celery import Celery
 
-from common.settings import load_settings
-from tasks import names
-from tasks.config import celery_config
+from medq.common.settings import load_settings
+from medq.tasks import names
+from medq.tasks.config import celery_config
 
 
 def make_app(settings=None) -> Celery:
@@ -17,7 +17,7 @@ def make_app(settings=None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.medq_settings = settings
     # Task modules: imported by workers, never by the CLI (it sends by name).
-    app.conf.imports = ("tasks.landmarks", "tasks.infer", "tasks.bench")
+    app.conf.imports = ("medq.tasks.landmarks", "medq.tasks.infer", "medq.tasks.bench")
     return app
 
 
@@ -41,8 +41,8 @@ def _prepare_pool_process(**_) -> None:
     multiprocessing.current_process()._config["daemon"] = False
     # Import the engines once per pool process, at start-up rather than inside the first task
     # (importing torch does not initialise CUDA; the parent still never imports it).
-    import common.inference.predict  # noqa: F401
-    import common.landmarks.train  # noqa: F401
+    import medq.common.inference.predict  # noqa: F401
+    import medq.common.families.chest.train  # noqa: F401
 
     settings = load_settings()
     if settings.device.startswith("cuda"):

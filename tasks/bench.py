@@ -1,7 +1,7 @@
 """A no-op task: measures medq's queue round trip (`medq bench queue`)."""
 
-from tasks import names
-from tasks.app import app
+from medq.tasks import names
+from medq.tasks.app import app
 
 
 @app.task(name=names.NOOP, ignore_result=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.settings import Settings
-from tasks import broker_guard, embedded_broker, names  # noqa: F401  (registers the medq+sqlite transport)
+from medq.common.settings import Settings
+from medq.tasks import broker_guard, embedded_broker, names  # noqa: F401  (registers the medq+sqlite transport)
 
 ROUTES = {
     names.TRAIN_MEMBER: {"queue": names.GPU_QUEUE},

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from tasks.broker_guard import _GuardedChannel, _GuardedTransport
+from medq.tasks.broker_guard import _GuardedChannel, _GuardedTransport
 
 ALIAS = "medq"
 POLLING_INTERVAL = 0.2  # seconds between polls of an empty queue

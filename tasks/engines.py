@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common.registry import Registry
+from medq.common.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ EVALUATORS: Registry[Evaluator] = Registry("job kind")
 
 @TRAINERS.register("ensemble")
 def train_chest_member(claim, workdir: Path, hooks) -> Trained:
-    from common.landmarks.train import train_member
-    from common.specs import EnsembleSpec
-    from tasks.runtime import outcome_fields
+    from medq.common.families.chest.train import train_member
+    from medq.common.specs import EnsembleSpec
+    from medq.tasks.runtime import outcome_fields
 
     outcome = train_member(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
                            claim.seed, workdir, hooks)
@@ -45,8 +45,8 @@ def train_chest_member(claim, workdir: Path, hooks) -> Trained:
 
 @EVALUATORS.register("ensemble")
 def evaluate_chest_ensemble(claim) -> dict[str, dict[str, Any]]:
-    from common.landmarks.evaluate import evaluate_ensemble
-    from common.specs import EnsembleSpec
+    from medq.common.families.chest.evaluate import evaluate_ensemble
+    from medq.common.specs import EnsembleSpec
 
     members = [(seed, Path(path), val_loss) for _, seed, val_loss, path in claim.members]
     report = evaluate_ensemble(EnsembleSpec.from_dict(claim.spec), claim.plan["split"], Path(claim.plan["data_dir"]),
@@ -60,7 +60,7 @@ def evaluate_chest_ensemble(claim) -> dict[str, dict[str, Any]]:
 
 
 def _ceph_records(plan: dict[str, Any], spec) -> dict[str, list]:
-    from common.ceph.readers import read_dataset
+    from medq.common.families.ceph.readers import read_dataset
 
     data = read_dataset(Path(plan["data_dir"]), spec.format, spec.annotator)
     by_stem = {r.stem: r for r in data.records}
@@ -69,8 +69,8 @@ def _ceph_records(plan: dict[str, Any], spec) -> dict[str, list]:
 
 @TRAINERS.register("hrnet")
 def train_hrnet_member(claim, workdir: Path, hooks) -> Trained:
-    from common.ceph.train import train_hrnet
-    from common.specs import HRNetSpec
+    from medq.common.families.ceph.train import train_hrnet
+    from medq.common.specs import HRNetSpec
 
     spec = HRNetSpec.from_dict(claim.spec)
     outcome = train_hrnet(spec, _ceph_records(claim.plan, spec), workdir, claim.seed, hooks)
@@ -87,15 +87,15 @@ def train_hrnet_member(claim, workdir: Path, hooks) -> Trained:
 @EVALUATORS.register("hrnet")
 def evaluate_hrnet_job(claim) -> dict[str, dict[str, Any]]:
     """The best k checkpoints together on the held-out test split and on every extra test set."""
-    from common.ceph.readers import read_test_set
-    from common.ceph.train import evaluate_hrnet
-    from common.specs import HRNetSpec
+    from medq.common.families.ceph.readers import read_test_set
+    from medq.common.families.ceph.train import evaluate_hrnet
+    from medq.common.specs import HRNetSpec
 
     if not claim.members:  # the member failed; the job says why
         return {}
     spec = HRNetSpec.from_dict(claim.spec)
     (_, _, _, best), = claim.members
-    from common.ceph.train import INIT_NAME
+    from medq.common.families.ceph.train import INIT_NAME
 
     checkpoints = sorted(Path(best).parent.glob("best-*.pt"))
     test = _ceph_records(claim.plan, spec)["test"]
@@ -113,15 +113,15 @@ def evaluate_hrnet_job(claim) -> dict[str, dict[str, Any]]:
 
 
 def _seg_sources(plan: dict[str, Any]):
-    from common.seg.data import SegSource
+    from medq.common.families.ct_lesions.data import SegSource
 
     return [SegSource.from_dict(s) for s in plan["sources"]]
 
 
 @TRAINERS.register("segment")
 def train_segment_member(claim, workdir: Path, hooks) -> Trained:
-    from common.seg.train import train_segmenter
-    from common.specs import SegmentSpec
+    from medq.common.families.ct_lesions.train import train_segmenter
+    from medq.common.specs import SegmentSpec
 
     outcome = train_segmenter(SegmentSpec.from_dict(claim.spec), _seg_sources(claim.plan), claim.plan["split"],
                               workdir, claim.seed, hooks)
@@ -137,7 +137,7 @@ def train_segment_member(claim, workdir: Path, hooks) -> Trained:
 def evaluate_segment_job(claim) -> dict[str, dict[str, Any]]:
     """The best checkpoint, and the same model untrained, on the held-out test slices; review
     overlays of the trained model beside its checkpoints."""
-    from common.seg.train import INIT_NAME, evaluate_segmenter
+    from medq.common.families.ct_lesions.train import INIT_NAME, evaluate_segmenter
 
     if not claim.members:  # the member failed; the job says why
         return {}

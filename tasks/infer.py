@@ -7,14 +7,14 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from common.errors import JobError
-from common.store import open_store
-from common.store import inference as store_ops
-from common.store.jobs import cancel_requested
-from tasks import names
-from tasks.app import app
-from tasks.runtime import Heartbeat, interrupted
-from tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
+from medq.common.errors import JobError
+from medq.common.store import open_store
+from medq.common.store import inference as store_ops
+from medq.common.store.jobs import cancel_requested
+from medq.tasks import names
+from medq.tasks.app import app
+from medq.tasks.runtime import Heartbeat, interrupted
+from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
@@ -33,8 +33,8 @@ def infer_chunk(self, chunk_id: int) -> str:
         return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
-    from common.inference.archive import open_archive
-    from common.specs import InferSpec
+    from medq.common.inference.archive import open_archive
+    from medq.common.specs import InferSpec
 
     spec = InferSpec.from_dict(claim.spec)
     beat = Heartbeat(settings, f"chunk {chunk_id}",
@@ -42,7 +42,7 @@ def infer_chunk(self, chunk_id: int) -> str:
                      cancelled=lambda: cancel_requested(store, claim.job_id))
     with beat:
         try:
-            from common.inference.predict import run_chunk
+            from medq.common.inference.predict import run_chunk
 
             items = retrying("read the chunk's studies", lambda: store_ops.pending_studies(store, claim.job_id,
                                                                                            claim.index))
@@ -87,7 +87,7 @@ def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = No
 
 
 def _predictor(spec):
-    from common.inference.predict import build_predictor
+    from medq.common.inference.predict import build_predictor
 
     key = (spec.checkpoints, spec.aggregation, spec.tta)
     if key not in _PREDICTOR:

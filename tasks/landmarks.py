@@ -7,15 +7,15 @@ import gc
 import logging
 import uuid
 
-from common.errors import JobError, TransientError, brief
-from common.store import State, open_store
-from common.store import evaluation
-from tasks import names
-from tasks.app import app
-from tasks.engines import EVALUATORS, TRAINERS
-from tasks.runtime import Heartbeat, MemberRun, interrupted
-from tasks.send import send_evaluation
-from tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
+from medq.common.errors import JobError, TransientError, brief
+from medq.common.store import State, open_store
+from medq.common.store import evaluation
+from medq.tasks import names
+from medq.tasks.app import app
+from medq.tasks.engines import EVALUATORS, TRAINERS
+from medq.tasks.runtime import Heartbeat, MemberRun, interrupted
+from medq.tasks.send import send_evaluation
+from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
 TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds; bounded
@@ -33,7 +33,7 @@ def train_member(self, member_id: int) -> str:
         if not claim.run:
             _dispatch_evaluation(claim.job_id, claim.dispatch_evaluation)
             return f"skipped: {claim.reason}"
-        from common.landmarks.train import TrainHooks
+        from medq.common.families.chest.train import TrainHooks
 
         workdir = settings.artifacts / claim.job_id / f"seed-{claim.seed}"
         try:

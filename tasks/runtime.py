@@ -15,11 +15,11 @@ import time
 import uuid
 from typing import Any, Callable
 
-from common.errors import brief
-from common.settings import Settings
-from common.store import State, open_store
-from common.store import jobs
-from tasks.store_retry import recorded, retrying
+from medq.common.errors import brief
+from medq.common.settings import Settings
+from medq.common.store import State, open_store
+from medq.common.store import jobs
+from medq.tasks.store_retry import recorded, retrying
 
 log = logging.getLogger("medq.worker")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks import names
+from medq.tasks import names
 
 
 def send_member(app, member_id: int) -> None:

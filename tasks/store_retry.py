@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from common.errors import TransientError, brief
+from medq.common.errors import TransientError, brief
 
 log = logging.getLogger("medq.worker")
 T = TypeVar("T")

@@ -110,8 +110,8 @@ def postgres_url():
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store(request, tmp_path):
     """The store, once on a SQLite file and once on a fresh PostgreSQL database: one contract."""
-    from common.store import Store
-    from common.store.models import Base
+    from medq.common.store import Store
+    from medq.common.store.models import Base
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     store = Store(url)

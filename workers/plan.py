@@ -7,8 +7,8 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from common.settings import Settings
-from tasks import names
+from medq.common.settings import Settings
+from medq.tasks import names
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def worker_command(plan: WorkerPlan, settings: Settings) -> list[str]:
     """Prefork with one child: the parent never touches CUDA, the child runs the task, and a
     child killed outright is noticed (its message is rejected back to the queue)."""
     cmd = [
-        sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+        sys.executable, "-m", "celery", "-A", "medq.tasks.app", "worker",
         "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
         "--queues", ",".join(plan.queues), "--hostname", plan.nodename,
         "--loglevel", settings.log_level, "--task-events", "--without-mingle", "--without-gossip",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from common.store import inference, recovery
-from common.store.db import Store
-from common.store.models import utcnow
-from tasks import names
-from tasks.send import queue_depth, send_chunk, send_evaluation, send_member
+from medq.common.store import inference, recovery
+from medq.common.store.db import Store
+from medq.common.store.models import utcnow
+from medq.tasks import names
+from medq.tasks.send import queue_depth, send_chunk, send_evaluation, send_member
 
 log = logging.getLogger("medq.reaper")
 

@@ -15,11 +15,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from common.errors import brief
-from common.settings import Settings
-from common.store import open_store
-from workers.plan import WorkerPlan, worker_command
-from workers.reaper import reap_once
+from medq.common.errors import brief
+from medq.common.settings import Settings
+from medq.common.store import open_store
+from medq.workers.plan import WorkerPlan, worker_command
+from medq.workers.reaper import reap_once
 
 log = logging.getLogger("medq.supervisor")
 RESTART_BACKOFF = (1, 2, 5, 10, 30)

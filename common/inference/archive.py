@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from common.errors import DataError
-from common.inference.entry_checks import (
+from medq.common.errors import DataError
+from medq.common.inference.entry_checks import (
     ARCHIVE_LINK, MAX_FILE_BYTES, NO_PERMISSION, NOT_UTF8, NOT_UTF8_FOLDER, OUTSIDE, UNSAFE_NAME, check_size,
     clean_name, is_unsafe_name, is_utf8, printable_name, read_capped,
 )
-from common.inference.types import Entry, SkippedEntry, StudyError
-from common.registry import Registry
+from medq.common.inference.types import Entry, SkippedEntry, StudyError
+from medq.common.registry import Registry
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # a member, an empty zip, a spanned zip
 

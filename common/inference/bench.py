@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.inference.predict import LandmarkPredictor
-from common.landmarks.metrics import aggregate_predictions
-from common.landmarks.schema import N_LANDMARKS
+from medq.common.inference.predict import LandmarkPredictor
+from medq.common.families.chest.metrics import aggregate_predictions
+from medq.common.families.chest.schema import N_LANDMARKS
 
 
 def _sync(device: torch.device) -> None:

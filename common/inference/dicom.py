@@ -39,8 +39,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from common.inference.limits import check_image_size
-from common.inference.types import DecodedImage, StudyError, StudySkipped
+from medq.common.inference.limits import check_image_size
+from medq.common.inference.types import DecodedImage, StudyError, StudySkipped
 
 UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1 (leading zeros, common in the wild, pass)

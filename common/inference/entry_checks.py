@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from common.inference.types import StudyError
+from medq.common.inference.types import StudyError
 
 MAX_FILE_BYTES = 1024**3  # 1 GiB default (MEDQ_MAX_STUDY_BYTES): read() holds a study in memory
 READ_BLOCK = 1 << 20

@@ -7,7 +7,7 @@ header declares and only then decodes.
 
 from __future__ import annotations
 
-from common.inference.types import StudyError
+from medq.common.inference.types import StudyError
 
 MIN_SIDE = 32  # px: smaller is not a radiograph (icons, thumbnails, 1x1 tracking pixels)
 MAX_SIDE = 16384  # px on either side

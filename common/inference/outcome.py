@@ -33,7 +33,7 @@ class StudyOutcome:
     image_size: tuple[int, int] | None = None
     uids: dict[str, str] = field(default_factory=dict)
     source_format: str | None = None
-    measures: dict[str, Any] | None = None  # a segmentation's per-study figures (common.seg.predict.measure)
+    measures: dict[str, Any] | None = None  # a segmentation's per-study figures (common.families.ct_lesions.predict.measure)
 
     def __post_init__(self) -> None:
         if self.state not in STUDY_STATES:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common.atomic_files import write_atomic
-from common.landmarks.schema import FLIP_PAIRS, N_LANDMARKS
+from medq.common.atomic_files import write_atomic
+from medq.common.families.chest.schema import FLIP_PAIRS, N_LANDMARKS
 
 PASSED_COLOUR = (40, 220, 60)
 FLAGGED_COLOUR = (235, 30, 30)

@@ -6,7 +6,7 @@ the members' spread. ``run_chunk`` streams (study id, archive path) items throug
 worker processes that read and decode them, predicts batch by batch, runs quality control and
 hands every study's ``StudyOutcome`` (failures included) to a callback once per batch.
 
-Coordinate conventions are those of training (``common.landmarks.augment``/``dataset``): a
+Coordinate conventions are those of training (``common.families.chest.augment``/``dataset``): a
 member outputs x, y normalised by the model size S, so original pixels are ``x * width`` and
 ``y * height``; the flip test mirrors the image and maps x back by ``x -> S - 1 - x`` at model
 scale, then swaps the left/right pairs back (``schema.flip_permutation()``).
@@ -24,19 +24,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.errors import SpecError
-from common.inference.outcome import ChunkStats, StudyOutcome
-from common.inference.overlay import write_overlay
-from common.inference.qc import DEFAULT_SPREAD_LIMIT_FRACTION, qc_flags
-from common.inference.readers import decode_image
-from common.inference.types import StudyError
-from common.landmarks.augment import eval_transform
-from common.landmarks.checkpoint import load_checkpoint
-from common.landmarks.evaluate import load_member
-from common.landmarks.metrics import AGGREGATORS, aggregate_predictions
-from common.landmarks.schema import N_LANDMARKS, flip_permutation
-from common.landmarks.train import pick_device
-from common.registry import Registry
+from medq.common.errors import SpecError
+from medq.common.inference.outcome import ChunkStats, StudyOutcome
+from medq.common.inference.overlay import write_overlay
+from medq.common.inference.qc import DEFAULT_SPREAD_LIMIT_FRACTION, qc_flags
+from medq.common.inference.readers import decode_image
+from medq.common.inference.types import StudyError
+from medq.common.families.chest.augment import eval_transform
+from medq.common.families.chest.checkpoint import load_checkpoint
+from medq.common.families.chest.evaluate import load_member
+from medq.common.families.chest.metrics import AGGREGATORS, aggregate_predictions
+from medq.common.families.chest.schema import N_LANDMARKS, flip_permutation
+from medq.common.families.chest.train import pick_device
+from medq.common.registry import Registry
 
 __all__ = ["LandmarkPredictor", "build_predictor", "run_chunk", "overlay_path", "loader_processes", "TTAS", "StudyOutcome",
            "ChunkStats"]
@@ -159,11 +159,11 @@ def build_predictor(paths: Sequence[Path], aggregation: str = "mean", tta: str |
     the segmenter (one checkpoint), else the chest ensemble's."""
     spec = load_checkpoint(Path(paths[0])).get("spec") or {}
     if "arch" in spec:
-        from common.seg.predict import SegPredictor
+        from medq.common.families.ct_lesions.predict import SegPredictor
 
         return SegPredictor(Path(paths[0]), device)
     if "width" in spec:
-        from common.ceph.predict import HeatmapPredictor
+        from medq.common.families.ceph.predict import HeatmapPredictor
 
         return HeatmapPredictor(paths, aggregation, tta, device)
     return LandmarkPredictor.from_checkpoints(list(paths), aggregation=aggregation, tta=tta, device=device)
@@ -288,7 +288,7 @@ def _done(item: _Decoded, landmarks: np.ndarray, spread: np.ndarray, spread_limi
 def run_chunk(
     items: Sequence[tuple[int, str]],
     archive: Any,
-    predictor: Any,  # LandmarkPredictor, or any with its interface (common.ceph.predict.HeatmapPredictor)
+    predictor: Any,  # LandmarkPredictor, or any with its interface (common.families.ceph.predict.HeatmapPredictor)
     batch_size: int,
     loader_workers: int | None,
     on_results: Callable[[list[StudyOutcome]], None],

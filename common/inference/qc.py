@@ -2,7 +2,7 @@
 
 Every check reads landmarks in pixels of the original image (15, 2), 0-based, x to the right
 and y down, and returns reasons (strings, no patient data). The thresholds are such that none
-of the 957 real annotated shapes (``common/data/chest_landmarks_957.csv``) is flagged:
+of the 957 real annotated shapes (``common/families/chest/data/chest_landmarks_957.csv``) is flagged:
 
 - ensemble spread: one reason per landmark whose spread exceeds the limit;
 - a landmark outside the image (x outside [0, width], y outside [0, height], or not finite);
@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from common.landmarks.csvio import read_landmark_csv
-from common.landmarks.schema import FLIP_PAIRS, N_LANDMARKS
+from medq.common.families.chest.csvio import read_landmark_csv
+from medq.common.families.chest.schema import FLIP_PAIRS, N_LANDMARKS
 
-REAL_CSV = Path(__file__).resolve().parent.parent / "data" / "chest_landmarks_957.csv"
+from medq.common.families.chest.synth import REAL_CSV
 DEFAULT_SPREAD_LIMIT_FRACTION = 0.03  # of the image width
 MIN_LUNG_HEIGHT_FRACTION = 0.20  # of the image height
 APICES, COSTOPHRENIC_ANGLES = (11, 12), (13, 14)

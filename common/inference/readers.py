@@ -22,10 +22,10 @@ from typing import Callable
 import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from common.inference import dicom
-from common.inference.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE, check_image_size
-from common.inference.types import DecodedImage, StudyError
-from common.registry import Registry
+from medq.common.inference import dicom
+from medq.common.inference.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE, check_image_size
+from medq.common.inference.types import DecodedImage, StudyError
+from medq.common.registry import Registry
 
 __all__ = ["decode_image", "sniff_format", "READERS", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE"]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.errors import JobError
+from medq.common.errors import JobError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.settings import Settings, load_settings
+from medq.common.settings import Settings, load_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -63,10 +63,10 @@ class Store:
 
     def ensure_schema(self) -> None:
         """Bring the schema to the newest migration (cheap when it is already there)."""
-        from common.store.models import SCHEMA_HEAD
+        from medq.common.store.models import SCHEMA_HEAD
 
         if self.schema_version() != SCHEMA_HEAD:
-            from common.store.migrate import upgrade
+            from medq.common.store.migrate import upgrade
 
             upgrade(self)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from common.store.db import Store
-from common.store.jobs import members_error
-from common.store.locking import locked_job
-from common.store.models import Artifact, EvalState, Job, Result, State, utcnow
+from medq.common.store.db import Store
+from medq.common.store.jobs import members_error
+from medq.common.store.locking import locked_job
+from medq.common.store.models import Artifact, EvalState, Job, Result, State, utcnow
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import func, insert, select, update
 
-from common.store.db import Store
-from common.store.locking import each_job_locked, locked_job, row_and_locked_job
-from common.store.models import Chunk, Job, State, Study, utcnow
-from common.windows import window_open
+from medq.common.store.db import Store
+from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
+from medq.common.store.models import Chunk, Job, State, Study, utcnow
+from medq.common.windows import window_open
 
 BATCH = 1000
 CHUNK_ENDED = ("succeeded", "failed", "cancelled")

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 
 from sqlalchemy import func, select, update
 
-from common.store.db import Store
-from common.store.locking import locked_job, row_and_locked_job
-from common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
+from medq.common.store.db import Store
+from medq.common.store.locking import locked_job, row_and_locked_job
+from medq.common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
 
 # An evaluation dispatched but not taken within this long is sent again even while the training
 # queue is busy (its message may have been lost with the worker that sent it); an empty queue
@@ -45,7 +45,7 @@ def create_job(store: Store, kind: str, spec: dict[str, Any], plan: dict[str, An
 
 def fail_job(store: Store, job_id: str, reason: str) -> None:
     """Used when a job could not be enqueued at all: its members and chunks end with it."""
-    from common.store.inference import fail_open_chunks
+    from medq.common.store.inference import fail_open_chunks
 
     with store.session() as s:
         job = locked_job(s, job_id)
@@ -240,7 +240,7 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
             return job
         job.cancel_requested = True
         if job.kind == "infer":
-            from common.store.inference import cancel_chunks
+            from medq.common.store.inference import cancel_chunks
 
             cancel_chunks(s, job, now)
             return job

@@ -16,8 +16,8 @@ from typing import Callable, Iterable, TypeVar
 
 from sqlalchemy import select
 
-from common.store.db import Store
-from common.store.models import Job
+from medq.common.store.db import Store
+from medq.common.store.models import Job
 
 T = TypeVar("T")
 

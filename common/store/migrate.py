@@ -8,8 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from common.store.db import Store
-from common.store.models import SCHEMA_HEAD as HEAD
+from medq.common.store.db import Store
+from medq.common.store.models import SCHEMA_HEAD as HEAD
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -16,11 +16,11 @@ from typing import Callable
 
 from sqlalchemy import and_, exists, or_, select, update
 
-from common.store.db import Store
-from common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
-from common.store.locking import each_job_locked
-from common.store.inference import CHUNK_ENDED, cancel_chunks, close_job
-from common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
+from medq.common.store.db import Store
+from medq.common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
+from medq.common.store.locking import each_job_locked
+from medq.common.store.inference import CHUNK_ENDED, cancel_chunks, close_job
+from medq.common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
 
 OPEN_JOB = (State.QUEUED.value, State.RUNNING.value)
 

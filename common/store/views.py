@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from common.store.db import Store
-from common.store.models import Artifact, Job
+from medq.common.store.db import Store
+from medq.common.store.models import Artifact, Job
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -94,7 +94,7 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
     """An inference job: done / failed / skipped / remaining, chunks, throughput, time left."""
     from sqlalchemy import func
 
-    from common.store.models import Chunk, Study, utcnow
+    from medq.common.store.models import Chunk, Study, utcnow
 
     with store.session() as s:
         job = s.get(Job, job_id)

@@ -77,7 +77,7 @@ def _variants(root):
 
 
 def test_each_bad_submission_is_refused_with_its_reason_and_nothing_is_enqueued(data, tmp_path, fault_log):
-    from scheduler.bench import _untrained_checkpoint
+    from medq.scheduler.bench import _untrained_checkpoint
 
     _untrained_checkpoint(data / "model.pt", 64)
     cluster = Cluster(tmp_path / "home")

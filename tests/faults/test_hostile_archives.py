@@ -25,7 +25,7 @@ PATIENT = "DOE_JOHN"  # in every name: no reason, log or output may repeat it
 
 @pytest.fixture(scope="module")
 def pngs(tmp_path_factory) -> list[bytes]:
-    from common.landmarks.synth import synth_chest
+    from medq.common.families.chest.synth import synth_chest
 
     out = tmp_path_factory.mktemp("synth")
     synth_chest(out, n=3, seed=8)
@@ -125,7 +125,7 @@ def _records(cluster, job_id: str) -> dict[str, dict]:
 def test_a_hostile_corpus_fails_entry_by_entry_and_the_worker_goes_on(redis_url, tmp_path, pngs, fault_log):
     import redis
 
-    from scheduler.bench import _untrained_checkpoint
+    from medq.scheduler.bench import _untrained_checkpoint
 
     redis.Redis.from_url(f"{redis_url}/5").flushdb()
     outside = tmp_path / "elsewhere.png"

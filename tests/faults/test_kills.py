@@ -13,7 +13,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from common.store import Job, Member, Store
+from medq.common.store import Job, Member, Store
 from tests.conftest import TINY
 from tests.faults.conftest import group_alive, pool_process
 from tests.integration.harness import ended
@@ -123,8 +123,8 @@ def test_an_evaluation_whose_pool_process_is_sigkilled_is_retried_after_one_leas
 
 
 def test_a_pool_process_sigkilled_mid_chunk_loses_and_repeats_no_study(cluster, tmp_path, fault_log):
-    from common.landmarks.synth import synth_chest
-    from scheduler.bench import _untrained_checkpoint
+    from medq.common.families.chest.synth import synth_chest
+    from medq.scheduler.bench import _untrained_checkpoint
 
     fault_log.trying("pool process SIGKILLed mid-chunk")
     synth_chest(tmp_path / "synth", n=60, seed=5)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tasks import names
-from tasks.broker_guard import DEAD_LETTER
+from medq.tasks import names
+from medq.tasks.broker_guard import DEAD_LETTER
 from tests.integration.harness import Cluster
 
 pytestmark = pytest.mark.integration

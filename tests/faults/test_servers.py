@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from common.store import Member, Store
+from medq.common.store import Member, Store
 from tests.conftest import TINY
 from tests.integration.harness import Cluster, ended
 

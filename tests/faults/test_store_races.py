@@ -13,9 +13,9 @@ from datetime import time, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from common.store import Job, Member, jobs, recovery
-from common.store import inference as ops
-from common.store.models import Chunk, EvalState, utcnow
+from medq.common.store import Job, Member, jobs, recovery
+from medq.common.store import inference as ops
+from medq.common.store.models import Chunk, EvalState, utcnow
 
 pytestmark = pytest.mark.faults
 ROUNDS = int(os.environ.get("MEDQ_RACE_ROUNDS", "40"))  # `MEDQ_RACE_ROUNDS=1000 pytest tests/faults -k races`
@@ -155,7 +155,7 @@ def test_the_reaper_closes_an_inference_job_whose_chunks_all_ended(store):
 
 
 def test_an_evaluation_whose_worker_died_is_sent_again_after_its_lease_not_ten(store):
-    from common.store import evaluation
+    from medq.common.store import evaluation
 
     job_id, members = _running_job(store, seeds=1)
     assert jobs.finish_member(store, members[0], f"o{members[0]}", jobs.State.SUCCEEDED)

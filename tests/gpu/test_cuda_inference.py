@@ -10,10 +10,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
-    import common
-    from common.landmarks.checkpoint import save_atomic
-    from common.landmarks.model import build_model
-    from common.specs import EnsembleSpec
+    from medq import common
+    from medq.common.families.chest.checkpoint import save_atomic
+    from medq.common.families.chest.model import build_model
+    from medq.common.specs import EnsembleSpec
 
     spec = EnsembleSpec(image_size=128)
     paths = []
@@ -27,7 +27,7 @@ def members(tmp_path_factory):
 
 
 def test_mixed_precision_landmarks_agree_with_float32_on_the_cpu(members):
-    from common.inference.predict import LandmarkPredictor
+    from medq.common.inference.predict import LandmarkPredictor
 
     images = torch.rand(8, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     sizes = np.full((8, 2), 2000.0)  # a 2000-px radiograph magnifies any error 15x over 128 px
@@ -41,9 +41,9 @@ def test_mixed_precision_landmarks_agree_with_float32_on_the_cpu(members):
 
 
 def test_a_chunk_decodes_in_loader_processes_and_predicts_on_the_gpu(members, tmp_path):
-    from common.inference.archive import open_archive
-    from common.inference.predict import LandmarkPredictor, run_chunk
-    from common.landmarks.synth import synth_chest
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.predict import LandmarkPredictor, run_chunk
+    from medq.common.families.chest.synth import synth_chest
 
     synth_chest(tmp_path / "data", n=12, seed=3)
     (tmp_path / "data" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")

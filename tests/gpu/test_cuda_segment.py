@@ -11,12 +11,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_a_segmenter_trains_with_amp_and_its_gpu_masks_agree_with_the_cpu(tmp_path):
-    from common.landmarks.checkpoint import load_checkpoint
-    from common.seg.data import read_medseg, split_slices
-    from common.seg.predict import SegPredictor
-    from common.seg.synth import synth_ct
-    from common.seg.train import train_segmenter
-    from common.specs import SegmentSpec
+    from medq.common.families.chest.checkpoint import load_checkpoint
+    from medq.common.families.ct_lesions.data import read_medseg, split_slices
+    from medq.common.families.ct_lesions.predict import SegPredictor
+    from medq.common.families.ct_lesions.synth import synth_ct
+    from medq.common.families.ct_lesions.train import train_segmenter
+    from medq.common.specs import SegmentSpec
 
     synth_ct(tmp_path / "ct", n=24, seed=1, size=64, slices_per_volume=4)
     data = read_medseg(tmp_path / "ct")

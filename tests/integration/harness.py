@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from common.store import Attempt, Member, Store
+from medq.common.store import Attempt, Member, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 

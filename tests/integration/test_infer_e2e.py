@@ -20,7 +20,7 @@ PATIENT_NAMED = "DOE_JOHN_1961.dcm"  # a file name that carries a patient's name
 
 
 def _good_pngs(tmp: Path, n: int) -> list[Path]:
-    from common.landmarks.synth import synth_chest
+    from medq.common.families.chest.synth import synth_chest
 
     synth_chest(tmp / "synth", n=n, seed=5)
     return sorted((tmp / "synth" / "images").glob("*.png"))
@@ -28,7 +28,7 @@ def _good_pngs(tmp: Path, n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from scheduler.bench import _untrained_checkpoint
+    from medq.scheduler.bench import _untrained_checkpoint
 
     return _untrained_checkpoint(tmp_path_factory.mktemp("model") / "best.pt", 64)
 

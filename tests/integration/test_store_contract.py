@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from common.store import Attempt, Job, Member, Result, Store
-from common.store import evaluation, jobs, recovery
-from common.store.models import utcnow
-from common.store.migrate import HEAD, script_head
-from common.store.models import Base
+from medq.common.store import Attempt, Job, Member, Result, Store
+from medq.common.store import evaluation, jobs, recovery
+from medq.common.store.models import utcnow
+from medq.common.store.migrate import HEAD, script_head
+from medq.common.store.models import Base
 
 
 def _job(store, seeds=(0, 1)):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from common.store import inference as ops
-from common.store import jobs, recovery
-from common.store.models import utcnow
-from common.store.views import infer_view
+from medq.common.store import inference as ops
+from medq.common.store import jobs, recovery
+from medq.common.store.models import utcnow
+from medq.common.store.views import infer_view
 
 OPEN, CLOSED = time(23, 0), time(12, 0)
 WINDOW = "22:00-06:00"
@@ -25,7 +25,7 @@ def _job(store, n=10, chunk=4, window=None, job_id="job000000001"):
 def _chunk_ids(store, job_id):
     from sqlalchemy import select
 
-    from common.store.models import Chunk
+    from medq.common.store.models import Chunk
 
     with store.session() as s:
         return list(s.scalars(select(Chunk.id).where(Chunk.job_id == job_id).order_by(Chunk.index)))
@@ -102,8 +102,8 @@ def test_skip_done_marks_files_an_earlier_job_did(store):
 
 
 def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store, tmp_path):
-    from common.errors import SpecError
-    from scheduler.infer_plan import resolve_model
+    from medq.common.errors import SpecError
+    from medq.scheduler.infer_plan import resolve_model
 
     job_id, (m0, m1) = jobs.create_job(store, "ensemble", {}, {"data_dir": "/d"}, [0, 1])
     import torch
@@ -124,7 +124,7 @@ def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store,
 
 
 def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
-    from scheduler.infer_plan import resolve_model
+    from medq.scheduler.infer_plan import resolve_model
 
     job_id, (member,) = jobs.create_job(store, "hrnet", {}, {"data_dir": "/d"}, [0])
     folder = tmp_path / "seed-0"
@@ -150,7 +150,7 @@ def test_two_files_of_one_name_get_distinct_keys_and_the_second_is_skipped(store
 
 
 def test_a_failed_chunk_is_shown_with_its_reason_and_its_studies_listed_as_not_run(store):
-    from scheduler.infer_views import summary_lines
+    from medq.scheduler.infer_views import summary_lines
 
     job_id, _ = _job(store, n=4, chunk=2)
     ops.dispatch_chunks(store, OPEN, lambda c, p: None)
@@ -175,9 +175,9 @@ def test_a_job_that_could_not_be_enqueued_ends_its_chunks_too(store):
 
 
 def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_written(tmp_path):
-    from common.errors import SpecError
-    from common.inference.archive import open_archive
-    from scheduler.infer_plan import check_out_dir
+    from medq.common.errors import SpecError
+    from medq.common.inference.archive import open_archive
+    from medq.scheduler.infer_plan import check_out_dir
 
     archive = tmp_path / "export"
     archive.mkdir()

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import DataError
-from common.inference import archive as archive_module
-from common.inference.archive import (
+from medq.common.errors import DataError
+from medq.common.inference import archive as archive_module
+from medq.common.inference.archive import (
     MAX_FILE_BYTES, NO_PERMISSION, NOT_UTF8, NOT_UTF8_FOLDER, OUTSIDE, UNSAFE_NAME, FolderArchive, TarArchive,
     ZipArchive, open_archive, read_capped,
 )
-from common.inference.types import Entry, SkippedEntry, StudyError
+from medq.common.inference.types import Entry, SkippedEntry, StudyError
 
 # the folder order: per directory, by name ("a" before "a.png"; its contents come right after it)
 FIVE = ["a/x.png", "a.png", "b/c/deep.png", "b/y.png", "z.png"]

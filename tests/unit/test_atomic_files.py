@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.atomic_files import DiskFull, remove_partial_files, write_atomic
-from common.landmarks.checkpoint import checkpoint_bytes, prepare_workdir, save_atomic
+from medq.common.atomic_files import DiskFull, remove_partial_files, write_atomic
+from medq.common.families.chest.checkpoint import checkpoint_bytes, prepare_workdir, save_atomic
 from tests.conftest import tmpfs
 
 

@@ -8,13 +8,13 @@ import json
 import pytest
 from sqlalchemy import create_engine, text
 
-from common.settings import load_settings
-from tasks import names
-from tasks.app import make_app
-from tasks.broker_guard import envelope_problem, transport_for
-from tasks.config import celery_config
-from tasks.embedded_broker import Channel
-from tasks.send import queue_depth
+from medq.common.settings import load_settings
+from medq.tasks import names
+from medq.tasks.app import make_app
+from medq.tasks.broker_guard import envelope_problem, transport_for
+from medq.tasks.config import celery_config
+from medq.tasks.embedded_broker import Channel
+from medq.tasks.send import queue_depth
 
 
 @pytest.fixture
@@ -52,9 +52,9 @@ def test_a_real_task_message_passes_and_broken_envelopes_are_named(embedded):
 
 def test_the_redis_urls_get_the_guarded_transport():
     assert celery_config(load_settings({"MEDQ_BROKER_URL": "redis://h:6379/0"}))["broker_transport"] \
-        == "tasks.broker_guard:RedisTransport"
-    assert transport_for("rediss://h:6380/0") == "tasks.broker_guard:RedisTransport"
-    assert transport_for("sentinel://h:26379") == "tasks.broker_guard:SentinelTransport"
+        == "medq.tasks.broker_guard:RedisTransport"
+    assert transport_for("rediss://h:6380/0") == "medq.tasks.broker_guard:RedisTransport"
+    assert transport_for("sentinel://h:26379") == "medq.tasks.broker_guard:SentinelTransport"
     assert transport_for("medq+sqlite:///x") is None  # the embedded transport guards itself
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.ceph import schema as S
-from common.ceph.readers import read_ceph_csv, read_isbi
-from common.ceph.synth import synth_ceph
-from common.errors import DataError, SpecError
+from medq.common.families.ceph import schema as S
+from medq.common.families.ceph.readers import read_ceph_csv, read_isbi
+from medq.common.families.ceph.synth import synth_ceph
+from medq.common.errors import DataError, SpecError
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_landmarks_sit_on_visible_structure():
     """The image around Sella (a dark fossa in bright bone) differs from the same place in an
     image whose Sella lies elsewhere: the pixels carry the landmark."""
     rng = np.random.default_rng(0)
-    from common.ceph.synth import random_shape, render_ceph
+    from medq.common.families.ceph.synth import random_shape, render_ceph
 
     points = random_shape(480, 600, rng)
     pixels = render_ceph(points, 480, 600, rng).astype(float)

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from common.ceph.readers import read_isbi
-from common.ceph.synth import synth_ceph
-from common.ceph.readers import split_stems
-from common.ceph.train import evaluate_hrnet, train_hrnet, warmup_cosine
-from common.landmarks.checkpoint import load_checkpoint
-from common.landmarks.train import TrainHooks
-from common.specs import HRNetSpec
+from medq.common.families.ceph.readers import read_isbi
+from medq.common.families.ceph.synth import synth_ceph
+from medq.common.families.ceph.readers import split_stems
+from medq.common.families.ceph.train import evaluate_hrnet, train_hrnet, warmup_cosine
+from medq.common.families.chest.checkpoint import load_checkpoint
+from medq.common.families.chest.train import TrainHooks
+from medq.common.specs import HRNetSpec
 
 TINY = HRNetSpec(width="w18s", image_size=96, epochs=3, batch_size=4, warmup_epochs=1, top_k=2, amp=False,
                  progressive=(64, 1))
@@ -66,18 +66,18 @@ def test_training_checkpoints_resumes_and_evaluates_the_best_k_together(records,
 
 def test_a_resume_with_another_spec_is_refused(records, tmp_path):
     train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None), records, tmp_path, seed=0)
-    from common.errors import JobError
+    from medq.common.errors import JobError
 
     with pytest.raises(JobError, match="another spec or seed"):
         train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path, seed=0)
 
 
 def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
-    from common.ceph.codec import REFINEMENTS
-    from common.ceph.model import HRNET_WIDTHS
-    from common.errors import SpecError
-    from common.specs import HEATMAP_REFINEMENTS
-    from common.specs import HRNET_WIDTHS as SPEC_WIDTHS
+    from medq.common.families.ceph.codec import REFINEMENTS
+    from medq.common.families.ceph.model import HRNET_WIDTHS
+    from medq.common.errors import SpecError
+    from medq.common.specs import HEATMAP_REFINEMENTS
+    from medq.common.specs import HRNET_WIDTHS as SPEC_WIDTHS
 
     assert sorted(HRNET_WIDTHS) == sorted(SPEC_WIDTHS) and REFINEMENTS.names() == sorted(HEATMAP_REFINEMENTS)
     with pytest.raises(SpecError, match="unknown width 'w64'; valid: w18, w18s, w32, w48"):
@@ -93,13 +93,13 @@ def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
 
 
 def test_the_jobs_engines_are_registered_for_every_training_kind():
-    from tasks.engines import EVALUATORS, TRAINERS
+    from medq.tasks.engines import EVALUATORS, TRAINERS
 
     assert TRAINERS.names() == EVALUATORS.names() == ["ensemble", "hrnet", "segment"]
 
 
 def test_the_throughput_benchmarks_measure_positive_rates(records):
-    from common.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
+    from medq.common.families.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
 
     spec = dataclasses.replace(TINY, progressive=None, image_size=64)
     assert 0 < bare_hrnet_throughput(spec, records["train"], steps=2, warmup=1) < math.inf
@@ -110,8 +110,8 @@ def test_a_trained_hrnet_serves_bulk_inference_through_run_chunk(records, tmp_pa
     """The job's best checkpoints, heatmaps averaged, over archive files: 19 landmarks per study
     in pixels of each original, a spread from the checkpoints' disagreement, and a broken file
     failing alone."""
-    from common.inference.archive import open_archive
-    from common.inference.predict import build_predictor, run_chunk
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.predict import build_predictor, run_chunk
 
     outcome = train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path / "work")
     predictor = build_predictor(outcome.best_checkpoints)
@@ -133,8 +133,8 @@ def test_a_trained_hrnet_serves_bulk_inference_through_run_chunk(records, tmp_pa
 
 
 def test_the_heatmap_predictor_refuses_what_a_cephalometric_model_cannot_do(records, tmp_path):
-    from common.ceph.predict import HeatmapPredictor
-    from common.errors import SpecError
+    from medq.common.families.ceph.predict import HeatmapPredictor
+    from medq.common.errors import SpecError
 
     outcome = train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None, top_k=1), records, tmp_path)
     with pytest.raises(SpecError, match="trained without left/right landmark pairs"):
@@ -160,8 +160,8 @@ class ConstantHeatmaps(torch.nn.Module):
 def test_the_flip_test_mirrors_back_and_swaps_the_pairs():
     """Mirrored, landmark 1's map sits at x = 95 - 75 = 20 and becomes landmark 0's: the mean of
     two maps at 20 stays at 20. Landmark 0's mirror (x = 75) becomes landmark 1's: stays at 75."""
-    from common.ceph.codec import HeatmapCodec
-    from common.ceph.train import heatmaps_of
+    from medq.common.families.ceph.codec import HeatmapCodec
+    from medq.common.families.ceph.train import heatmaps_of
 
     codec = HeatmapCodec(96)
     model = ConstantHeatmaps(codec)
@@ -174,7 +174,7 @@ def test_the_flip_test_mirrors_back_and_swaps_the_pairs():
 
 
 def test_flip_pairs_are_checked_and_survive_the_json_round_trip():
-    from common.errors import SpecError
+    from medq.common.errors import SpecError
 
     spec = HRNetSpec(flip_pairs=((2, 3), (4, 5)))
     assert HRNetSpec.from_dict(spec.to_dict()) == spec

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from common.ceph.codec import HeatmapCodec
-from common.ceph.metrics import ceph_metrics, radial_errors_mm
-from common.errors import SpecError
+from medq.common.families.ceph.codec import HeatmapCodec
+from medq.common.families.ceph.metrics import ceph_metrics, radial_errors_mm
+from medq.common.errors import SpecError
 
 
 @pytest.mark.parametrize("refine", ["dark", "quadratic"])

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 import torch
 
-from common.checkpoint_meta import checkpoint_spec, model_family
-from common.errors import SpecError
+from medq.common.checkpoint_meta import checkpoint_spec, model_family
+from medq.common.errors import SpecError
 
 
 def test_the_spec_of_a_torch_checkpoint_is_read_and_names_the_family(tmp_path):

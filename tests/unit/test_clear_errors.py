@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.ceph.readers import read_ceph_csv, read_isbi
-from common.ceph.synth import synth_ceph
-from common.datafiles import decoded_image_size
-from common.errors import DataError, SpecError
-from common.specs import EnsembleSpec, HRNetSpec, InferSpec, SegmentSpec, SplitSpec
+from medq.common.families.ceph.readers import read_ceph_csv, read_isbi
+from medq.common.families.ceph.synth import synth_ceph
+from medq.common.datafiles import decoded_image_size
+from medq.common.errors import DataError, SpecError
+from medq.common.specs import EnsembleSpec, HRNetSpec, InferSpec, SegmentSpec, SplitSpec
 
 
 @pytest.mark.parametrize("make, message", [
@@ -93,8 +93,8 @@ def _finishes(call, seconds: float = 10) -> bool:
 
 
 def test_a_fifo_in_a_data_folder_is_refused_not_waited_on(tmp_path, isbi):
-    from common.landmarks.csvio import validate_dataset
-    from common.seg.data import read_medseg
+    from medq.common.families.chest.csvio import validate_dataset
+    from medq.common.families.ct_lesions.data import read_medseg
 
     seg = tmp_path / "ct"
     seg.mkdir()
@@ -117,7 +117,7 @@ def test_a_fifo_in_a_data_folder_is_refused_not_waited_on(tmp_path, isbi):
 
 
 def test_stored_text_with_brackets_is_printed_as_text(capsys):
-    from scheduler.render import console, print_results
+    from medq.scheduler.render import console, print_results
 
     results = {"job_id": "abc", "kind": "ensemble", "state": "failed", "error": "data folder br[/x] [red]gone",
                "members": [], "ensemble": [], "sets": []}
@@ -126,7 +126,7 @@ def test_stored_text_with_brackets_is_printed_as_text(capsys):
 
 
 def test_flower_options_typed_with_a_space_reach_flower_as_name_equals_value():
-    from scheduler.cli import flower_args
+    from medq.scheduler.cli import flower_args
 
     assert flower_args(["--address", "0.0.0.0", "--port", "5555"]) == ["--address=0.0.0.0", "--port=5555"]
     assert flower_args(["--port=5555"]) == ["--port=5555", "--address=127.0.0.1"]
@@ -137,7 +137,7 @@ def test_an_unreachable_server_is_named_without_its_password(monkeypatch):
     import redis.exceptions
     from sqlalchemy.exc import OperationalError
 
-    from scheduler.cli_support import server_problem
+    from medq.scheduler.cli_support import server_problem
 
     monkeypatch.setenv("MEDQ_BROKER_URL", "redis://:hunter2@redis-host:6379/0")
     monkeypatch.setenv("MEDQ_DATABASE_URL", "postgresql+psycopg://medq:s3cret@db-host:5432/medq")
@@ -149,8 +149,8 @@ def test_an_unreachable_server_is_named_without_its_password(monkeypatch):
 
 
 def test_a_crash_loop_backs_off_but_a_crash_after_a_healthy_run_restarts_at_once(monkeypatch):
-    from workers.plan import WorkerPlan
-    from workers.supervisor import RESTART_BACKOFF, Child, Supervisor
+    from medq.workers.plan import WorkerPlan
+    from medq.workers.supervisor import RESTART_BACKOFF, Child, Supervisor
 
     class Exited:
         returncode = 1
@@ -168,8 +168,8 @@ def test_a_crash_loop_backs_off_but_a_crash_after_a_healthy_run_restarts_at_once
 
 
 def test_cancel_reasons_say_what_had_run():
-    from common.store.jobs import cancel_reason
-    from common.store.models import Member
+    from medq.common.store.jobs import cancel_reason
+    from medq.common.store.models import Member
 
     assert cancel_reason(Member(attempts=0, epoch=0)) == "cancelled before it started"
     assert "after 2 epoch(s) on 1 attempt(s)" in cancel_reason(Member(attempts=1, epoch=2))
@@ -178,7 +178,7 @@ def test_cancel_reasons_say_what_had_run():
 def test_a_shutdown_that_interrupts_a_write_is_not_taken_for_the_jobs_failure():
     """billiard's SIGTERM handler raises SystemExit mid-torch.save, which then raises its own
     RuntimeError on the way out; the member must not be failed for that."""
-    from tasks.runtime import interrupted
+    from medq.tasks.runtime import interrupted
 
     try:
         try:

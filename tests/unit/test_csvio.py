@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import DataError
-from common.landmarks.csvio import (
+from medq.common.errors import DataError
+from medq.common.families.chest.csvio import (
     DatasetSummary,
     make_record,
     make_split,
@@ -18,10 +18,10 @@ from common.landmarks.csvio import (
     validate_dataset,
     write_landmark_csv,
 )
-from common.landmarks.synth import synth_chest
-from common.specs import SplitSpec
+from medq.common.families.chest.synth import synth_chest
+from medq.common.specs import SplitSpec
 
-REAL_CSV = Path(__file__).resolve().parents[2] / "common" / "data" / "chest_landmarks_957.csv"
+REAL_CSV = Path(__file__).resolve().parents[2] / "common" / "families" / "chest" / "data" / "chest_landmarks_957.csv"
 # Row 1 of the real file, as it is written there.
 FIRST_ROW = (
     "0,145,56,150,229,65,98,238,93,51,145,252,140,51,187,257,182,145,98,150,140,150,187,"

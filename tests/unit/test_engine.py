@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import JobError
-from common.landmarks.augment import apply_transform, eval_transform, train_transform
-from common.landmarks.csvio import make_split
-from common.landmarks.dataset import LandmarkDataset, preload_images
-from common.landmarks.evaluate import evaluate_ensemble, load_member, predict
-from common.landmarks.model import BACKBONES, build_model
-from common.landmarks.synth import synth_chest
-from common.landmarks.checkpoint import LAST_NAME
-from common.landmarks.train import Progress, TrainHooks, train_member
-from common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
+from medq.common.errors import JobError
+from medq.common.families.chest.augment import apply_transform, eval_transform, train_transform
+from medq.common.families.chest.csvio import make_split
+from medq.common.families.chest.dataset import LandmarkDataset, preload_images
+from medq.common.families.chest.evaluate import evaluate_ensemble, load_member, predict
+from medq.common.families.chest.model import BACKBONES, build_model
+from medq.common.families.chest.synth import synth_chest
+from medq.common.families.chest.checkpoint import LAST_NAME
+from medq.common.families.chest.train import Progress, TrainHooks, train_member
+from medq.common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
 
 TINY = EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse")
 LAST_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best_val_loss", "best_epoch",
@@ -71,7 +71,7 @@ def test_evaluation_pass_scales_coordinates_exactly_by_the_resize_factor():
 
 def test_dataset_targets_are_original_pixels_over_image_size(data):
     folder, split = data
-    from common.landmarks.dataset import split_records
+    from medq.common.families.chest.dataset import split_records
 
     records = split_records(folder, split, ("val",))["val"]
     dataset = LandmarkDataset(records, preload_images(folder / "images", [r.stem for r in records]),
@@ -101,8 +101,8 @@ def test_model_maps_grey_images_to_30_outputs_in_unit_range(name):
 def test_pretrained_weights_come_from_the_hub_cache_or_a_file_and_never_from_the_network(tmp_path, monkeypatch, caplog):
     import torchvision
 
-    from common.errors import SpecError
-    from common.landmarks.model import load_pretrained
+    from medq.common.errors import SpecError
+    from medq.common.families.chest.model import load_pretrained
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download attempted"))
@@ -203,7 +203,7 @@ def test_resume_with_another_spec_or_seed_is_refused(data, tmp_path):
 
 
 def test_early_stopping_counts_only_phase_two_epochs_without_improvement(data, tmp_path, monkeypatch):
-    import common.landmarks.train as train
+    import medq.common.families.chest.train as train
 
     folder, split = data
     real_evaluate, losses = train.evaluate, iter([0.5, 0.6, 0.4, 0.45, 0.41, 0.3, 0.2])
@@ -225,8 +225,8 @@ def test_early_stopping_counts_only_phase_two_epochs_without_improvement(data, t
 
 
 def test_nan_loss_fails_the_member_naming_epoch_and_step(data, tmp_path, monkeypatch):
-    from common.errors import TrainingDiverged
-    import common.landmarks.train as train
+    from medq.common.errors import TrainingDiverged
+    import medq.common.families.chest.train as train
 
     folder, split = data
     monkeypatch.setattr(train, "build_loss", lambda spec: lambda pred, target: (pred - target).sum() * math.nan)
@@ -255,7 +255,7 @@ def test_evaluate_ensemble_reports_each_member_and_every_aggregation(data, tmp_p
 
 def test_predict_returns_original_pixels(data, tmp_path):
     folder, split = data
-    from common.landmarks.dataset import split_records
+    from medq.common.families.chest.dataset import split_records
 
     records = split_records(folder, split, ("test",))["test"]
     model = build_model(TINY).eval()
@@ -269,7 +269,7 @@ def test_predict_returns_original_pixels(data, tmp_path):
 
 
 def test_throughput_benchmarks_measure_positive_rates(data):
-    from common.landmarks.bench import bare_loop_throughput, member_throughput
+    from medq.common.families.chest.bench import bare_loop_throughput, member_throughput
 
     folder, _ = data
     spec = dataclasses.replace(TINY, epochs_head=0, epochs=1)

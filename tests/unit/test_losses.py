@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common.errors import SpecError
-from common.landmarks.losses import (
+from medq.common.errors import SpecError
+from medq.common.families.chest.losses import (
     LOSSES,
     build_loss,
     complete_loss,
@@ -18,7 +18,7 @@ from common.landmarks.losses import (
     symmetry_loss,
     wing_loss,
 )
-from common.specs import LANDMARK_LOSSES, EnsembleSpec
+from medq.common.specs import LANDMARK_LOSSES, EnsembleSpec
 
 # A chest shape mirrored exactly about the vertical line x = 0.5 (normalised units).
 # Midline 0, 1, 8, 9, 10 on x = 0.5; pairs (2,3), (4,5), (6,7), (11,12), (13,14) at x = 0.5 -/+ a.

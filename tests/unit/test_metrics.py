@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import SpecError
-from common.landmarks.metrics import (
+from medq.common.errors import SpecError
+from medq.common.families.chest.metrics import (
     AGGREGATORS,
     aggregate_predictions,
     landmark_report,
@@ -20,7 +20,7 @@ from common.landmarks.metrics import (
     quality_labels,
     radial_errors,
 )
-from common.specs import AGGREGATIONS
+from medq.common.specs import AGGREGATIONS
 
 S = 224 / 299  # a 299-px original at the 224-px model scale
 
@@ -153,7 +153,7 @@ def test_report_refuses_mismatched_inputs():
 
 
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, common.landmarks.metrics; assert 'torch' not in sys.modules"
+    code = "import sys, medq.common.families.chest.metrics; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 

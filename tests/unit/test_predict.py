@@ -18,21 +18,21 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-import common
-from common.errors import SpecError
-from common.inference import predict as predict_module
-from common.inference.archive import open_archive
-from common.inference.bench import bare_inference_throughput
-from common.inference.outcome import StudyOutcome
-from common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_overlay
-from common.inference.predict import LandmarkPredictor, overlay_path, run_chunk
-from common.inference.qc import image_left_members, qc_flags
-from common.inference.types import DecodedImage
-from common.landmarks.checkpoint import save_atomic
-from common.landmarks.model import build_model
-from common.landmarks.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
-from common.landmarks.synth import real_shapes, synth_chest
-from common.specs import EnsembleSpec
+from medq import common
+from medq.common.errors import SpecError
+from medq.common.inference import predict as predict_module
+from medq.common.inference.archive import open_archive
+from medq.common.inference.bench import bare_inference_throughput
+from medq.common.inference.outcome import StudyOutcome
+from medq.common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_overlay
+from medq.common.inference.predict import LandmarkPredictor, overlay_path, run_chunk
+from medq.common.inference.qc import image_left_members, qc_flags
+from medq.common.inference.types import DecodedImage
+from medq.common.families.chest.checkpoint import save_atomic
+from medq.common.families.chest.model import build_model
+from medq.common.families.chest.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
+from medq.common.families.chest.synth import real_shapes, synth_chest
+from medq.common.specs import EnsembleSpec
 
 SPEC = EnsembleSpec(image_size=64)
 S = SPEC.image_size
@@ -348,7 +348,7 @@ def test_overlay_marks_each_landmark_red_when_flagged_else_green(tmp_path, flagg
 
 
 def test_loader_processes_decode_beside_a_gpu_and_inline_on_a_cpu():
-    from common.inference.predict import loader_processes
+    from medq.common.inference.predict import loader_processes
 
     assert loader_processes(None, torch.device("cuda", 0)) == 2
     assert loader_processes(None, torch.device("cpu")) == 0

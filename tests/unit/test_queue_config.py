@@ -3,10 +3,10 @@
 import subprocess
 import sys
 
-from common.settings import load_settings
-from tasks import names
-from tasks.config import celery_config
-from workers.plan import plan_workers, worker_command
+from medq.common.settings import load_settings
+from medq.tasks import names
+from medq.tasks.config import celery_config
+from medq.workers.plan import plan_workers, worker_command
 
 
 def test_celery_settings_for_hour_long_jobs():
@@ -51,12 +51,12 @@ def _imported_after(code: str) -> set[str]:
 
 
 def test_the_cli_and_the_worker_parent_never_import_torch():
-    modules = _imported_after("from scheduler.cli import main\nimport tasks.app, tasks.landmarks, workers.supervisor")
-    assert "torch" not in modules and "tasks.landmarks" in modules
+    modules = _imported_after("from medq.scheduler.cli import main\nimport medq.tasks.app, medq.tasks.landmarks, medq.workers.supervisor")
+    assert "torch" not in modules and "medq.tasks.landmarks" in modules
 
 
 def test_common_store_and_settings_import_neither_torch_nor_celery_nor_click():
-    modules = _imported_after("import common.store.jobs, common.store.views, common.settings")
+    modules = _imported_after("import medq.common.store.jobs, medq.common.store.views, medq.common.settings")
     assert not {"torch", "celery", "click"} & modules
 
 
@@ -72,8 +72,8 @@ def _send_at_once(home: str, barrier, errors) -> None:
 
     os.environ["MEDQ_HOME"] = home
     os.environ.pop("MEDQ_BROKER_URL", None)
-    from tasks.app import make_app
-    from tasks.send import send_chunk
+    from medq.tasks.app import make_app
+    from medq.tasks.send import send_chunk
 
     app = make_app()
     barrier.wait()
@@ -98,10 +98,10 @@ def test_processes_declaring_one_queue_at_once_on_a_fresh_embedded_broker_all_su
     failures = [errors.get() for _ in range(errors.qsize())]
     assert failures == [] and [p.exitcode for p in procs] == [0] * 6
 
-    from tasks.app import make_app
-    from tasks.send import queue_depth
+    from medq.tasks.app import make_app
+    from medq.tasks.send import queue_depth
 
-    from common.settings import load_settings
+    from medq.common.settings import load_settings
 
     settings = load_settings({"MEDQ_HOME": str(tmp_path)})
     assert queue_depth(make_app(settings), "infer.normal") == 6

@@ -22,10 +22,10 @@ from pydicom.filewriter import write_dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000, JPEGLSLossless
 
-from common.inference import dicom
-from common.inference.archive import open_archive
-from common.inference.readers import MAX_PIXELS, decode_image, sniff_format
-from common.inference.types import StudyError, StudySkipped
+from medq.common.inference import dicom
+from medq.common.inference.archive import open_archive
+from medq.common.inference.readers import MAX_PIXELS, decode_image, sniff_format
+from medq.common.inference.types import StudyError, StudySkipped
 
 
 def shipped(name: str) -> Path:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import DataError
-from common.seg.data import read_medseg, slice_arrays, split_slices
-from common.seg.synth import synth_ct
-from common.specs import SplitSpec
+from medq.common.errors import DataError
+from medq.common.families.ct_lesions.data import read_medseg, slice_arrays, split_slices
+from medq.common.families.ct_lesions.synth import synth_ct
+from medq.common.specs import SplitSpec
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.seg.augment import seg_transform
-from common.seg.data import read_medseg, split_slices
-from common.seg.metrics import dice_iou
-from common.seg.synth import synth_ct
-from common.specs import SEG_ENCODERS, SegmentSpec, SplitSpec
+from medq.common.families.ct_lesions.augment import seg_transform
+from medq.common.families.ct_lesions.data import read_medseg, split_slices
+from medq.common.families.ct_lesions.metrics import dice_iou
+from medq.common.families.ct_lesions.synth import synth_ct
+from medq.common.specs import SEG_ENCODERS, SegmentSpec, SplitSpec
 
 TINY = dict(arch="unet", encoder="resnet18", image_size=64, batch_size=4)
 
@@ -19,7 +19,7 @@ TINY = dict(arch="unet", encoder="resnet18", image_size=64, batch_size=4)
 def test_every_listed_encoder_and_architecture_is_known_to_smp():
     import segmentation_models_pytorch as smp
 
-    from common.specs import SEG_ARCHS
+    from medq.common.specs import SEG_ARCHS
 
     assert set(SEG_ENCODERS) <= set(smp.encoders.get_encoder_names())
     for arch in SEG_ARCHS:
@@ -27,7 +27,7 @@ def test_every_listed_encoder_and_architecture_is_known_to_smp():
 
 
 def test_unknown_names_are_refused_with_the_valid_ones():
-    from common.errors import SpecError
+    from medq.common.errors import SpecError
 
     with pytest.raises(SpecError, match=r"unknown architecture 'unet\+\+\+'.*unetplusplus"):
         SegmentSpec(arch="unet+++")
@@ -94,9 +94,9 @@ def ct(tmp_path_factory):
 
 
 def test_training_writes_checkpoints_with_the_hu_statistics_and_resumes(ct, tmp_path):
-    from common.landmarks.checkpoint import load_checkpoint
-    from common.landmarks.train import TrainHooks
-    from common.seg.train import evaluate_segmenter, train_segmenter
+    from medq.common.families.chest.checkpoint import load_checkpoint
+    from medq.common.families.chest.train import TrainHooks
+    from medq.common.families.ct_lesions.train import evaluate_segmenter, train_segmenter
 
     data, split = ct
     spec = SegmentSpec(epochs=2, **TINY)
@@ -118,8 +118,8 @@ def test_training_writes_checkpoints_with_the_hu_statistics_and_resumes(ct, tmp_
 
 
 def test_a_cancel_stops_within_the_epoch_and_the_next_call_resumes(ct, tmp_path):
-    from common.landmarks.train import TrainHooks
-    from common.seg.train import train_segmenter
+    from medq.common.families.chest.train import TrainHooks
+    from medq.common.families.ct_lesions.train import train_segmenter
 
     data, split = ct
     spec = SegmentSpec(epochs=3, **TINY)
@@ -133,8 +133,8 @@ def test_a_cancel_stops_within_the_epoch_and_the_next_call_resumes(ct, tmp_path)
 
 
 def test_a_checkpoint_of_another_spec_is_not_resumed(ct, tmp_path):
-    from common.errors import JobError
-    from common.seg.train import train_segmenter
+    from medq.common.errors import JobError
+    from medq.common.families.ct_lesions.train import train_segmenter
 
     data, split = ct
     train_segmenter(SegmentSpec(epochs=1, **TINY), data.sources, split, tmp_path)
@@ -143,7 +143,7 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(ct, tmp_path):
 
 
 def test_inverse_frequency_class_weights():
-    from common.seg.train import inverse_frequency_weights
+    from medq.common.families.ct_lesions.train import inverse_frequency_weights
 
     assert inverse_frequency_weights(np.array([25, 25, 25, 25])) == (1.0, 1.0, 1.0, 1.0)
     assert inverse_frequency_weights(np.array([0, 10, 100, 890])) == pytest.approx((10.0, 10.0, 2.5, 0.2808988))
@@ -154,8 +154,8 @@ def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_s
     the same flips and affines. Under one torch seed the whole epoch repeats exactly."""
     from torch.utils.data import DataLoader
 
-    from common.seg.hu import HUNormaliser
-    from common.seg.train import SliceSet, _seed_worker_transform
+    from medq.common.families.ct_lesions.hu import HUNormaliser
+    from medq.common.families.ct_lesions.train import SliceSet, _seed_worker_transform
 
     data, _ = ct
     dataset = SliceSet(data.sources, [5] * 4, HUNormaliser(-500.0, 450.0), SegmentSpec(**TINY), train=True)
@@ -171,8 +171,8 @@ def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_s
 
 
 def test_the_shared_step_refuses_a_nan_loss_and_otherwise_moves_the_weights():
-    from common.errors import TrainingDiverged
-    from common.landmarks.train import scaled_step
+    from medq.common.errors import TrainingDiverged
+    from medq.common.families.chest.train import scaled_step
 
     weight = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([weight], lr=0.5)

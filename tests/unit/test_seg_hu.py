@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.seg.hu import HUNormaliser
+from medq.common.families.ct_lesions.hu import HUNormaliser
 
 
 def test_clip_then_z_score_by_hand():
@@ -30,7 +30,7 @@ def test_a_constant_training_set_does_not_divide_by_zero():
 
 
 def test_the_unit_range_round_trips_to_the_z_scores():
-    from common.seg.hu import HUNormaliser
+    from medq.common.families.ct_lesions.hu import HUNormaliser
 
     norm = HUNormaliser(mean=-500.0, std=400.0)
     hu = np.array([-3000.0, -1500.0, -1000.0, 0.0, 500.0, 2000.0], dtype=np.float32)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.seg.losses import SegLoss, dice_loss, focal_loss
+from medq.common.families.ct_lesions.losses import SegLoss, dice_loss, focal_loss
 
 
 def two_pixels():

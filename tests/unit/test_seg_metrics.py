@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.seg.metrics import confusion_counts, dice_iou, seg_report
+from medq.common.families.ct_lesions.metrics import confusion_counts, dice_iou, seg_report
 
 
 def masks():

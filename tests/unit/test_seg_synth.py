@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from common.seg.schema import BACKGROUND, CONSOLIDATION, GROUND_GLASS, OTHER_LUNG
-from common.seg.synth import synth_ct
+from medq.common.families.ct_lesions.schema import BACKGROUND, CONSOLIDATION, GROUND_GLASS, OTHER_LUNG
+from medq.common.families.ct_lesions.synth import synth_ct
 
 
 def test_the_medseg_layout_with_one_hot_masks_and_volume_ids(tmp_path):

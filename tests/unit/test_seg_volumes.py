@@ -11,10 +11,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from common.inference.archive import open_archive
-from common.inference.types import Entry, SkippedEntry, StudyError
-from common.seg.predict import measure
-from common.seg.volumes import SERIES_PREFIX, load_ct_volume, plan_ct_studies
+from medq.common.inference.archive import open_archive
+from medq.common.inference.types import Entry, SkippedEntry, StudyError
+from medq.common.families.ct_lesions.predict import measure
+from medq.common.families.ct_lesions.volumes import SERIES_PREFIX, load_ct_volume, plan_ct_studies
 
 
 def write_series(folder, n: int, gap_mm: float = 2.5, series_uid: str | None = None, names=None) -> list:

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import SpecError
-from common.settings import load_settings
-from common.specs import EnsembleSpec, SplitSpec
+from medq.common.errors import SpecError
+from medq.common.settings import load_settings
+from medq.common.specs import EnsembleSpec, SplitSpec
 
 
 def test_no_server_configured_means_the_embedded_default_under_medq_home(tmp_path):
@@ -52,10 +52,10 @@ def test_spec_round_trips_through_json_and_rejects_unknown_names():
 
 
 def test_the_torch_registries_accept_exactly_the_names_the_cli_validates():
-    from common.landmarks.losses import LOSSES
-    from common.landmarks.model import BACKBONES
-    from common.landmarks.metrics import AGGREGATORS
-    from common.specs import AGGREGATIONS, LANDMARK_BACKBONES, LANDMARK_LOSSES
+    from medq.common.families.chest.losses import LOSSES
+    from medq.common.families.chest.model import BACKBONES
+    from medq.common.families.chest.metrics import AGGREGATORS
+    from medq.common.specs import AGGREGATIONS, LANDMARK_BACKBONES, LANDMARK_LOSSES
 
     assert LOSSES.names() == sorted(LANDMARK_LOSSES)
     assert BACKBONES.names() == sorted(LANDMARK_BACKBONES)

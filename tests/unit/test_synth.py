@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import SpecError
-from common.landmarks.csvio import read_landmark_csv, validate_dataset
-from common.landmarks.schema import category_of
-from common.landmarks.synth import real_shapes, synth_chest
+from medq.common.errors import SpecError
+from medq.common.families.chest.csvio import read_landmark_csv, validate_dataset
+from medq.common.families.chest.schema import category_of
+from medq.common.families.chest.synth import real_shapes, synth_chest
 
 N = 40
 

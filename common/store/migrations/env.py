@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import text
 
-from common.store.models import Base
+from medq.common.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

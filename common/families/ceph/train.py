@@ -1,0 +1,299 @@
+"""Training and evaluation of the HRNet heatmap model (DESIGN.md, family 2).
+
+AdamW with a linear warm-up then cosine decay (per step), mixed precision on CUDA, albumentations
+(rotation, translation, scale, brightness/contrast) with the keypoints moved along, progressive
+resizing (``spec.progressive``: a smaller input for the first epochs), a checkpoint after every
+epoch (``last.pt``: model, optimiser, schedule, scaler, epoch, RNG) plus the best ``top_k``
+epochs by validation MRE (``best-<epoch>.pt``), whose heatmaps are averaged at evaluation.
+A resumed run starts again at the epoch after the last one completed; a cancel stops within an
+epoch. Validation and evaluation decode at ``spec.image_size``.
+
+Coordinates: keypoints follow albumentations' scaling (x_input = x_original * S / width), and
+predictions map back by the inverse, so the codec's pixel-centre convention cancels out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from medq import common
+from medq.common.families.ceph.codec import HeatmapCodec
+from medq.common.families.ceph.metrics import ceph_metrics, radial_errors_mm
+from medq.common.families.ceph.model import HEATMAP_STRIDE, build_hrnet
+from medq.common.families.ceph.readers import CephRecord
+from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
+from medq.common.errors import JobError
+from medq.common.families.chest.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
+from medq.common.families.chest.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
+from medq.common.specs import HRNetSpec
+
+log = logging.getLogger(__name__)
+LAST_NAME = "last.pt"
+INIT_NAME = "init.pt"  # the weights before the first step: the untrained baseline of the evaluation
+EVAL_BATCH = 8
+
+
+def load_grey(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def _transform(spec: HRNetSpec, size: int, train: bool) -> A.Compose:
+    steps = [A.Resize(size, size)]
+    if train:
+        steps += [A.Affine(rotate=(-spec.rotation_deg, spec.rotation_deg),
+                           translate_percent=(-spec.translate, spec.translate), scale=spec.scale, p=1.0),
+                  A.RandomBrightnessContrast(spec.brightness, spec.contrast, p=1.0)]
+    return A.Compose(steps, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+
+
+class HeatmapDataset(Dataset):
+    """(image (1, S, S) float in [0, 1], heatmaps (K, S/4, S/4), weights (K,)) per record."""
+
+    def __init__(self, records: Sequence[CephRecord], images: dict[str, np.ndarray], spec: HRNetSpec,
+                 size: int, train: bool):
+        self.records, self.images = list(records), images
+        self.codec = HeatmapCodec(size, HEATMAP_STRIDE, spec.sigma * size / spec.image_size, spec.refine)
+        self.transform = _transform(spec, size, train)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        out = self.transform(image=self.images[record.stem], keypoints=record.points)
+        heatmaps, weights = self.codec.encode(np.asarray(out["keypoints"], dtype=np.float64))
+        image = torch.from_numpy(np.ascontiguousarray(out["image"])).float().div_(255.0).unsqueeze(0)
+        return image, torch.from_numpy(heatmaps), torch.from_numpy(weights)
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over heatmap pixels, landmarks outside the input weighted 0."""
+    per_landmark = ((pred.float() - target) ** 2).mean(dim=(2, 3))
+    return (per_landmark * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    best: list[tuple[float, int]] = field(default_factory=list)  # (val MRE, epoch), best first
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class HRNetOutcome:
+    epochs_run: int
+    best_epoch: int
+    best_val_mre: float | None  # mm, or px when a spacing is unknown
+    best_checkpoints: tuple[Path, ...]
+    last_checkpoint: Path
+    cancelled: bool
+    stopped_early: bool
+    resumed_from_epoch: int | None
+    device: str
+    train_images_per_s: float
+
+
+def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workdir: Path, seed: int = 0,
+                hooks: TrainHooks = TrainHooks()) -> HRNetOutcome:
+    """Train (or resume from ``workdir/last.pt``) on records["train"], validating on records["val"]."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    last_path = workdir / LAST_NAME
+    seed_everything(seed)
+    device = pick_device()
+    use_amp = spec.amp and device.type == "cuda"
+    images = {r.stem: load_grey(r.image) for part in ("train", "val") for r in records[part]}
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = build_hrnet(spec.width, N_LANDMARKS, None if last_path.is_file() else spec.pretrained).to(
+        device, memory_format=memory_format)
+    prepare_workdir(workdir, model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    steps_per_epoch = math.ceil(len(records["train"]) / spec.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(spec.warmup_epochs * steps_per_epoch, spec.epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state, resumed_from = _State(), None
+    if last_path.is_file():
+        checkpoint = load_checkpoint(last_path)
+        if checkpoint.get("spec") != spec.to_dict() or checkpoint.get("seed") != seed:
+            raise JobError(f"{last_path} belongs to another spec or seed; refusing to resume from it")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = _State(checkpoint["state"]["epoch"], [tuple(b) for b in checkpoint["state"]["best"]],
+                       checkpoint["state"]["bad_epochs"], checkpoint["state"]["stopped_early"])
+        set_rng_states(checkpoint["rng"])
+        resumed_from = state.epoch
+        log.info("resuming from epoch %d in %s", state.epoch, workdir)
+
+    if resumed_from is None:
+        save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0,
+                     "code_version": common.__version__}, workdir / INIT_NAME)
+    val_set = HeatmapDataset(records["val"], images, spec, spec.image_size, train=False)
+    seconds, trained, cancelled = 0.0, 0, False
+    for epoch in range(state.epoch + 1, spec.epochs + 1):
+        if state.stopped_early:
+            break
+        train_set = HeatmapDataset(records["train"], images, spec, spec.size_at(epoch), train=True)
+        loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, num_workers=spec.loader_workers,
+                            pin_memory=device.type == "cuda", drop_last=False,
+                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        model.train()
+        loss_sum, seen, step, tick = 0.0, 0, 0, time.perf_counter()
+        for batch, targets, weights in loader:
+            if hooks.should_stop():
+                cancelled = True
+                break
+            batch, targets, weights = (t.to(device, non_blocking=True) for t in (batch, targets, weights))
+            batch = batch.contiguous(memory_format=memory_format)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                pred = model(batch)
+            value = scaled_step(heatmap_loss(pred, targets, weights), optimizer, scaler, epoch, step + 1)
+            scheduler.step()
+            step, seen, loss_sum = step + 1, seen + len(batch), loss_sum + value * len(batch)
+            elapsed = time.perf_counter() - tick
+            hooks.progress(Progress(epoch, spec.epochs, f"{spec.size_at(epoch)}px", step, steps_per_epoch,
+                                    loss_sum / seen, None, None, seen / max(elapsed, 1e-9), False))
+        seconds += time.perf_counter() - tick
+        trained += seen
+        if cancelled:
+            break
+        val_mre, val_px = _validate(model, val_set, device, use_amp)
+        state.epoch = epoch
+        _keep_best(state, val_mre, epoch, spec, model, workdir)
+        state.bad_epochs = 0 if state.best and state.best[0][1] == epoch else state.bad_epochs + 1
+        state.stopped_early = bool(spec.patience) and state.bad_epochs >= spec.patience
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "spec": spec.to_dict(),
+                     "seed": seed, "code_version": common.__version__, "rng": rng_states(),
+                     "state": {"epoch": state.epoch, "best": state.best, "bad_epochs": state.bad_epochs,
+                               "stopped_early": state.stopped_early}}, last_path)
+        hooks.progress(Progress(epoch, spec.epochs, f"{spec.size_at(epoch)}px", step, steps_per_epoch,
+                                loss_sum / max(seen, 1), val_mre, val_px, seen / max(seconds, 1e-9), True))
+    return HRNetOutcome(
+        epochs_run=state.epoch, best_epoch=state.best[0][1] if state.best else 0,
+        best_val_mre=state.best[0][0] if state.best else None,
+        best_checkpoints=tuple(_best_path(workdir, e) for _, e in state.best), last_checkpoint=last_path,
+        cancelled=cancelled, stopped_early=state.stopped_early, resumed_from_epoch=resumed_from,
+        device=str(device), train_images_per_s=trained / seconds if seconds > 0 else 0.0)
+
+
+def _best_path(workdir: Path, epoch: int) -> Path:
+    return workdir / f"best-{epoch:04d}.pt"
+
+
+def _keep_best(state: _State, val_mre: float, epoch: int, spec: HRNetSpec, model, workdir: Path) -> None:
+    """Keep the ``top_k`` best epochs by validation MRE as files; drop the one pushed out."""
+    ranked = sorted([*state.best, (val_mre, epoch)])
+    kept, dropped = ranked[:spec.top_k], ranked[spec.top_k:]
+    if (val_mre, epoch) in kept:
+        save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": epoch, "val_mre": val_mre,
+                     "code_version": common.__version__}, _best_path(workdir, epoch))
+    for _, old in dropped:
+        _best_path(workdir, old).unlink(missing_ok=True)
+    state.best = kept
+
+
+@torch.no_grad()
+def flip_permutation(n_landmarks: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """Channel order of a mirrored image's heatmaps: each pair's two landmarks swapped."""
+    order = list(range(n_landmarks))
+    for a, b in pairs:
+        order[a], order[b] = b, a
+    return order
+
+
+@torch.no_grad()
+def heatmaps_of(model: torch.nn.Module, images: torch.Tensor, flip_pairs: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    """The model's heatmaps; with flip pairs, the mean with those of the mirrored image, mirrored
+    back and its pairs swapped (a heatmap column u mirrors to w - 1 - u exactly, as the input's
+    x does to W - 1 - x under the codec's pixel-centre convention)."""
+    maps = model(images).float()
+    if flip_pairs:
+        mirrored = torch.flip(model(torch.flip(images, dims=(3,))).float(), dims=(3,))
+        maps = (maps + mirrored[:, flip_permutation(maps.shape[1], flip_pairs)]) / 2
+    return maps
+
+
+@torch.no_grad()
+def predict_heatmaps(models: Sequence[torch.nn.Module], dataset: HeatmapDataset, device: torch.device,
+                     use_amp: bool, flip_pairs: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """Mean heatmaps (N, K, h, w) of ``models`` over ``dataset`` (checkpoint ensembling), with the
+    flip test when flip pairs are given."""
+    loader = DataLoader(dataset, batch_size=EVAL_BATCH, pin_memory=device.type == "cuda")
+    outputs = []
+    for model in models:
+        model.eval()
+        maps = []
+        for batch, _, _ in loader:
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                maps.append(heatmaps_of(model, batch.to(device), flip_pairs).cpu().numpy())
+        outputs.append(np.concatenate(maps))
+    return np.mean(outputs, axis=0)
+
+
+def to_original(points_input: np.ndarray, records: Sequence[CephRecord], size: int) -> np.ndarray:
+    """(N, K, 2) input pixels -> pixels of each original image (albumentations' Resize scaling)."""
+    scale = np.array([[r.size[0] / size, r.size[1] / size] for r in records])
+    return points_input * scale[:, None, :]
+
+
+def _validate(model, val_set: HeatmapDataset, device, use_amp: bool) -> tuple[float, float]:
+    """(MRE in mm, or px when a spacing is unknown; mean radial error in original px)."""
+    maps = predict_heatmaps([model], val_set, device, use_amp)
+    points = to_original(val_set.codec.decode(maps)[0], val_set.records, val_set.codec.input_size)
+    truth = np.stack([r.points for r in val_set.records])
+    px = float(np.linalg.norm(points - truth, axis=-1).mean())
+    spacing = [r.spacing_mm for r in val_set.records]
+    return (float(radial_errors_mm(points, truth, spacing).mean()) if None not in spacing else px), px
+
+
+def load_hrnet(path: Path) -> tuple[torch.nn.Module, HRNetSpec]:
+    checkpoint = load_checkpoint(Path(path))
+    spec = HRNetSpec.from_dict(checkpoint["spec"])
+    model = build_hrnet(spec.width, N_LANDMARKS)
+    model.load_state_dict(checkpoint["model"])
+    return model, spec
+
+
+def evaluate_hrnet(checkpoints: Sequence[Path], records: Sequence[CephRecord]) -> dict:
+    """MRE ± SD and SDR (mm, each image's own spacing) of the checkpoints' mean heatmaps; in pixels
+    only (``unit``: "px") when an image's spacing is unknown."""
+    loaded = [load_hrnet(p) for p in checkpoints]
+    spec = loaded[0][1]
+    device = pick_device()
+    models = [m.to(device) for m, _ in loaded]
+    images = {r.stem: load_grey(r.image) for r in records}
+    dataset = HeatmapDataset(records, images, spec, spec.image_size, train=False)
+    maps = predict_heatmaps(models, dataset, device, spec.amp and device.type == "cuda", spec.flip_pairs)
+    points = to_original(dataset.codec.decode(maps)[0], records, spec.image_size)
+    truth = np.stack([r.points for r in records])
+    known = all(r.spacing_mm is not None for r in records)
+    metrics = ceph_metrics(points, truth, [r.spacing_mm for r in records] if known else None, LANDMARKS)
+    metrics["checkpoints"] = len(checkpoints)
+    metrics["flip_test"] = bool(spec.flip_pairs)
+    return metrics
