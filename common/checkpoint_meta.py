@@ -27,21 +27,24 @@ class _Inert(pickle.Unpickler):
         return None
 
 
-def checkpoint_spec(path: Path) -> dict[str, Any]:
-    """The ``spec`` dict stored in a medq checkpoint; SpecError for a file that is not one."""
-    path = Path(path)
+def _contents(path: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
             data = _Inert(archive.open(name)).load()
     except Exception as exc:  # a foreign zip or pickle can fail in many ways; none is a checkpoint
         raise SpecError(f"{path}: not a medq checkpoint ({type(exc).__name__})") from None
-    spec = data.get("spec") if isinstance(data, dict) else None
-    if not isinstance(spec, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
         raise SpecError(f"{path}: not a medq checkpoint (no spec inside)")
-    return spec
+    return data
 
 
-def model_family(spec: dict[str, Any]) -> str:
-    """"segment" (an smp ``arch``), "hrnet" (a ``width``) or "ensemble"."""
-    return "segment" if "arch" in spec else "hrnet" if "width" in spec else "ensemble"
+def checkpoint_spec(path: Path) -> dict[str, Any]:
+    """The ``spec`` dict stored in a medq checkpoint; SpecError for a file that is not one."""
+    return _contents(Path(path))["spec"]
+
+
+def checkpoint_kind(path: Path) -> str | None:
+    """The job kind a checkpoint records (None for one written before checkpoints kept it)."""
+    kind = _contents(Path(path)).get("kind")
+    return kind if isinstance(kind, str) else None

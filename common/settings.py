@@ -45,6 +45,9 @@ class Settings:
     redis_password: str = ""
     broker_use_ssl: bool = False
     log_level: str = "INFO"
+    # Plug-in model families beyond the built-in ones: "package.module:FAMILY,..." (the
+    # submitter and every worker need the same list; common/families/registry.py).
+    families: str = ""
 
     @property
     def resolved_broker_url(self) -> str:

@@ -1,0 +1,172 @@
+"""The interface every model family implements, and what its methods hand back (torch-free).
+
+The queue, the CLI and bulk inference call a family only through these methods, found by job
+kind in ``registry.py``; nothing outside a family's folder branches on its name. A family is
+one folder (``common/families/<name>/``) holding its spec, its torch-free data validation and
+split, its trainer, evaluator, predictor, quality checks and result tables, and a
+``family.py`` that ties them to this interface. Methods that train or predict import torch
+inside, so ``medq --help`` and ``medq status`` never load it.
+
+Like dramatiq's middleware base, every method has a default or raises NotImplementedError
+naming the family, so a new family states only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+
+# --- what training and evaluation hand back -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One member's attempt, as the member row records it."""
+
+    cancelled: bool
+    fields: dict[str, Any]  # member columns: epoch, val_loss, val_error_px, val_score, device, images_per_s
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # "best" / "last" -> file
+    resumed_from_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class MemberCheckpoint:
+    """A member that succeeded, as its job's evaluation sees it."""
+
+    member_id: int
+    seed: int
+    val_loss: float | None
+    best: Path  # its best checkpoint
+
+
+@dataclass(frozen=True)
+class MemberMetric:
+    """The validation figure ``medq status JOB`` shows per member: a member column, its label."""
+
+    column: str  # "val_error_px" or "val_score"
+    label: str  # "val px", "val Dice", "val MRE"
+    digits: int = 2
+
+
+# --- what result tables are made of (plain data; scheduler/render.py draws them) ----------------
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    digits: int = 2  # for float cells
+    numeric: bool = True  # right-aligned
+    state: bool = False  # a job/member state, coloured by the renderer
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: tuple[Any, ...]  # str, int, float or None ("-")
+    bold: bool = False
+    end_section: bool = False
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class ResultSection:
+    """A table, or a line of text (``note``; ``warn`` draws it in yellow, ``error`` in red)."""
+
+    table: ResultTable | None = None
+    note: str | None = None
+    style: str | None = None  # None | "warn" | "error"
+
+
+# --- the families -------------------------------------------------------------------------------
+
+
+class Family:
+    """A model family: its job kind, its spec, and what the queue and the CLI ask of it."""
+
+    kind: ClassVar[str]  # the job kind: the word of `medq submit <kind>`, stored on every job row
+    title: ClassVar[str]  # for people: "chest-landmark ensemble"
+    member_metric: ClassVar[MemberMetric] = MemberMetric("val_error_px", "val px")
+
+    # -- its spec ---------------------------------------------------------------------------------
+    def spec_from_dict(self, data: dict[str, Any]) -> Any:
+        """The typed, frozen spec of a job (SpecError for unknown fields or bad values)."""
+        raise NotImplementedError(f"family {self.kind!r} has no spec")
+
+    def total_epochs(self, spec: Any) -> int:
+        return int(spec.epochs)
+
+    # -- at submit (torch-free) --------------------------------------------------------------------
+    def plan(self, spec: Any, data_dir: Path, **options: Any) -> dict[str, Any]:
+        """Validate the whole dataset and fix the split; the plan every member and the evaluation
+        share (JSON). DataError naming each bad file or row; nothing is enqueued then."""
+        raise NotImplementedError(f"family {self.kind!r} cannot be trained")
+
+    # -- on a worker -------------------------------------------------------------------------------
+    def train(self, spec: Any, plan: dict[str, Any], seed: int, workdir: Path, hooks: Any) -> Trained:
+        """Train one member, resuming from ``workdir`` when it holds a checkpoint of this member.
+        ``hooks``: medq.common.training TrainHooks (progress, should_stop)."""
+        raise NotImplementedError(f"family {self.kind!r} cannot be trained")
+
+    def evaluate(self, spec: Any, plan: dict[str, Any], members: Sequence[MemberCheckpoint]) -> dict[str, dict]:
+        """The job's results: subject (``subjects.py``) -> metrics (JSON). ``members``: those that
+        succeeded, by seed (none when all failed: return what can be said without them)."""
+        return {}
+
+    # -- what a finished job leaves ------------------------------------------------------------------
+    def model_checkpoints(self, best: Sequence[Path]) -> list[Path]:
+        """The checkpoints bulk inference loads for a job, from its members' best checkpoints."""
+        return [Path(p) for p in best]
+
+    # -- bulk inference ------------------------------------------------------------------------------
+    @property
+    def inference(self) -> "FamilyInference":
+        raise NotImplementedError(f"family {self.kind!r} has no bulk inference")
+
+    # -- results, for people ---------------------------------------------------------------------------
+    def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
+        """What `medq results JOB` prints for a job of this family (``views.job_results``)."""
+        return []
+
+
+class FamilyInference:
+    """Bulk inference with a family's trained models: options checked at submit, before a job
+    exists (torch-free), and the predictor a chunk task runs (on the worker)."""
+
+    aggregations: ClassVar[tuple[str, ...]] = ("mean",)  # how several checkpoints combine
+    ttas: ClassVar[tuple[str, ...]] = ("none",)  # test-time augmentations it can run
+    default_chunk: ClassVar[int] = 256  # studies per chunk task
+    needs_out_dir: ClassVar[bool] = False  # it writes files per study (masks): --out is required
+    model_name: ClassVar[str] = "this"  # in messages: "an HRNet model supports ..."
+
+    def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
+        """Refuse, with a SpecError naming the option, what this family cannot honour."""
+        from medq.common.errors import SpecError
+
+        for name, valid in (("aggregation", self.aggregations), ("tta", self.ttas)):
+            value = options.get(name)
+            if value is not None and value not in valid:
+                raise SpecError(f"--{name} {value}: {self.model_name} model supports {name} "
+                                f"{', '.join(valid)} only")
+        if self.needs_out_dir and not options.get("out_dir"):
+            raise SpecError(f"{self.model_name} model writes a file per study: give --out DIR")
+
+    def studies(self, archive: Any) -> Iterator[Any]:
+        """The studies of an archive: Entry / SkippedEntry items (one file each by default)."""
+        return archive.entries()
+
+    def predictor(self, spec: Any, device: Any = None) -> Any:
+        """The predictor a chunk task runs (``medq.common.inference``); imports torch."""
+        raise NotImplementedError
+
+    def csv_columns(self, plan: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def csv_row(self, study: Any) -> list[Any]:
+        raise NotImplementedError

@@ -1,0 +1,122 @@
+"""The CT lesion family (job kind "segment"): one segmentation model (UNet++ or any smp
+architecture) of ground glass, consolidation, other lung and background on HU slices, scored
+by Dice and IoU per class on the test split, beside the same model untrained.
+
+Torch-free at import: training and evaluation import their engines inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from medq.common import subjects
+from medq.common.families.base import (
+    Column, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
+)
+
+COLUMNS = (("dice_per_image", "Dice (per slice)"), ("dice_pooled", "Dice (pooled)"),
+           ("iou_per_image", "IoU (per slice)"), ("iou_pooled", "IoU (pooled)"))
+LESION_CLASSES = ("ground_glass", "consolidation")
+UNTRAINED = "test-untrained"
+
+
+class LesionFamily(Family):
+    kind = "segment"
+    title = "CT lesion segmentation"
+    member_metric = MemberMetric("val_score", "val Dice", 3)  # the validation split's lesion Dice
+
+    def spec_from_dict(self, data: dict[str, Any]):
+        from medq.common.specs import SegmentSpec
+
+        return SegmentSpec.from_dict(data)
+
+    def plan(self, spec, data_dir: Path, **options: Any) -> dict[str, Any]:
+        """Every images/masks pair checked, and the split fixed: by volume when volume ids are
+        given, by slice otherwise."""
+        from medq.common.families.ct_lesions.data import read_medseg, split_slices
+
+        data = read_medseg(Path(data_dir))
+        split, split_by = split_slices(data, spec.split)
+        return {"data_dir": str(data.root), "n_images": data.n_slices, "sources": [s.to_dict() for s in data.sources],
+                "split": split, "split_by": split_by}
+
+    def train(self, spec, plan: dict[str, Any], seed: int, workdir: Path, hooks) -> Trained:
+        from medq.common.families.ct_lesions.train import train_segmenter
+
+        outcome = train_segmenter(spec, _sources(plan), plan["split"], workdir, seed, hooks)
+        checkpoints = {"last": outcome.last_checkpoint}
+        if outcome.best_epoch:
+            checkpoints["best"] = outcome.best_checkpoint
+        # val_loss stays the latest epoch's validation loss (set by the progress reports)
+        fields = {"epoch": outcome.epochs_run, "device": outcome.device, "images_per_s": outcome.train_slices_per_s}
+        return Trained(outcome.cancelled, fields, checkpoints, outcome.resumed_from_epoch)
+
+    def evaluate(self, spec, plan: dict[str, Any], members: Sequence[MemberCheckpoint]) -> dict[str, dict]:
+        """The best checkpoint, and the same model untrained, on the held-out test slices; review
+        overlays of the trained model beside its checkpoints."""
+        from medq.common.families.ct_lesions.train import INIT_NAME, evaluate_segmenter
+
+        if not members:  # the member failed; the job says why
+            return {}
+        (member,) = members
+        sources, test = _sources(plan), plan["split"]["test"]
+        about = {"split_by": plan["split_by"], "n_slices": {k: len(v) for k, v in plan["split"].items()}}
+        results = {subjects.evaluation_set("test"): {
+            **evaluate_segmenter(member.best, sources, test, member.best.parent / "overlays"), **about}}
+        untrained = member.best.parent / INIT_NAME
+        if untrained.is_file():
+            results[subjects.evaluation_set(UNTRAINED)] = {**evaluate_segmenter(untrained, sources, test), **about}
+        return results
+
+    @property
+    def inference(self):
+        from medq.common.families.ct_lesions.infer import INFERENCE
+
+        return INFERENCE
+
+    def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
+        sections = []
+        for entry in results["sets"]:
+            sections.append(ResultSection(_set_table(entry)))
+        if not results["sets"]:
+            return sections
+        first = results["sets"][0]["metrics"]
+        for name, text in first.get("reductions", {}).items():
+            sections.append(ResultSection(note=f"  {name}: {text}"))
+        if first.get("split_by") == "slice":
+            sections.append(ResultSection(note="  split by slice (no volume ids given): slices of one scan can sit "
+                                               "in both training and test", style="warn"))
+        if first.get("overlays"):
+            sections.append(ResultSection(note=f"  review overlays (slice | truth | prediction | lesion TP yellow, "
+                                               f"FP red, FN green): {first['overlays']}"))
+        return sections
+
+
+def _set_table(entry: dict) -> ResultTable:
+    """One evaluation set: lesion classes, their mean, then lung and background."""
+    m = entry["metrics"]
+    split = m.get("split_by")
+    title = f"{entry['name']}: {m.get('n_images', '?')} slices" + (f" (split by {split})" if split else "")
+    per_class = m.get("per_class", {})
+    rows = []
+    for name in [*LESION_CLASSES, None, *(c for c in per_class if c not in LESION_CLASSES)]:
+        if name is None:
+            rows.append(Row(("lesion mean", *(m["lesion_mean"].get(k) for k, _ in COLUMNS), ""), bold=True,
+                            end_section=True))
+        elif name in per_class:
+            row = per_class[name]
+            rows.append(Row((name.replace("_", " "), *(row.get(k) for k, _ in COLUMNS),
+                             str(row.get("empty_images", "")))))
+    columns = (Column("class", numeric=False), *(Column(label, 3) for _, label in COLUMNS),
+               Column("slices empty in both"))
+    return ResultTable(title, columns, tuple(rows))
+
+
+def _sources(plan: dict[str, Any]):
+    from medq.common.families.ct_lesions.data import SegSource
+
+    return [SegSource.from_dict(s) for s in plan["sources"]]
+
+
+FAMILY = LesionFamily()

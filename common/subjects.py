@@ -1,0 +1,32 @@
+"""Names the store keeps results and files under, in one place (torch-free).
+
+A job's results are one row per subject: a member (``seed-3``), a combination of members
+(``ensemble-mean``) or an evaluation set of a single-model job (``set-test``, ``set-Test1Data``).
+A member's files are artifacts named ``seed-3/best`` and ``seed-3/last``; its working folder is
+``<artifacts>/<job id>/seed-3``.
+"""
+
+from __future__ import annotations
+
+MEMBER, COMBINED, EVALUATION_SET = "seed-", "ensemble-", "set-"
+
+
+def member(seed: int) -> str:
+    return f"{MEMBER}{int(seed)}"
+
+
+def combined(how: str) -> str:
+    return f"{COMBINED}{how}"
+
+
+def evaluation_set(name: str) -> str:
+    return f"{EVALUATION_SET}{name}"
+
+
+def artifact(seed: int, which: str) -> str:
+    """``seed-3/best``: the member's ``which`` ("best", "last") checkpoint."""
+    return f"{member(seed)}/{which}"
+
+
+def member_folder(seed: int) -> str:
+    return member(seed)
