@@ -148,7 +148,7 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: 
     from medq.common.specs import EnsembleSpec
     from medq.common.store import open_store
     from medq.scheduler.local import local_workers, wait_for_job
-    from medq.scheduler.submit import submit_ensemble
+    from medq.scheduler.submit import submit_training
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-"))
     data_dir = root / "data"
@@ -160,7 +160,7 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: 
         settings = load_settings({**os.environ, **env})
         with local_workers(pool, root / f"logs{n_workers}", env, ready_timeout=300):
             start = time.perf_counter()
-            job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+            job_id = submit_training(settings, spec.kind, spec, data_dir, list(range(seeds)))
             job = wait_for_job(open_store(settings), job_id, timeout=3600)
             out[f"{n_workers}_worker_s"] = round(time.perf_counter() - start, 1)
             out[f"{n_workers}_worker_state"] = job["state"]

@@ -68,6 +68,40 @@ def submit() -> None:
     """Submit a job. The new job id is printed alone on the first line."""
 
 
+@submit.command("train")
+@click.argument("kind")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="the family's dataset")
+@click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="a JSON file of spec fields (the family's defaults for the rest)")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="one spec field (VALUE read as JSON when it parses, else as text); repeatable")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1), help="members (seeds 0..N-1)")
+@click.option("--wait", is_flag=True, help="follow progress and print the results")
+def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, wait) -> None:
+    """A training job of any registered model family, by its job KIND (an unknown one lists the
+    valid ones), its spec given as JSON fields. Plug-in families (MEDQ_FAMILIES) are submitted
+    this way; the built-in ones also have commands of their own with an option per field."""
+    import json
+
+    from medq.common.families.registry import family
+    from medq.scheduler.submit import submit_training
+
+    trained = family(kind)
+    fields = json.loads(spec_file.read_text()) if spec_file else {}
+    if not isinstance(fields, dict):
+        raise click.BadParameter("expected a JSON object of spec fields", param_hint="--spec")
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}", param_hint="--set")
+        try:
+            fields[name] = json.loads(text)
+        except ValueError:
+            fields[name] = text
+    spec = trained.spec_from_dict(fields)
+    announce(submit_training(load_settings(), kind, spec, data_dir, list(range(seeds))), wait)
+
+
 @submit.command("ensemble")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="folder with landmarks.csv and images/")
@@ -89,7 +123,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
                         pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
     """A seed ensemble of the chest-landmark regressor, one member per worker."""
     from medq.common.specs import EnsembleSpec, SplitSpec
-    from medq.scheduler.submit import submit_ensemble
+    from medq.scheduler.submit import submit_training
 
     if seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
@@ -97,7 +131,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
                         image_size=image_size, patience=patience, pretrained=pretrained,
                         lr_finetune_backbone=lr_backbone, lr_finetune_head=lr_head, split=SplitSpec(seed=split_seed))
     settings = load_settings()
-    job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+    job_id = submit_training(settings, spec.kind, spec, data_dir, list(range(seeds)))
     announce(job_id, wait)
 
 
@@ -136,10 +170,10 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                      resume_job, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
     from medq.common.specs import HRNetSpec, SplitSpec
-    from medq.scheduler.submit import submit_hrnet
+    from medq.scheduler.submit import submit_training
 
     if resume_job:
-        resume_and_announce(resume_job, "hrnet", wait)
+        resume_and_announce(resume_job, HRNetSpec.kind, wait)
         return
     if data_dir is None:
         raise click.UsageError("give --data DIR (or --resume JOB)")
@@ -161,7 +195,7 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                      channels_last=channels_last, progressive=stages,
                      top_k=top_k, flip_pairs=pairs, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
                      loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
-    job_id = submit_hrnet(load_settings(), spec, data_dir, list(test_dirs))
+    job_id = submit_training(load_settings(), spec.kind, spec, data_dir, test_dirs=list(test_dirs))
     announce(job_id, wait)
 
 
@@ -198,10 +232,10 @@ def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, 
                        resume_job, wait) -> None:
     """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
     from medq.common.specs import SegmentSpec, SplitSpec
-    from medq.scheduler.submit import submit_segment
+    from medq.scheduler.submit import submit_training
 
     if resume_job:
-        resume_and_announce(resume_job, "segment", wait)
+        resume_and_announce(resume_job, SegmentSpec.kind, wait)
         return
     if data_dir is None:
         raise click.UsageError("give --data DIR (or --resume JOB)")
@@ -212,7 +246,7 @@ def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, 
                        class_weights=_floats(class_weights, 4, "--class-weights") if class_weights else None,
                        empty=empty, pretrained=pretrained, loader_workers=loader_workers,
                        split=SplitSpec(seed=split_seed))
-    job_id = submit_segment(load_settings(), spec, data_dir)
+    job_id = submit_training(load_settings(), spec.kind, spec, data_dir)
     announce(job_id, wait)
 
 

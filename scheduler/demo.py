@@ -11,7 +11,7 @@ from medq.common.store import open_store
 from medq.common.store.views import job_results
 from medq.scheduler.local import LocalPool, local_workers
 from medq.scheduler.render import console as make_console, print_results
-from medq.scheduler.submit import submit_ensemble
+from medq.scheduler.submit import submit_training
 from medq.scheduler.watch import watch_job
 
 
@@ -31,7 +31,7 @@ def run_demo(settings: Settings, seeds: int, pool: LocalPool, n_images: int, epo
                         lr_head=1e-3, lr_finetune_backbone=1e-3, lr_finetune_head=1e-3)
     started = time.monotonic()
     with local_workers(pool, settings.home / "logs"):
-        job_id = submit_ensemble(settings, spec, data_dir, list(range(seeds)))
+        job_id = submit_training(settings, spec.kind, spec, data_dir, list(range(seeds)))
         console.print(f"submitted job [bold]{job_id}[/]: {seeds} seeds on {pool.describe()} "
                       f"(logs in {settings.home / 'logs'})")
         store = open_store(settings)

@@ -30,11 +30,11 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None, str]:
     """(checkpoints, training job id or None, model family). A checkpoint file; an ensemble job
     id: the best checkpoints of its members that succeeded; an hrnet job id: its best k
     checkpoints (averaged, as its evaluation does); a segment job id: its best checkpoint."""
-    from medq.common.checkpoint_meta import checkpoint_spec, model_family
+    from medq.common.families.registry import family_of_checkpoint
 
     path = Path(model)
     if path.is_file():
-        return [str(path.resolve())], None, model_family(checkpoint_spec(path))
+        return [str(path.resolve())], None, family_of_checkpoint(path).kind
     view = job_results(store, model)
     if view is None:
         raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor a training job id")

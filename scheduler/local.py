@@ -41,7 +41,7 @@ def local_workers(pool: LocalPool, log_dir: Path, env: dict[str, str] | None = N
     hard) on exit. With ``ready_timeout``, waits until every worker has logged that it is ready."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / "launcher.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", *pool.args, "--logs", str(log_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "medq.scheduler", "worker", *pool.args, "--logs", str(log_dir)],
                             env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

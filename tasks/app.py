@@ -17,7 +17,7 @@ def make_app(settings=None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.medq_settings = settings
     # Task modules: imported by workers, never by the CLI (it sends by name).
-    app.conf.imports = ("medq.tasks.landmarks", "medq.tasks.infer", "medq.tasks.bench")
+    app.conf.imports = ("medq.tasks.train", "medq.tasks.infer", "medq.tasks.bench")
     return app
 
 
@@ -41,8 +41,13 @@ def _prepare_pool_process(**_) -> None:
     multiprocessing.current_process()._config["daemon"] = False
     # Import the engines once per pool process, at start-up rather than inside the first task
     # (importing torch does not initialise CUDA; the parent still never imports it).
-    import medq.common.inference.predict  # noqa: F401
-    import medq.common.families.chest.train  # noqa: F401
+    import importlib
+
+    from medq.common.families.registry import families
+
+    for family in families():
+        for module in family.engine_modules:
+            importlib.import_module(module)
 
     settings = load_settings()
     if settings.device.startswith("cuda"):

@@ -9,6 +9,7 @@ from medq.tasks import broker_guard, embedded_broker, names  # noqa: F401  (regi
 
 ROUTES = {
     names.TRAIN_MEMBER: {"queue": names.GPU_QUEUE},
+    names.EVALUATE_JOB: {"queue": names.GPU_QUEUE},
     names.EVALUATE_ENSEMBLE: {"queue": names.GPU_QUEUE},
     names.NOOP: {"queue": names.GPU_QUEUE},
 }

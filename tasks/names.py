@@ -1,7 +1,8 @@
 """Task and queue names, in one place. The CLI sends work by these names."""
 
 TRAIN_MEMBER = "medq.train_member"
-EVALUATE_ENSEMBLE = "medq.evaluate_ensemble"
+EVALUATE_JOB = "medq.evaluate_job"  # a training job's evaluation, for every family
+EVALUATE_ENSEMBLE = "medq.evaluate_ensemble"  # its name before families shared it (old messages)
 NOOP = "medq.noop"
 
 # The line a pool process logs once it can run tasks at full speed (engines imported, CUDA

@@ -7,7 +7,6 @@ cancellation request (or a lost lease) into a flag the loop reads.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -166,11 +165,3 @@ def _finite(value: float | None) -> float | None:
     if value is None or value != value or value in (float("inf"), float("-inf")):
         return None
     return float(value)
-
-
-def outcome_fields(outcome) -> dict[str, Any]:
-    """The engine's outcome as member columns."""
-    data = dataclasses.asdict(outcome)
-    return {"epoch": data["epochs_run"], "val_loss": _finite(data["best_val_loss"]),
-            "val_error_px": _finite(data["best_val_error_px"]), "device": data["device"],
-            "images_per_s": _finite(data["train_images_per_s"])}

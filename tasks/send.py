@@ -10,7 +10,7 @@ def send_member(app, member_id: int) -> None:
 
 
 def send_evaluation(app, job_id: str) -> None:
-    app.send_task(names.EVALUATE_ENSEMBLE, args=[job_id])
+    app.send_task(names.EVALUATE_JOB, args=[job_id])
 
 
 def send_chunk(app, chunk_id: int, priority: str) -> None:

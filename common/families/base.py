@@ -42,6 +42,19 @@ class MemberCheckpoint:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A family's smallest honest run: a tiny synthetic dataset, a spec that trains on it in
+    seconds on a CPU, and an archive of two studies for bulk inference. The family contract test
+    runs every registered family through it."""
+
+    spec: Any
+    data_dir: Path
+    archive: Path
+    plan_options: dict[str, Any] = field(default_factory=dict)  # extra arguments of ``plan``
+    infer_options: dict[str, Any] = field(default_factory=dict)  # e.g. out_dir for a family that writes files
+
+
+@dataclass(frozen=True)
 class MemberMetric:
     """The validation figure ``medq status JOB`` shows per member: a member column, its label."""
 
@@ -93,6 +106,8 @@ class Family:
     kind: ClassVar[str]  # the job kind: the word of `medq submit <kind>`, stored on every job row
     title: ClassVar[str]  # for people: "chest-landmark ensemble"
     member_metric: ClassVar[MemberMetric] = MemberMetric("val_error_px", "val px")
+    # imported by every worker pool process at start-up, so a first task does not wait on them
+    engine_modules: ClassVar[tuple[str, ...]] = ()
 
     # -- its spec ---------------------------------------------------------------------------------
     def spec_from_dict(self, data: dict[str, Any]) -> Any:
@@ -133,6 +148,11 @@ class Family:
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         """What `medq results JOB` prints for a job of this family (``views.job_results``)."""
         return []
+
+    # -- a smoke run -------------------------------------------------------------------------------------
+    def example(self, folder: Path) -> Example:
+        """A tiny synthetic dataset, spec and two-study archive under ``folder`` (see Example)."""
+        raise NotImplementedError(f"family {self.kind!r} has no example")
 
 
 class FamilyInference:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from medq.common import subjects
 from medq.common.store.db import Store
 from medq.common.store.jobs import members_error
 from medq.common.store.locking import locked_job
@@ -41,7 +42,7 @@ def claim_evaluation(store: Store, job_id: str, owner: str, lease_seconds: int) 
             return None
         job = s.get(Job, job_id)
         paths = {a.name: a.path for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
-        members = [(m.id, m.seed, m.val_loss, paths.get(f"seed-{m.seed}/best", ""))
+        members = [(m.id, m.seed, m.val_loss, paths.get(subjects.artifact(m.seed, "best"), ""))
                    for m in job.members if m.state == State.SUCCEEDED.value]
         return EvaluationClaim(job.id, job.spec, job.plan, members, job.kind)
 

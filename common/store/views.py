@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from medq.common import subjects
 from medq.common.store.db import Store
 from medq.common.store.models import Artifact, Job
 
@@ -71,18 +72,20 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
             "evaluation": job.eval_state,
             "members": [
                 {"seed": m.seed, "state": m.state, "error": m.error, "attempts": m.attempts,
-                 "checkpoint": artifacts.get(f"seed-{m.seed}/best"),
-                 "metrics": by_subject.get(f"seed-{m.seed}")}
+                 "checkpoint": artifacts.get(subjects.artifact(m.seed, "best")),
+                 "metrics": by_subject.get(subjects.member(m.seed))}
                 for m in job.members
             ],
-            "ensemble": [
-                {"aggregation": subject.removeprefix("ensemble-"), "metrics": metrics}
-                for subject, metrics in sorted(by_subject.items()) if subject.startswith("ensemble-")
+            "ensemble": [  # combinations of members (an ensemble's mean, median, weighted)
+                {"aggregation": subject.removeprefix(subjects.COMBINED), "metrics": metrics}
+                for subject, metrics in sorted(by_subject.items()) if subject.startswith(subjects.COMBINED)
             ],
-            "sets": [  # evaluation sets of a single-model job (the test split, ISBI Test1 / Test2)
-                {"name": subject.removeprefix("set-"), "metrics": metrics}
-                for subject, metrics in sorted(by_subject.items(), key=lambda kv: (not kv[0].startswith("set-test"), kv[0]))
-                if subject.startswith("set-")
+            "sets": [  # evaluation sets of a single-model job (the test split first, then ISBI Test1 / Test2)
+                {"name": subject.removeprefix(subjects.EVALUATION_SET), "metrics": metrics}
+                for subject, metrics in sorted(by_subject.items(),
+                                               key=lambda kv: (not kv[0].startswith(subjects.evaluation_set("test")),
+                                                               kv[0]))
+                if subject.startswith(subjects.EVALUATION_SET)
             ],
         }
 

@@ -37,14 +37,14 @@ class Cluster:
         return self.env.get("MEDQ_DATABASE_URL") or f"sqlite:///{self.home / 'medq.sqlite'}"
 
     def medq(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "scheduler", *args], env=self.env, cwd=ROOT, text=True,
+        return subprocess.run([sys.executable, "-m", "medq.scheduler", *args], env=self.env, cwd=ROOT, text=True,
                               capture_output=True, timeout=timeout)
 
     def start_workers(self, n: int, name: str) -> subprocess.Popen:
         """`medq worker --cpu n` in its own process group, logging under home/logs-<name>."""
         logs = self.home / f"logs-{name}"
         logs.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", "--cpu", str(n), "--logs", str(logs)],
+        proc = subprocess.Popen([sys.executable, "-m", "medq.scheduler", "worker", "--cpu", str(n), "--logs", str(logs)],
                                 env=self.env, cwd=ROOT, stdout=open(logs / "launcher.log", "ab"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.launchers.append(proc)

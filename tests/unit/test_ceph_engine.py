@@ -92,10 +92,14 @@ def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
     assert HRNetSpec.from_dict(spec.to_dict()) == spec  # JSON round trip (lists back to tuples)
 
 
-def test_the_jobs_engines_are_registered_for_every_training_kind():
-    from medq.tasks.engines import EVALUATORS, TRAINERS
+def test_every_training_kind_has_a_family_and_an_unknown_kind_lists_them():
+    from medq.common.errors import SpecError
+    from medq.common.families.registry import family, kinds
 
-    assert TRAINERS.names() == EVALUATORS.names() == ["ensemble", "hrnet", "segment"]
+    assert kinds() == ["ensemble", "hrnet", "segment"]
+    assert family("hrnet").spec_from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(SpecError, match="valid: ensemble, hrnet, segment"):
+        family("classifier")
 
 
 def test_the_throughput_benchmarks_measure_positive_rates(records):

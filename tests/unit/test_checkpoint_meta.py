@@ -8,17 +8,30 @@ import zipfile
 import pytest
 import torch
 
-from medq.common.checkpoint_meta import checkpoint_spec, model_family
+from medq.common.checkpoint_meta import checkpoint_kind, checkpoint_spec
 from medq.common.errors import SpecError
+from medq.common.families.registry import family_of_checkpoint, family_of_spec
+from medq.common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
 
 
-def test_the_spec_of_a_torch_checkpoint_is_read_and_names_the_family(tmp_path):
+def test_the_spec_of_a_torch_checkpoint_is_read_and_names_its_family(tmp_path):
     path = tmp_path / "best.pt"
-    torch.save({"spec": {"arch": "unetplusplus", "encoder": "resnet18", "scale": (0.9, 1.1)},
-                "model": {"w": torch.ones(3)}, "hu": {"mean": -500.0}}, path)
+    torch.save({"spec": SegmentSpec(encoder="resnet18").to_dict(), "model": {"w": torch.ones(3)},
+                "hu": {"mean": -500.0}}, path)
     spec = checkpoint_spec(path)
-    assert spec["encoder"] == "resnet18" and model_family(spec) == "segment"
-    assert model_family({"width": "w32"}) == "hrnet" and model_family({"backbone": "resnet18"}) == "ensemble"
+    assert spec["encoder"] == "resnet18" and checkpoint_kind(path) is None  # written before checkpoints kept it
+    assert family_of_checkpoint(path).kind == "segment"  # the one family whose spec takes every field
+    assert family_of_spec(HRNetSpec().to_dict()).kind == "hrnet"
+    assert family_of_spec(EnsembleSpec().to_dict()).kind == "ensemble"
+    torch.save({"spec": {"anything": 1}, "kind": "hrnet", "model": {}}, path)
+    assert family_of_checkpoint(path).kind == "hrnet"  # a checkpoint that records its kind
+
+
+def test_a_spec_no_family_takes_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"spec": {"backbone": "resnet18", "width": "w32"}, "model": {}}, path)
+    with pytest.raises(SpecError, match="odd.pt: its spec fits 0 model families"):
+        family_of_checkpoint(path)
 
 
 class _Boom:

@@ -51,8 +51,8 @@ def _imported_after(code: str) -> set[str]:
 
 
 def test_the_cli_and_the_worker_parent_never_import_torch():
-    modules = _imported_after("from medq.scheduler.cli import main\nimport medq.tasks.app, medq.tasks.landmarks, medq.workers.supervisor")
-    assert "torch" not in modules and "medq.tasks.landmarks" in modules
+    modules = _imported_after("from medq.scheduler.cli import main\nimport medq.tasks.app, medq.tasks.train, medq.workers.supervisor")
+    assert "torch" not in modules and "medq.tasks.train" in modules
 
 
 def test_common_store_and_settings_import_neither_torch_nor_celery_nor_click():
@@ -61,7 +61,7 @@ def test_common_store_and_settings_import_neither_torch_nor_celery_nor_click():
 
 
 def test_medq_help_is_fast_and_torch_free():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "scheduler", "--help"],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "medq.scheduler", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "submit" in out.stdout
     assert "| torch" not in out.stderr
@@ -105,3 +105,34 @@ def test_processes_declaring_one_queue_at_once_on_a_fresh_embedded_broker_all_su
 
     settings = load_settings({"MEDQ_HOME": str(tmp_path)})
     assert queue_depth(make_app(settings), "infer.normal") == 6
+
+
+def test_an_evaluation_queued_by_an_older_medq_still_runs():
+    """Evaluations were sent as `medq.evaluate_ensemble` before every family shared one task:
+    a worker after the upgrade still knows that name, runs the same evaluation and routes it
+    the same way; new evaluations go out under `medq.evaluate_job`."""
+    from medq.tasks.app import app
+    from medq.tasks.train import evaluate_ensemble, evaluate_job
+
+    app.loader.import_default_modules()
+    for name, task in ((names.EVALUATE_ENSEMBLE, evaluate_ensemble), (names.EVALUATE_JOB, evaluate_job)):
+        assert app.tasks[name].name == task.name == name and app.tasks[name].run.__module__ == "medq.tasks.train"
+    assert evaluate_ensemble.run.__code__.co_names == evaluate_job.run.__code__.co_names  # both call _evaluate
+    routes = celery_config(load_settings({}))["task_routes"]
+    assert routes[names.EVALUATE_ENSEMBLE] == routes[names.EVALUATE_JOB] == {"queue": names.GPU_QUEUE}
+    sent = []
+
+    class App:
+        def send_task(self, name, args):
+            sent.append((name, args))
+
+    from medq.tasks.send import send_evaluation
+
+    send_evaluation(App(), "job1")
+    assert sent == [(names.EVALUATE_JOB, ["job1"])]
+
+
+def test_the_registry_and_every_family_interface_import_no_torch():
+    modules = _imported_after("from medq.common.families.registry import families\n"
+                              "[(f.inference, f.member_metric) for f in families()]")
+    assert "torch" not in modules and "medq.common.families.ct_lesions.infer" in modules

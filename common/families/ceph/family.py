@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from medq.common import subjects
 from medq.common.families.base import (
-    Column, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
+    Column, Example, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
 )
 
 SDR_KEYS = ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")
@@ -23,6 +23,7 @@ class CephFamily(Family):
     kind = "hrnet"
     title = "cephalometric HRNet"
     member_metric = MemberMetric("val_error_px", "val px")
+    engine_modules = ("medq.common.families.ceph.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
         from medq.common.specs import HRNetSpec
@@ -106,6 +107,21 @@ class CephFamily(Family):
             (Column("landmark", numeric=False), Column(f"MRE {unit}"), Column(f"SD {unit}"), Column("SDR 2 mm"),
              Column("SDR 4 mm")), landmarks)))
         return sections
+
+    def example(self, folder: Path) -> Example:
+        import shutil
+
+        from medq.common.families.ceph.synth import synth_ceph
+        from medq.common.specs import HRNetSpec
+
+        data = Path(folder) / "ceph"
+        synth_ceph(data, n=8, seed=2, n_test=0, width=160, height=200)
+        archive = Path(folder) / "ceph-archive"
+        archive.mkdir(parents=True, exist_ok=True)
+        for image in sorted(data.rglob("*.bmp"))[:2]:
+            shutil.copy(image, archive / image.name)
+        spec = HRNetSpec(width="w18s", image_size=64, epochs=2, batch_size=4, warmup_epochs=1, top_k=1, amp=False)
+        return Example(spec, data, archive)
 
 
 def _records(plan: dict[str, Any], spec) -> dict[str, list]:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from medq.common import subjects
 from medq.common.families.base import (
-    Column, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
+    Column, Example, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
 )
 
 METRICS = (("mean_error_px", "mean px", 2), ("median_error_px", "median px", 2), ("p95_error_px", "p95 px", 2),
@@ -22,6 +22,7 @@ class ChestFamily(Family):
     kind = "ensemble"
     title = "chest-landmark ensemble"
     member_metric = MemberMetric("val_error_px", "val px")
+    engine_modules = ("medq.common.families.chest.train", "medq.common.families.chest.evaluate")
 
     def spec_from_dict(self, data: dict[str, Any]):
         from medq.common.specs import EnsembleSpec
@@ -85,5 +86,19 @@ class ChestFamily(Family):
                 categories)))
         return sections
 
+
+    def example(self, folder: Path) -> Example:
+        import shutil
+
+        from medq.common.families.chest.synth import synth_chest
+        from medq.common.specs import EnsembleSpec
+
+        data = Path(folder) / "chest"
+        synth_chest(data, n=16, seed=3, size=96)
+        archive = Path(folder) / "chest-archive"
+        archive.mkdir(parents=True, exist_ok=True)
+        for image in sorted((data / "images").glob("*.png"))[:2]:
+            shutil.copy(image, archive / image.name)
+        return Example(EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse"), data, archive)
 
 FAMILY = ChestFamily()

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from medq.common import subjects
 from medq.common.families.base import (
-    Column, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
+    Column, Example, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
 )
 
 COLUMNS = (("dice_per_image", "Dice (per slice)"), ("dice_pooled", "Dice (pooled)"),
@@ -25,6 +25,7 @@ class LesionFamily(Family):
     kind = "segment"
     title = "CT lesion segmentation"
     member_metric = MemberMetric("val_score", "val Dice", 3)  # the validation split's lesion Dice
+    engine_modules = ("medq.common.families.ct_lesions.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
         from medq.common.specs import SegmentSpec
@@ -76,11 +77,10 @@ class LesionFamily(Family):
         return INFERENCE
 
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
-        sections = []
-        for entry in results["sets"]:
-            sections.append(ResultSection(_set_table(entry)))
         if not results["sets"]:
-            return sections
+            return []
+        sections = [ResultSection(note=f"job {results['job_id']}: {results['state']}")]
+        sections += [ResultSection(_set_table(entry)) for entry in results["sets"]]
         first = results["sets"][0]["metrics"]
         for name, text in first.get("reductions", {}).items():
             sections.append(ResultSection(note=f"  {name}: {text}"))
@@ -91,6 +91,22 @@ class LesionFamily(Family):
             sections.append(ResultSection(note=f"  review overlays (slice | truth | prediction | lesion TP yellow, "
                                                f"FP red, FN green): {first['overlays']}"))
         return sections
+
+    def example(self, folder: Path) -> Example:
+        import numpy as np
+
+        from medq.common.families.ct_lesions.synth import synth_ct
+        from medq.common.specs import SegmentSpec
+
+        data = Path(folder) / "ct"
+        synth_ct(data, n=16, seed=5, size=64, slices_per_volume=4)
+        archive = Path(folder) / "ct-archive"
+        archive.mkdir(parents=True, exist_ok=True)
+        images = np.load(data / "images_synth.npy")
+        np.save(archive / "scan1.npy", images[:3, ..., 0])
+        np.save(archive / "scan2.npy", images[3:5, ..., 0])
+        spec = SegmentSpec(arch="unet", encoder="resnet18", image_size=64, batch_size=4, epochs=2, amp=False)
+        return Example(spec, data, archive, infer_options={"out_dir": str(Path(folder) / "ct-out")})
 
 
 def _set_table(entry: dict) -> ResultTable:
