@@ -140,9 +140,17 @@ class Family:
         return [Path(p) for p in best]
 
     # -- bulk inference ------------------------------------------------------------------------------
+    # "package.module:NAME" of its FamilyInference, imported on first use (torch-free at import)
+    inference_ref: ClassVar[str] = ""
+
     @property
     def inference(self) -> "FamilyInference":
-        raise NotImplementedError(f"family {self.kind!r} has no bulk inference")
+        if not self.inference_ref:
+            raise NotImplementedError(f"family {self.kind!r} has no bulk inference")
+        import importlib
+
+        module, _, name = self.inference_ref.partition(":")
+        return getattr(importlib.import_module(module), name or "INFERENCE")
 
     # -- results, for people ---------------------------------------------------------------------------
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:

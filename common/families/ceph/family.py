@@ -23,6 +23,7 @@ class CephFamily(Family):
     kind = "hrnet"
     title = "cephalometric HRNet"
     member_metric = MemberMetric("val_error_px", "val px")
+    inference_ref = "medq.common.families.ceph.infer:INFERENCE"
     engine_modules = ("medq.common.families.ceph.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -78,11 +79,6 @@ class CephFamily(Family):
         evaluation averages them."""
         return sorted(Path(best[0]).parent.glob("best-*.pt")) or [Path(p) for p in best]
 
-    @property
-    def inference(self):
-        from medq.common.families.ceph.infer import INFERENCE
-
-        return INFERENCE
 
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         if not results["sets"]:

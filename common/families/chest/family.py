@@ -22,6 +22,7 @@ class ChestFamily(Family):
     kind = "ensemble"
     title = "chest-landmark ensemble"
     member_metric = MemberMetric("val_error_px", "val px")
+    inference_ref = "medq.common.families.chest.infer:INFERENCE"
     engine_modules = ("medq.common.families.chest.train", "medq.common.families.chest.evaluate")
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -61,11 +62,6 @@ class ChestFamily(Family):
         results.update({subjects.combined(how): metrics for how, metrics in report["ensemble"].items()})
         return results
 
-    @property
-    def inference(self):
-        from medq.common.families.chest.infer import INFERENCE
-
-        return INFERENCE
 
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         columns = (Column("model", numeric=False), Column("state", numeric=False, state=True),

@@ -25,6 +25,7 @@ class LesionFamily(Family):
     kind = "segment"
     title = "CT lesion segmentation"
     member_metric = MemberMetric("val_score", "val Dice", 3)  # the validation split's lesion Dice
+    inference_ref = "medq.common.families.ct_lesions.infer:INFERENCE"
     engine_modules = ("medq.common.families.ct_lesions.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -70,11 +71,6 @@ class LesionFamily(Family):
             results[subjects.evaluation_set(UNTRAINED)] = {**evaluate_segmenter(untrained, sources, test), **about}
         return results
 
-    @property
-    def inference(self):
-        from medq.common.families.ct_lesions.infer import INFERENCE
-
-        return INFERENCE
 
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         if not results["sets"]:
