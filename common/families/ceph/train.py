@@ -34,6 +34,7 @@ from medq.common.families.ceph.model import HEATMAP_STRIDE, build_hrnet
 from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
 from medq.common.errors import JobError
+from medq.common.landmark_pairs import flip_permutation
 from medq.common.families.chest.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
 from medq.common.families.chest.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from medq.common.specs import HRNetSpec
@@ -216,15 +217,6 @@ def _keep_best(state: _State, val_mre: float, epoch: int, spec: HRNetSpec, model
     for _, old in dropped:
         _best_path(workdir, old).unlink(missing_ok=True)
     state.best = kept
-
-
-@torch.no_grad()
-def flip_permutation(n_landmarks: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
-    """Channel order of a mirrored image's heatmaps: each pair's two landmarks swapped."""
-    order = list(range(n_landmarks))
-    for a, b in pairs:
-        order[a], order[b] = b, a
-    return order
 
 
 @torch.no_grad()
