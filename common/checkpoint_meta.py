@@ -45,6 +45,7 @@ def checkpoint_spec(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_kind(path: Path) -> str | None:
-    """The job kind a checkpoint records (None for one written before checkpoints kept it)."""
-    kind = _contents(Path(path)).get("kind")
+    """The job kind (model family) a checkpoint records, None for one written before checkpoints
+    kept it. (Its ``kind`` says which kind of file it is: a resumable "last" or "weights".)"""
+    kind = _contents(Path(path)).get("job_kind")
     return kind if isinstance(kind, str) else None

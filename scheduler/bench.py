@@ -86,7 +86,7 @@ def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: 
     """Images/s of one ensemble member vs a bare PyTorch loop, same model, batch and data."""
     from medq.common.families.chest.bench import bare_loop_throughput, member_throughput
     from medq.common.families.chest.synth import synth_chest
-    from medq.common.families.chest.train import pick_device
+    from medq.common.training.kit import pick_device
     from medq.common.specs import EnsembleSpec
 
     data_dir = Path(tempfile.mkdtemp(prefix="medq-bench-")) / "data"
@@ -115,7 +115,7 @@ def bench_hrnet(width, sizes, images, batch_size, steps, amp, channels_last, loa
     from medq.common.families.ceph.bench import bare_hrnet_throughput, member_hrnet_throughput
     from medq.common.families.ceph.readers import read_isbi
     from medq.common.families.ceph.synth import synth_ceph
-    from medq.common.families.chest.train import pick_device
+    from medq.common.training.kit import pick_device
     from medq.common.specs import HRNetSpec
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-hrnet-"))
@@ -203,8 +203,8 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
     import numpy as np
 
     from medq import common
-    from medq.common.families.chest.checkpoint import save_atomic
-    from medq.common.families.chest.train import pick_device
+    from medq.common.training.checkpoint import save_atomic
+    from medq.common.training.kit import pick_device
     from medq.common.families.ct_lesions.bench import bare_seg_training, member_seg_training
     from medq.common.families.ct_lesions.data import read_medseg
     from medq.common.families.ct_lesions.model import build_segmenter
@@ -271,7 +271,7 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
 def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     """A member checkpoint in best.pt's format with random weights (throughput does not care)."""
     from medq import common
-    from medq.common.families.chest.checkpoint import save_atomic
+    from medq.common.training.checkpoint import save_atomic
     from medq.common.families.chest.model import build_model
     from medq.common.specs import EnsembleSpec
 

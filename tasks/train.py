@@ -43,7 +43,7 @@ def train_member(self, member_id: int) -> str:
         if not claim.run:
             _dispatch_evaluation(claim.job_id, claim.dispatch_evaluation)
             return f"skipped: {claim.reason}"
-        from medq.common.families.chest.train import TrainHooks
+        from medq.common.training.kit import TrainHooks
 
         workdir = settings.artifacts / claim.job_id / subjects.member_folder(claim.seed)
         try:

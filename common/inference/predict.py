@@ -31,11 +31,11 @@ from medq.common.inference.qc import DEFAULT_SPREAD_LIMIT_FRACTION, qc_flags
 from medq.common.inference.readers import decode_image
 from medq.common.inference.types import StudyError
 from medq.common.families.chest.augment import eval_transform
-from medq.common.families.chest.checkpoint import load_checkpoint
+from medq.common.training.checkpoint import load_checkpoint
 from medq.common.families.chest.evaluate import load_member
 from medq.common.families.chest.metrics import AGGREGATORS, aggregate_predictions
 from medq.common.families.chest.schema import N_LANDMARKS, flip_permutation
-from medq.common.families.chest.train import pick_device
+from medq.common.training.kit import pick_device
 from medq.common.registry import Registry
 
 __all__ = ["LandmarkPredictor", "build_predictor", "run_chunk", "overlay_path", "loader_processes", "TTAS", "StudyOutcome",

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     from medq import common
-    from medq.common.families.chest.checkpoint import save_atomic
+    from medq.common.training.checkpoint import save_atomic
     from medq.common.families.chest.model import build_model
     from medq.common.specs import EnsembleSpec
 

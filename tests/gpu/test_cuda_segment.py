@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_a_segmenter_trains_with_amp_and_its_gpu_masks_agree_with_the_cpu(tmp_path):
-    from medq.common.families.chest.checkpoint import load_checkpoint
+    from medq.common.training.checkpoint import load_checkpoint
     from medq.common.families.ct_lesions.data import read_medseg, split_slices
     from medq.common.families.ct_lesions.predict import SegPredictor
     from medq.common.families.ct_lesions.synth import synth_ct

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medq.common.atomic_files import DiskFull, remove_partial_files, write_atomic
-from medq.common.families.chest.checkpoint import checkpoint_bytes, prepare_workdir, save_atomic
+from medq.common.training.checkpoint import checkpoint_bytes, prepare_workdir, save_atomic
 from tests.conftest import tmpfs
 
 

@@ -11,9 +11,10 @@ from medq.common.families.ceph.readers import read_isbi
 from medq.common.families.ceph.synth import synth_ceph
 from medq.common.families.ceph.readers import split_stems
 from medq.common.families.ceph.train import evaluate_hrnet, train_hrnet, warmup_cosine
-from medq.common.families.chest.checkpoint import load_checkpoint
-from medq.common.families.chest.train import TrainHooks
+from medq.common.training.checkpoint import load_checkpoint
+from medq.common.training.kit import TrainHooks
 from medq.common.specs import HRNetSpec
+from tests.unit.old_layouts import to_old_hrnet
 
 TINY = HRNetSpec(width="w18s", image_size=96, epochs=3, batch_size=4, warmup_epochs=1, top_k=2, amp=False,
                  progressive=(64, 1))
@@ -48,14 +49,19 @@ def test_training_checkpoints_resumes_and_evaluates_the_best_k_together(records,
     first = train_hrnet(TINY, records, tmp_path, seed=0, hooks=TrainHooks(progress=reports.append))
     assert first.epochs_run == 3 and len(first.best_checkpoints) == 2 and first.resumed_from_epoch is None
     assert [r.phase for r in reports if r.epoch_done] == ["64px", "96px", "96px"]
-    assert all(math.isfinite(r.val_loss) for r in reports if r.epoch_done)
+    done = [r for r in reports if r.epoch_done]
+    assert all(math.isfinite(r.val_loss) and r.val_score > 0 and r.val_error_px > 0 for r in done)
+    best = min(done, key=lambda r: r.val_score)  # the best epoch by MRE, its heatmap loss kept beside it
+    assert (first.best_epoch, first.best_val_mre) == (best.epoch, best.val_score)
+    assert (first.best_val_loss, first.best_val_error_px) == (best.val_loss, best.val_error_px)
+    assert load_checkpoint(first.best_checkpoints[0])["val_loss"] == best.val_loss
     assert all(p.is_file() for p in first.best_checkpoints)
     assert len(list(tmp_path.glob("best-*.pt"))) == 2  # the third-best epoch's file was removed
 
     # A redelivered run of a finished member resumes at its end and trains nothing more.
     again = train_hrnet(TINY, records, tmp_path, seed=0)
     assert again.resumed_from_epoch == 3 and again.epochs_run == 3 and again.train_images_per_s == 0.0
-    assert load_checkpoint(first.last_checkpoint)["state"]["epoch"] == 3
+    assert load_checkpoint(first.last_checkpoint)["epoch"] == 3
 
     metrics = evaluate_hrnet(first.best_checkpoints, records["test"])
     assert metrics["unit"] == "mm" and metrics["checkpoints"] == 2 and metrics["n_images"] == len(records["test"])
@@ -64,11 +70,30 @@ def test_training_checkpoints_resumes_and_evaluates_the_best_k_together(records,
     assert [row["landmark"] for row in metrics["per_landmark"]][:2] == ["Sella", "Nasion"]
 
 
+def test_a_last_pt_of_the_layout_before_the_kit_resumes_where_it_stopped(records, tmp_path):
+    """A member stopped after epoch 1 by the code before the training kit (its last.pt: the epoch
+    only in state["epoch"]) continues at epoch 2 with its optimiser, schedule and best list."""
+    spec = dataclasses.replace(TINY, epochs=2, progressive=None, image_size=64)
+    reports = []
+    cut = train_hrnet(spec, records, tmp_path, hooks=TrainHooks(
+        progress=reports.append, should_stop=lambda: any(r.epoch_done for r in reports)))
+    assert cut.cancelled and cut.epochs_run == 1
+    old = to_old_hrnet(tmp_path / "last.pt")
+    rest = train_hrnet(spec, records, tmp_path)
+    assert (rest.resumed_from_epoch, rest.epochs_run, rest.cancelled) == (1, 2, False)
+    assert [e for _, e in old["state"]["best"]] == [1]
+    assert sorted(p.name for p in rest.best_checkpoints) == ["best-0001.pt", "best-0002.pt"]  # top 2 of 2
+    last = load_checkpoint(rest.last_checkpoint)
+    steps = 2 * math.ceil(len(records["train"]) / spec.batch_size)  # the schedule went on, not over
+    assert last["scheduler"]["last_epoch"] == steps
+    assert all(int(s["step"]) == steps for s in last["optimizer"]["state"].values())
+
+
 def test_a_resume_with_another_spec_is_refused(records, tmp_path):
     train_hrnet(dataclasses.replace(TINY, epochs=1, progressive=None), records, tmp_path, seed=0)
     from medq.common.errors import JobError
 
-    with pytest.raises(JobError, match="another spec or seed"):
+    with pytest.raises(JobError, match=r"different spec \(differs in: epochs\)"):
         train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path, seed=0)
 
 

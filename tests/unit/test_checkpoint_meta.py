@@ -23,7 +23,7 @@ def test_the_spec_of_a_torch_checkpoint_is_read_and_names_its_family(tmp_path):
     assert family_of_checkpoint(path).kind == "segment"  # the one family whose spec takes every field
     assert family_of_spec(HRNetSpec().to_dict()).kind == "hrnet"
     assert family_of_spec(EnsembleSpec().to_dict()).kind == "ensemble"
-    torch.save({"spec": {"anything": 1}, "kind": "hrnet", "model": {}}, path)
+    torch.save({"spec": {"anything": 1}, "kind": "weights", "job_kind": "hrnet", "model": {}}, path)
     assert family_of_checkpoint(path).kind == "hrnet"  # a checkpoint that records its kind
 
 

@@ -20,13 +20,15 @@ from medq.common.families.chest.dataset import LandmarkDataset, preload_images
 from medq.common.families.chest.evaluate import evaluate_ensemble, load_member, predict
 from medq.common.families.chest.model import BACKBONES, build_model
 from medq.common.families.chest.synth import synth_chest
-from medq.common.families.chest.checkpoint import LAST_NAME
-from medq.common.families.chest.train import Progress, TrainHooks, train_member
+from medq.common.training.checkpoint import LAST_NAME
+from medq.common.training.kit import Progress, TrainHooks
+from medq.common.families.chest.train import train_member
 from medq.common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
+from tests.unit.old_layouts import to_old_chest
 
 TINY = EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse")
-LAST_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best_val_loss", "best_epoch",
-             "bad_epochs", "spec", "seed", "code_version", "rng"}
+LAST_KEYS = {"kind", "model", "optimizer", "scheduler", "scaler", "epoch", "spec", "seed", "code_version", "rng",
+             "state"}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def test_member_trains_both_phases_and_writes_both_checkpoints(data, tmp_path):
 
     last = torch.load(outcome.last_checkpoint, weights_only=True)
     assert LAST_KEYS <= set(last)
-    assert last["epoch"] == 2 and last["phase"] == "finetune" and last["seed"] == 7
+    assert last["epoch"] == 2 and last["state"]["phase"] == "finetune" and last["seed"] == 7
     assert last["spec"] == TINY.to_dict()
     best = torch.load(outcome.best_checkpoint, weights_only=True)
     assert {"model", "spec", "seed", "epoch", "val_loss", "val_error_px"} <= set(best)
@@ -187,6 +189,22 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(
     assert second[0].step == first_step
     assert resumed.epochs_run == 2
 
+    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert resumed.best_val_loss == pytest.approx(straight.best_val_loss, rel=1e-6)
+
+
+def test_a_last_pt_of_the_layout_before_the_kit_resumes_mid_epoch_exactly(data, straight, tmp_path):
+    """A member cut mid-epoch by the code before the training kit (its last.pt layout, phase and
+    loop state at the top level) finishes under this code exactly as an uninterrupted run does."""
+    folder, split = data
+    first: list[Progress] = []
+    train_member(TINY, split, folder, 5, tmp_path, TrainHooks(progress=first.append, should_stop=lambda: len(first) >= 2))
+    old = to_old_chest(tmp_path / LAST_NAME)
+    assert old["phase"] == "head" and old["state"]["partial"]["steps"] == 2
+    resumed = train_member(TINY, split, folder, 5, tmp_path)
+    assert (resumed.resumed_from_epoch, resumed.epochs_run, resumed.cancelled) == (0, 2, False)
     a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

@@ -28,7 +28,7 @@ from medq.common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_o
 from medq.common.inference.predict import LandmarkPredictor, overlay_path, run_chunk
 from medq.common.inference.qc import image_left_members, qc_flags
 from medq.common.inference.types import DecodedImage
-from medq.common.families.chest.checkpoint import save_atomic
+from medq.common.training.checkpoint import save_atomic
 from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
 from medq.common.families.chest.synth import real_shapes, synth_chest

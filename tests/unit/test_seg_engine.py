@@ -12,6 +12,7 @@ from medq.common.families.ct_lesions.data import read_medseg, split_slices
 from medq.common.families.ct_lesions.metrics import dice_iou
 from medq.common.families.ct_lesions.synth import synth_ct
 from medq.common.specs import SEG_ENCODERS, SegmentSpec, SplitSpec
+from tests.unit.old_layouts import to_old_segmenter
 
 TINY = dict(arch="unet", encoder="resnet18", image_size=64, batch_size=4)
 
@@ -94,8 +95,8 @@ def ct(tmp_path_factory):
 
 
 def test_training_writes_checkpoints_with_the_hu_statistics_and_resumes(ct, tmp_path):
-    from medq.common.families.chest.checkpoint import load_checkpoint
-    from medq.common.families.chest.train import TrainHooks
+    from medq.common.training.checkpoint import load_checkpoint
+    from medq.common.training.kit import TrainHooks
     from medq.common.families.ct_lesions.train import evaluate_segmenter, train_segmenter
 
     data, split = ct
@@ -107,6 +108,7 @@ def test_training_writes_checkpoints_with_the_hu_statistics_and_resumes(ct, tmp_
     assert best["hu"]["mean"] == pytest.approx(np.clip(train_hu, -1500, 500).mean(), rel=1e-4)
     assert len(best["class_weights"]) == 4 and best["class_weights"][0] > best["class_weights"][3]
     assert 0 <= best["val_lesion_dice"] <= 1 and best["epoch"] == first.best_epoch
+    assert best["val_loss"] == first.best_val_loss and first.best_val_loss > 0
     report = evaluate_segmenter(first.best_checkpoint, data.sources, split["test"], tmp_path / "overlays", 2)
     assert report["n_images"] == len(split["test"]) and set(report["per_class"]) == {
         "ground_glass", "consolidation", "other_lung", "background"}
@@ -118,7 +120,7 @@ def test_training_writes_checkpoints_with_the_hu_statistics_and_resumes(ct, tmp_
 
 
 def test_a_cancel_stops_within_the_epoch_and_the_next_call_resumes(ct, tmp_path):
-    from medq.common.families.chest.train import TrainHooks
+    from medq.common.training.kit import TrainHooks
     from medq.common.families.ct_lesions.train import train_segmenter
 
     data, split = ct
@@ -132,13 +134,35 @@ def test_a_cancel_stops_within_the_epoch_and_the_next_call_resumes(ct, tmp_path)
     assert (rest.resumed_from_epoch, rest.epochs_run, rest.cancelled) == (1, 3, False)
 
 
+def test_a_last_pt_of_the_layout_before_the_kit_resumes_exactly(ct, tmp_path):
+    """A member stopped in epoch 2 by the code before the training kit (its last.pt: the epoch in
+    state["epoch"], the normaliser beside the run) finishes as an uninterrupted run does."""
+    from medq.common.training.kit import TrainHooks
+    from medq.common.families.ct_lesions.train import train_segmenter
+
+    data, split = ct
+    spec = SegmentSpec(epochs=2, **TINY)
+    straight = train_segmenter(spec, data.sources, split, tmp_path / "straight", seed=3)
+    steps = []
+    cut = train_segmenter(spec, data.sources, split, tmp_path / "cut", seed=3, hooks=TrainHooks(
+        progress=lambda p: steps.append(p.epoch), should_stop=lambda: steps.count(2) >= 1))
+    assert cut.cancelled and cut.epochs_run == 1
+    to_old_segmenter(tmp_path / "cut" / "last.pt")
+    rest = train_segmenter(spec, data.sources, split, tmp_path / "cut", seed=3)
+    assert (rest.resumed_from_epoch, rest.epochs_run, rest.cancelled) == (1, 2, False)
+    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
+    b = torch.load(rest.last_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rest.best_val_dice == straight.best_val_dice
+
+
 def test_a_checkpoint_of_another_spec_is_not_resumed(ct, tmp_path):
     from medq.common.errors import JobError
     from medq.common.families.ct_lesions.train import train_segmenter
 
     data, split = ct
     train_segmenter(SegmentSpec(epochs=1, **TINY), data.sources, split, tmp_path)
-    with pytest.raises(JobError, match="another spec"):
+    with pytest.raises(JobError, match=r"different spec \(differs in: lr\)"):
         train_segmenter(SegmentSpec(epochs=1, lr=2e-4, **TINY), data.sources, split, tmp_path)
 
 
@@ -168,16 +192,3 @@ def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_s
     first = epoch(3)
     assert not torch.equal(first[0], first[1])  # workers 0 and 1, the same slice
     assert all(torch.equal(a, b) for a, b in zip(first, epoch(3)))
-
-
-def test_the_shared_step_refuses_a_nan_loss_and_otherwise_moves_the_weights():
-    from medq.common.errors import TrainingDiverged
-    from medq.common.families.chest.train import scaled_step
-
-    weight = torch.nn.Parameter(torch.ones(2))
-    optimizer = torch.optim.SGD([weight], lr=0.5)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    with pytest.raises(TrainingDiverged, match="epoch 3, step 7"):
-        scaled_step((weight * float("nan")).sum(), optimizer, scaler, 3, 7)
-    assert scaled_step((weight ** 2).sum(), optimizer, scaler, 1, 1) == 2.0
-    assert torch.allclose(weight.detach(), torch.zeros(2))  # 1 - 0.5 * 2

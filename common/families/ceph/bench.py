@@ -24,7 +24,7 @@ from medq.common.families.ceph.model import build_hrnet
 from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import N_LANDMARKS
 from medq.common.families.ceph.train import HeatmapDataset, heatmap_loss, load_grey, train_hrnet
-from medq.common.families.chest.train import Progress, TrainHooks, pick_device, seed_everything
+from medq.common.training.kit import Progress, TrainHooks, pick_device, seed_everything
 from medq.common.specs import HRNetSpec
 
 

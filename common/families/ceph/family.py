@@ -22,7 +22,7 @@ UNTRAINED = "test-untrained"
 class CephFamily(Family):
     kind = "hrnet"
     title = "cephalometric HRNet"
-    member_metric = MemberMetric("val_error_px", "val px")
+    member_metric = MemberMetric("val_score", "val MRE")  # mm, or px when the spacing is unknown
     inference_ref = "medq.common.families.ceph.infer:INFERENCE"
     engine_modules = ("medq.common.families.ceph.train",)
 
@@ -50,8 +50,10 @@ class CephFamily(Family):
         checkpoints = {"last": outcome.last_checkpoint}
         if outcome.best_checkpoints:
             checkpoints["best"] = outcome.best_checkpoints[0]
-        fields = {"epoch": outcome.epochs_run, "val_loss": getattr(outcome, "best_val_loss", outcome.best_val_mre),
-                  "device": outcome.device, "images_per_s": outcome.train_images_per_s}
+        # the best epoch (by validation MRE): its heatmap loss, MRE (mm, or px without a spacing) and px error
+        fields = {"epoch": outcome.epochs_run, "val_loss": outcome.best_val_loss, "val_score": outcome.best_val_mre,
+                  "val_error_px": outcome.best_val_error_px, "device": outcome.device,
+                  "images_per_s": outcome.train_images_per_s}
         return Trained(outcome.cancelled, fields, checkpoints, outcome.resumed_from_epoch)
 
     def evaluate(self, spec, plan: dict[str, Any], members: Sequence[MemberCheckpoint]) -> dict[str, dict]:

@@ -21,7 +21,7 @@ from medq.common.families.ceph.model import HEATMAP_STRIDE
 from medq.common.families.ceph.train import heatmaps_of, load_hrnet
 from medq.common.errors import SpecError
 from medq.common.inference.qc import landmark_qc_flags
-from medq.common.families.chest.train import pick_device
+from medq.common.training.kit import pick_device
 
 
 class HeatmapPredictor:

@@ -3,8 +3,9 @@
 AdamW with a linear warm-up then cosine decay (per step), mixed precision on CUDA, albumentations
 (rotation, translation, scale, brightness/contrast) with the keypoints moved along, progressive
 resizing (``spec.progressive``: a smaller input for the first epochs), a checkpoint after every
-epoch (``last.pt``: model, optimiser, schedule, scaler, epoch, RNG) plus the best ``top_k``
-epochs by validation MRE (``best-<epoch>.pt``), whose heatmaps are averaged at evaluation.
+epoch (``last.pt``, the training kit's format) plus the best ``top_k`` epochs by validation
+MRE (``best-<epoch>.pt``), whose heatmaps are averaged at evaluation; each epoch also reports
+the validation heatmap loss (the training objective).
 A resumed run starts again at the epoch after the last one completed; a cancel stops within an
 epoch. Validation and evaluation decode at ``spec.image_size``.
 
@@ -14,9 +15,9 @@ predictions map back by the inverse, so the codec's pixel-centre convention canc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,20 +28,35 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medq import common
 from medq.common.families.ceph.codec import HeatmapCodec
 from medq.common.families.ceph.metrics import ceph_metrics, radial_errors_mm
 from medq.common.families.ceph.model import HEATMAP_STRIDE, build_hrnet
 from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
-from medq.common.errors import JobError
-from medq.common.families.chest.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
-from medq.common.families.chest.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
+from medq.common.landmark_pairs import flip_permutation
 from medq.common.specs import HRNetSpec
+from medq.common.training.checkpoint import (
+    INIT_NAME,
+    LAST_NAME,
+    load_checkpoint,
+    prepare_workdir,
+    restore,
+    resume_check,
+    save_checkpoint,
+    save_weights,
+    set_rng_states,
+)
+from medq.common.training.kit import (
+    EpochMeter,
+    Progress,
+    TrainHooks,
+    autocast,
+    pick_device,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
-LAST_NAME = "last.pt"
-INIT_NAME = "init.pt"  # the weights before the first step: the untrained baseline of the evaluation
 EVAL_BATCH = 8
 
 
@@ -96,10 +112,17 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 @dataclass
 class _State:
-    epoch: int = 0
+    """The loop state that goes into last.pt (its last completed epoch is the checkpoint's own)."""
+
     best: list[tuple[float, int]] = field(default_factory=list)  # (val MRE, epoch), best first
     bad_epochs: int = 0
     stopped_early: bool = False
+    best_val_loss: float | None = None  # validation heatmap loss of the best epoch (best[0])
+    best_val_error_px: float | None = None  # its mean radial error in original pixels
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "_State":
+        return cls(**{**data, "best": [(float(mre), int(epoch)) for mre, epoch in data.get("best", [])]})
 
 
 @dataclass(frozen=True)
@@ -114,20 +137,28 @@ class HRNetOutcome:
     resumed_from_epoch: int | None
     device: str
     train_images_per_s: float
+    best_val_loss: float | None  # validation heatmap loss of the best epoch (None when its
+    # checkpoint was written before the loss was kept, or no epoch completed)
+    best_val_error_px: float | None  # the best epoch's mean radial error in original pixels
 
 
 def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workdir: Path, seed: int = 0,
                 hooks: TrainHooks = TrainHooks()) -> HRNetOutcome:
-    """Train (or resume from ``workdir/last.pt``) on records["train"], validating on records["val"]."""
+    """Train (or resume from ``workdir/last.pt``) on records["train"], validating on records["val"].
+    Each epoch's report carries the validation heatmap loss (``val_loss``), the MRE
+    (``val_score``: mm, or px without a spacing) and the radial error in px (``val_error_px``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     last_path = workdir / LAST_NAME
     seed_everything(seed)
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
+    checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
+    if checkpoint is not None:
+        resume_check(checkpoint, spec, seed, last_path)
     images = {r.stem: load_grey(r.image) for part in ("train", "val") for r in records[part]}
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model = build_hrnet(spec.width, N_LANDMARKS, None if last_path.is_file() else spec.pretrained).to(
+    model = build_hrnet(spec.width, N_LANDMARKS, None if checkpoint else spec.pretrained).to(
         device, memory_format=memory_format)
     prepare_workdir(workdir, model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
@@ -135,96 +166,82 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(spec.warmup_epochs * steps_per_epoch, spec.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    state, resumed_from = _State(), None
-    if last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-        if checkpoint.get("spec") != spec.to_dict() or checkpoint.get("seed") != seed:
-            raise JobError(f"{last_path} belongs to another spec or seed; refusing to resume from it")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = _State(checkpoint["state"]["epoch"], [tuple(b) for b in checkpoint["state"]["best"]],
-                       checkpoint["state"]["bad_epochs"], checkpoint["state"]["stopped_early"])
+    state, finished, resumed_from = _State(), 0, None  # finished: the last completed epoch
+    if checkpoint is not None:
+        restore(checkpoint, model, optimizer, scheduler, scaler)
+        state, finished = _State.from_dict(checkpoint["state"]), int(checkpoint["epoch"])
         set_rng_states(checkpoint["rng"])
-        resumed_from = state.epoch
-        log.info("resuming from epoch %d in %s", state.epoch, workdir)
+        resumed_from = finished
+        log.info("resuming from epoch %d in %s", finished, workdir)
+    else:
+        save_weights(workdir / INIT_NAME, model, spec, 0, seed=seed)
 
-    if resumed_from is None:
-        save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0,
-                     "code_version": common.__version__}, workdir / INIT_NAME)
+    def loss_of(batch) -> tuple[torch.Tensor, int]:
+        inputs, targets, weights = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, use_amp):
+            pred = model(inputs.contiguous(memory_format=memory_format))
+        return heatmap_loss(pred, targets, weights), len(inputs)
+
     val_set = HeatmapDataset(records["val"], images, spec, spec.image_size, train=False)
     seconds, trained, cancelled = 0.0, 0, False
-    for epoch in range(state.epoch + 1, spec.epochs + 1):
+    for epoch in range(finished + 1, spec.epochs + 1):
         if state.stopped_early:
             break
+        phase = f"{spec.size_at(epoch)}px"
         train_set = HeatmapDataset(records["train"], images, spec, spec.size_at(epoch), train=True)
         loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, num_workers=spec.loader_workers,
                             pin_memory=device.type == "cuda", drop_last=False,
                             generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        model.train()
-        loss_sum, seen, step, tick = 0.0, 0, 0, time.perf_counter()
-        for batch, targets, weights in loader:
-            if hooks.should_stop():
-                cancelled = True
-                break
-            batch, targets, weights = (t.to(device, non_blocking=True) for t in (batch, targets, weights))
-            batch = batch.contiguous(memory_format=memory_format)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                pred = model(batch)
-            value = scaled_step(heatmap_loss(pred, targets, weights), optimizer, scaler, epoch, step + 1)
-            scheduler.step()
-            step, seen, loss_sum = step + 1, seen + len(batch), loss_sum + value * len(batch)
-            elapsed = time.perf_counter() - tick
-            hooks.progress(Progress(epoch, spec.epochs, f"{spec.size_at(epoch)}px", step, steps_per_epoch,
-                                    loss_sum / seen, None, None, seen / max(elapsed, 1e-9), False))
-        seconds += time.perf_counter() - tick
-        trained += seen
-        if cancelled:
+        meter = EpochMeter()
+
+        def report(m: EpochMeter, epoch=epoch, phase=phase) -> None:
+            hooks.progress(Progress(epoch, spec.epochs, phase, m.steps, steps_per_epoch, m.mean_loss, None, None,
+                                    m.images_per_s, False))
+
+        cancelled = train_one_epoch(model, loader, loss_of, optimizer, scaler, epoch=epoch, meter=meter,
+                                    should_stop=hooks.should_stop, report=report, after_step=scheduler.step)
+        seconds, trained = seconds + meter.seconds, trained + meter.images
+        if cancelled:  # last.pt keeps the last completed epoch; a resume repeats this one
             break
-        val_mre, val_px = _validate(model, val_set, device, use_amp)
-        state.epoch = epoch
-        _keep_best(state, val_mre, epoch, spec, model, workdir)
+        val_loss, val_mre, val_px = validate_hrnet(model, val_set, device, use_amp)
+        finished = epoch
+        _keep_best(state, (val_mre, val_loss, val_px), epoch, spec, seed, model, workdir)
         state.bad_epochs = 0 if state.best and state.best[0][1] == epoch else state.bad_epochs + 1
         state.stopped_early = bool(spec.patience) and state.bad_epochs >= spec.patience
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "spec": spec.to_dict(),
-                     "seed": seed, "code_version": common.__version__, "rng": rng_states(),
-                     "state": {"epoch": state.epoch, "best": state.best, "bad_epochs": state.bad_epochs,
-                               "stopped_early": state.stopped_early}}, last_path)
-        hooks.progress(Progress(epoch, spec.epochs, f"{spec.size_at(epoch)}px", step, steps_per_epoch,
-                                loss_sum / max(seen, 1), val_mre, val_px, seen / max(seconds, 1e-9), True))
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        epoch=finished, spec=spec, seed=seed, state=dataclasses.asdict(state))
+        hooks.progress(Progress(epoch, spec.epochs, phase, meter.steps, steps_per_epoch, meter.mean_loss, val_loss,
+                                val_px, meter.images_per_s, True, val_score=val_mre))
+        log.info("epoch %d: train loss %.6f, val loss %.6f, val MRE %.3f, val error %.2f px", epoch,
+                 meter.mean_loss, val_loss, val_mre, val_px)
     return HRNetOutcome(
-        epochs_run=state.epoch, best_epoch=state.best[0][1] if state.best else 0,
+        epochs_run=finished, best_epoch=state.best[0][1] if state.best else 0,
         best_val_mre=state.best[0][0] if state.best else None,
         best_checkpoints=tuple(_best_path(workdir, e) for _, e in state.best), last_checkpoint=last_path,
         cancelled=cancelled, stopped_early=state.stopped_early, resumed_from_epoch=resumed_from,
-        device=str(device), train_images_per_s=trained / seconds if seconds > 0 else 0.0)
+        device=str(device), train_images_per_s=trained / seconds if seconds > 0 else 0.0,
+        best_val_loss=state.best_val_loss, best_val_error_px=state.best_val_error_px)
 
 
 def _best_path(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.pt"
 
 
-def _keep_best(state: _State, val_mre: float, epoch: int, spec: HRNetSpec, model, workdir: Path) -> None:
-    """Keep the ``top_k`` best epochs by validation MRE as files; drop the one pushed out."""
+def _keep_best(state: _State, scores: tuple[float, float, float], epoch: int, spec: HRNetSpec, seed: int, model,
+               workdir: Path) -> None:
+    """Keep the ``top_k`` best epochs by validation MRE as files; drop the one pushed out.
+    ``scores``: this epoch's (MRE, heatmap loss, radial error in px)."""
+    val_mre, val_loss, val_px = scores
     ranked = sorted([*state.best, (val_mre, epoch)])
     kept, dropped = ranked[:spec.top_k], ranked[spec.top_k:]
     if (val_mre, epoch) in kept:
-        save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "epoch": epoch, "val_mre": val_mre,
-                     "code_version": common.__version__}, _best_path(workdir, epoch))
+        save_weights(_best_path(workdir, epoch), model, spec, epoch, seed=seed, val_mre=val_mre, val_loss=val_loss,
+                     val_error_px=val_px)
     for _, old in dropped:
         _best_path(workdir, old).unlink(missing_ok=True)
     state.best = kept
-
-
-@torch.no_grad()
-def flip_permutation(n_landmarks: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
-    """Channel order of a mirrored image's heatmaps: each pair's two landmarks swapped."""
-    order = list(range(n_landmarks))
-    for a, b in pairs:
-        order[a], order[b] = b, a
-    return order
+    if kept and kept[0][1] == epoch:
+        state.best_val_loss, state.best_val_error_px = val_loss, val_px
 
 
 @torch.no_grad()
@@ -250,7 +267,7 @@ def predict_heatmaps(models: Sequence[torch.nn.Module], dataset: HeatmapDataset,
         model.eval()
         maps = []
         for batch, _, _ in loader:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with autocast(device, use_amp):
                 maps.append(heatmaps_of(model, batch.to(device), flip_pairs).cpu().numpy())
         outputs.append(np.concatenate(maps))
     return np.mean(outputs, axis=0)
@@ -262,14 +279,23 @@ def to_original(points_input: np.ndarray, records: Sequence[CephRecord], size: i
     return points_input * scale[:, None, :]
 
 
-def _validate(model, val_set: HeatmapDataset, device, use_amp: bool) -> tuple[float, float]:
-    """(MRE in mm, or px when a spacing is unknown; mean radial error in original px)."""
-    maps = predict_heatmaps([model], val_set, device, use_amp)
-    points = to_original(val_set.codec.decode(maps)[0], val_set.records, val_set.codec.input_size)
+@torch.no_grad()
+def validate_hrnet(model, val_set: HeatmapDataset, device, use_amp: bool) -> tuple[float, float, float]:
+    """(heatmap loss per image, MRE in mm or px when a spacing is unknown, mean radial error in
+    original px) of ``model`` on the validation set, in one pass."""
+    model.eval()
+    loss_sum, maps = 0.0, []
+    for batch, targets, weights in DataLoader(val_set, batch_size=EVAL_BATCH, pin_memory=device.type == "cuda"):
+        with autocast(device, use_amp):
+            pred = heatmaps_of(model, batch.to(device))
+        loss_sum += heatmap_loss(pred, targets.to(device), weights.to(device)).item() * len(batch)
+        maps.append(pred.cpu().numpy())
+    points = to_original(val_set.codec.decode(np.concatenate(maps))[0], val_set.records, val_set.codec.input_size)
     truth = np.stack([r.points for r in val_set.records])
     px = float(np.linalg.norm(points - truth, axis=-1).mean())
     spacing = [r.spacing_mm for r in val_set.records]
-    return (float(radial_errors_mm(points, truth, spacing).mean()) if None not in spacing else px), px
+    mre = float(radial_errors_mm(points, truth, spacing).mean()) if None not in spacing else px
+    return loss_sum / len(val_set), mre, px
 
 
 def load_hrnet(path: Path) -> tuple[torch.nn.Module, HRNetSpec]:

@@ -29,7 +29,8 @@ from medq.common.families.chest.dataset import LandmarkDataset, dataset_paths, p
 from medq.common.families.chest.losses import build_loss
 from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import N_LANDMARKS
-from medq.common.families.chest.train import Progress, TrainHooks, pick_device, seed_everything, train_member
+from medq.common.training.kit import Progress, TrainHooks, pick_device, seed_everything
+from medq.common.families.chest.train import train_member
 from medq.common.specs import EnsembleSpec
 
 

@@ -23,8 +23,8 @@ from medq.common.families.chest.dataset import (
 from medq.common.families.chest.metrics import aggregate_predictions, landmark_report
 from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import N_LANDMARKS
-from medq.common.families.chest.checkpoint import load_checkpoint
-from medq.common.families.chest.train import pick_device
+from medq.common.training.checkpoint import load_checkpoint
+from medq.common.training.kit import pick_device
 from medq.common.specs import AGGREGATIONS, EnsembleSpec
 
 PREDICT_BATCH = 32

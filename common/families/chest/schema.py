@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from medq.common import landmark_pairs
+
 N_LANDMARKS = 15
 N_COLUMNS = 2 + 2 * N_LANDMARKS  # ID, x1, y1, ..., x15, y15, image_stem
 ORIGINAL_SIZE = 299  # the source images are 299x299
@@ -21,7 +23,4 @@ def category_of(stem: str) -> str:
 
 def flip_permutation() -> list[int]:
     """Index map that swaps every left/right pair (applied after a horizontal flip)."""
-    perm = list(range(N_LANDMARKS))
-    for left, right in FLIP_PAIRS:
-        perm[left], perm[right] = right, left
-    return perm
+    return landmark_pairs.flip_permutation(N_LANDMARKS, FLIP_PAIRS)

@@ -10,18 +10,18 @@ checkpoint may come from either phase. Mixed precision (float16 autocast + GradS
 on CUDA when ``spec.amp``. The frozen backbone's BatchNorm layers stay in training mode, so
 their running statistics adapt to the radiographs while their weights do not move.
 
-Checkpoints in ``workdir``: ``last.pt`` after every epoch and on cancellation (written to a
-temporary file, then ``os.replace``), ``best.pt`` whenever the validation loss improves. A
+Checkpoints in ``workdir`` (the training kit's format, ``medq.common.training.checkpoint``):
+``last.pt`` after every epoch and on cancellation, its loop state holding the phase of its
+optimiser and a cut epoch's counts, and ``best.pt`` whenever the validation loss improves. A
 ``last.pt`` found at start is resumed exactly: same data order, augmentation and dropout
 streams, and mid-epoch cancellations continue at the step where they stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,19 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medq import common
 from medq.common.errors import TrainingDiverged
 from medq.common.families.chest.augment import eval_transform, train_transform
-from medq.common.families.chest.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    check_resumable,
-    load_checkpoint,
-    rng_states,
-    prepare_workdir,
-    save_atomic,
-    set_rng_states,
-)
 from medq.common.families.chest.dataset import (
     LandmarkDataset,
     dataset_paths,
@@ -55,41 +44,30 @@ from medq.common.families.chest.metrics import radial_errors
 from medq.common.families.chest.model import backbone_parameters, build_model, head_parameters, load_pretrained
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.specs import EnsembleSpec
+from medq.common.training.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    load_checkpoint,
+    prepare_workdir,
+    restore,
+    resume_check,
+    save_checkpoint,
+    save_weights,
+    set_rng_states,
+)
+from medq.common.training.kit import (
+    EpochMeter,
+    Progress,
+    TrainHooks,
+    autocast,
+    pick_device,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 32
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One report: after every optimizer step, and once more at the end of each epoch."""
-
-    epoch: int  # 1-based, the epoch in progress or just finished
-    total_epochs: int
-    phase: str  # "head" | "finetune"
-    step: int  # optimizer steps done in this epoch (1-based; steps_per_epoch when epoch_done)
-    steps_per_epoch: int
-    train_loss: float  # mean training loss of this epoch so far
-    val_loss: float | None  # set when epoch_done
-    val_error_px: float | None  # mean radial error in ORIGINAL pixels on the val split
-    images_per_s: float  # training images per second in this epoch so far
-    epoch_done: bool
-    val_score: float | None = None  # set when epoch_done by engines with a higher-is-better score
-    # (segmentation: the validation split's mean lesion Dice)
-
-
-def _no_progress(progress: Progress) -> None:
-    return None
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks of the caller. Both run on every optimizer step: keep them cheap (a task that
-    reads a cancel flag from the store should look at most every few seconds)."""
-
-    progress: Callable[[Progress], None] = _no_progress
-    should_stop: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
@@ -109,43 +87,18 @@ class MemberOutcome:
 
 @dataclass
 class _State:
-    """What survives between epochs and goes into last.pt."""
+    """The loop state that goes into last.pt (its last completed epoch is the checkpoint's own)."""
 
-    epoch: int = 0  # last completed epoch
+    phase: str = ""  # the phase of the optimiser and schedule saved beside it
     best_val_loss: float = math.inf
     best_val_error_px: float | None = None
     best_epoch: int = 0
     bad_epochs: int = 0
-    partial: dict[str, float] = field(default_factory=dict)  # steps/loss_sum/images of a cut epoch
+    partial: dict[str, float] = field(default_factory=dict)  # EpochMeter of a cut epoch
     stopped_early: bool = False
 
 
-# --- set-up --------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def scaled_step(loss: torch.Tensor, optimizer, scaler, epoch: int, step: int) -> float:
-    """One optimiser step through the GradScaler (a no-op scaler without AMP): refuse a NaN or
-    infinite loss naming the epoch and 1-based step, then zero the gradients, backward, step and
-    update the scale. Returns the loss value."""
-    value = loss.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"training loss is {value} at epoch {epoch}, step {step}")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return value
-
-
-def pick_device() -> torch.device:
-    """cuda:0 when CUDA is available (the launcher sets CUDA_VISIBLE_DEVICES), else the CPU."""
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+# --- the recipe ----------------------------------------------------------------------------
 
 
 def phase_of(epoch: int, spec: EnsembleSpec) -> str:
@@ -192,59 +145,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return batches if len(batches[-1]) > 1 or len(batches) == 1 else batches[:-1]
 
 
-# --- one epoch -----------------------------------------------------------------------------
-
-
-@dataclass
-class EpochResult:
-    loss_sum: float  # sum over images of the batch-mean loss times batch size
-    images: int
-    steps: int
-    seconds: float
-    cancelled: bool
-
-
-def train_one_epoch(
-    model, loader, loss_fn, optimizer, scheduler, scaler, device, use_amp: bool, grad_clip: float,
-    start: EpochResult, report: Callable[[EpochResult], None], should_stop: Callable[[], bool],
-    epoch: int,
-) -> EpochResult:
-    """Run the batches of ``loader``; ``start`` carries the counts of a resumed, cut epoch."""
-    model.train()
-    done = EpochResult(start.loss_sum, start.images, start.steps, start.seconds, False)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    tick = time.perf_counter()
-    for images, targets in loader:
-        if should_stop():
-            done.cancelled = True
-            break
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            pred = model(images)
-        loss = loss_fn(pred.float().view(-1, N_LANDMARKS, 2), targets)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"training loss is {value} at epoch {epoch}, step {done.steps + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        now = time.perf_counter()
-        done.seconds += now - tick
-        tick = now
-        done.steps += 1
-        done.images += len(images)
-        done.loss_sum += value * len(images)
-        report(done)
-        tick = time.perf_counter()  # the report's own time is not training time
-    return done
-
-
 @torch.no_grad()
 def evaluate(model, loader, loss_fn, device, use_amp: bool) -> tuple[float, np.ndarray]:
     """Mean loss per image and the normalised predictions (N, 15, 2) over ``loader``."""
@@ -252,7 +152,7 @@ def evaluate(model, loader, loss_fn, device, use_amp: bool) -> tuple[float, np.n
     loss_sum, preds = 0.0, []
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(device, use_amp):
             pred = model(images)
         pred = pred.float().view(-1, N_LANDMARKS, 2)
         loss_sum += loss_fn(pred, targets).item() * len(images)
@@ -286,6 +186,9 @@ def train_member(
     seed_everything(seed)
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
+    checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
+    if checkpoint is not None:
+        resume_check(checkpoint, spec, seed, last_path)
 
     records = split_records(data_dir, split, ("train", "val"))
     images = preload_images(dataset_paths(data_dir)[1], [r.stem for part in records.values() for r in part])
@@ -297,36 +200,33 @@ def train_member(
 
     model = build_model(spec)
     prepare_workdir(workdir, model)
-    if not last_path.is_file():  # a resumed member gets its weights from last.pt
+    if checkpoint is None:  # a resumed member gets its weights from last.pt
         load_pretrained(model, spec)
     model.to(device)
     loss_fn = build_loss(spec)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = len(epoch_batches(len(train_set), spec.batch_size, seed, 1))
 
-    state, resumed_from, checkpoint = _State(), None, None
-    if last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-        check_resumable(checkpoint, spec, seed, last_path)
-        model.load_state_dict(checkpoint["model"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = _State(**checkpoint["state"])
-        resumed_from = state.epoch
-        log.info("resuming seed %d from epoch %d in %s", seed, state.epoch, workdir)
+    state, finished, resumed_from = _State(), 0, None  # finished: the last completed epoch
+    if checkpoint is not None:
+        state, finished = _State(**checkpoint["state"]), int(checkpoint["epoch"])
+        resumed_from = finished
+    phase = phase_of(finished + 1, spec)
+    optimizer = make_optimizer(model, spec, phase)
+    scheduler = make_scheduler(optimizer, spec, phase, steps_per_epoch)
+    if checkpoint is not None:
+        same_phase = state.phase == phase  # else the saved optimiser belongs to the phase that ended
+        restore(checkpoint, model, optimizer if same_phase else None, scheduler if same_phase else None, scaler)
+        set_rng_states(checkpoint["rng"])  # after every set-up step that draws random numbers
+        log.info("resuming seed %d from epoch %d in %s", seed, finished, workdir)
 
-    def save_last(optimizer, scheduler, phase: str) -> None:
-        save_atomic({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": state.epoch, "phase": phase, "best_val_loss": state.best_val_loss,
-            "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
-            "spec": spec.to_dict(), "seed": seed, "code_version": common.__version__,
-            "rng": rng_states(), "state": state.__dict__.copy(),
-        }, last_path)
+    def save_last() -> None:
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        epoch=finished, spec=spec, seed=seed, state=dataclasses.asdict(state))
 
-    def outcome(cancelled: bool, seconds: float, trained_images: int) -> MemberOutcome:
+    def outcome(cancelled: bool) -> MemberOutcome:
         return MemberOutcome(
-            epochs_run=state.epoch, best_epoch=state.best_epoch,
+            epochs_run=finished, best_epoch=state.best_epoch,
             best_val_loss=state.best_val_loss if state.best_epoch else None,
             best_val_error_px=state.best_val_error_px, stopped_early=state.stopped_early,
             cancelled=cancelled, resumed_from_epoch=resumed_from, best_checkpoint=best_path,
@@ -334,66 +234,58 @@ def train_member(
             train_images_per_s=trained_images / seconds if seconds > 0 else 0.0,
         )
 
-    optimizer = scheduler = None
-    phase = None
+    def loss_of(batch) -> tuple[torch.Tensor, int]:
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, use_amp):
+            pred = model(images)
+        return loss_fn(pred.float().view(-1, N_LANDMARKS, 2), targets), len(images)
+
     seconds, trained_images = 0.0, 0
-    for epoch in range(state.epoch + 1, spec.total_epochs + 1):
+    for epoch in range(finished + 1, spec.total_epochs + 1):
         if state.stopped_early:
             break
         if phase_of(epoch, spec) != phase:
             phase = phase_of(epoch, spec)
             optimizer = make_optimizer(model, spec, phase)
             scheduler = make_scheduler(optimizer, spec, phase, steps_per_epoch)
-            if checkpoint is not None and checkpoint["phase"] == phase:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint is not None:
-            set_rng_states(checkpoint["rng"])  # after every RNG-consuming set-up step
-            checkpoint = None
+        state.phase = phase
 
         train_set.set_epoch(epoch)
-        batches = epoch_batches(len(train_set), spec.batch_size, seed, epoch)
-        skip = int(state.partial.get("steps", 0))
-        loader = DataLoader(train_set, batch_sampler=batches[skip:], num_workers=spec.loader_workers,
-                            pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        start = EpochResult(state.partial.get("loss_sum", 0.0), int(state.partial.get("images", 0)), skip,
-                            state.partial.get("seconds", 0.0), False)
+        meter = EpochMeter.from_dict(state.partial)  # a cut epoch continues at its next step
+        before = (meter.seconds, meter.images)
+        loader = DataLoader(train_set, batch_sampler=epoch_batches(len(train_set), spec.batch_size, seed, epoch)[
+            meter.steps:], num_workers=spec.loader_workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
 
-        def report(done: EpochResult, epoch=epoch, phase=phase) -> None:
-            hooks.progress(Progress(epoch, spec.total_epochs, phase, done.steps, steps_per_epoch,
-                                    done.loss_sum / done.images, None, None,
-                                    done.images / max(done.seconds, 1e-9), False))
+        def report(m: EpochMeter, epoch=epoch, phase=phase) -> None:
+            hooks.progress(Progress(epoch, spec.total_epochs, phase, m.steps, steps_per_epoch, m.mean_loss, None,
+                                    None, m.images_per_s, False))
 
-        done = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, scaler, device, use_amp,
-                               spec.grad_clip, start, report, hooks.should_stop, epoch)
-        seconds += done.seconds - start.seconds
-        trained_images += done.images - start.images
-        if done.cancelled:
-            state.partial = {"steps": done.steps, "loss_sum": done.loss_sum, "images": done.images,
-                             "seconds": done.seconds}
-            save_last(optimizer, scheduler, phase)
-            log.info("seed %d cancelled at epoch %d, step %d", seed, epoch, done.steps)
-            return outcome(True, seconds, trained_images)
+        cancelled = train_one_epoch(model, loader, loss_of, optimizer, scaler, epoch=epoch, meter=meter,
+                                    should_stop=hooks.should_stop, report=report, after_step=scheduler.step,
+                                    grad_clip=spec.grad_clip)
+        seconds, trained_images = seconds + meter.seconds - before[0], trained_images + meter.images - before[1]
+        if cancelled:
+            state.partial = meter.to_dict()
+            save_last()
+            log.info("seed %d cancelled at epoch %d, step %d", seed, epoch, meter.steps)
+            return outcome(True)
 
         val_loss, val_pred = evaluate(model, val_loader, loss_fn, device, use_amp)
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
         val_error = float(radial_errors(to_original_pixels(val_pred, val_sizes), val_truth).mean())
-        state.epoch, state.partial = epoch, {}
+        finished, state.partial = epoch, {}
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.best_val_error_px, state.best_epoch = val_loss, val_error, epoch
             state.bad_epochs = 0
-            save_atomic({"model": model.state_dict(), "spec": spec.to_dict(), "seed": seed, "epoch": epoch,
-                         "val_loss": val_loss, "val_error_px": val_error,
-                         "code_version": common.__version__}, best_path)
+            save_weights(best_path, model, spec, epoch, seed=seed, val_loss=val_loss, val_error_px=val_error)
         elif phase == "finetune":
             state.bad_epochs += 1
             state.stopped_early = state.bad_epochs >= spec.patience and epoch < spec.total_epochs
-        save_last(optimizer, scheduler, phase)
+        save_last()
         log.info("seed %d epoch %d/%d (%s): train loss %.5f, val loss %.5f, val error %.2f px",
-                 seed, epoch, spec.total_epochs, phase, done.loss_sum / max(done.images, 1), val_loss, val_error)
-        hooks.progress(Progress(epoch, spec.total_epochs, phase, done.steps, steps_per_epoch,
-                                done.loss_sum / max(done.images, 1), val_loss, val_error,
-                                done.images / max(done.seconds, 1e-9), True))
-    return outcome(False, seconds, trained_images)
+                 seed, epoch, spec.total_epochs, phase, meter.mean_loss, val_loss, val_error)
+        hooks.progress(Progress(epoch, spec.total_epochs, phase, meter.steps, steps_per_epoch, meter.mean_loss,
+                                val_loss, val_error, meter.images_per_s, True))
+    return outcome(False)

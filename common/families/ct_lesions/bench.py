@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medq.common.families.chest.train import Progress, TrainHooks, pick_device, seed_everything
+from medq.common.training.kit import Progress, TrainHooks, pick_device, seed_everything
 from medq.common.families.ct_lesions.data import SegSource, slice_arrays
 from medq.common.families.ct_lesions.hu import HUNormaliser
 from medq.common.families.ct_lesions.losses import SegLoss

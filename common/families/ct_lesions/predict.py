@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from medq.common.atomic_files import write_atomic
 from medq.common.inference.outcome import ChunkStats, StudyOutcome
 from medq.common.inference.types import StudyError
-from medq.common.families.chest.train import pick_device
+from medq.common.training.kit import pick_device
 from medq.common.families.ct_lesions.augment import seg_transform
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, OTHER_LUNG
 from medq.common.families.ct_lesions.volumes import CTVolume, load_ct_volume

@@ -5,9 +5,9 @@ evaluation and bulk inference normalise the same way); albumentations on image a
 together; a WeightedRandomSampler drawing slices with a lesion ``lesion_weight`` times as often;
 loss w_ce·CE(class-weighted) + w_dice·Dice + w_focal·Focal(gamma); AdamW with OneCycle (from
 ``lr`` up to ``max_lr`` and down, per step); mixed precision on CUDA; a checkpoint after every
-epoch (``last.pt``: model, optimiser, schedule, scaler, sampler and random states); the best
-epoch by the validation split's mean lesion Dice (pooled over its slices) kept as ``best.pt``;
-early stopping when that Dice has not improved for ``patience`` epochs. ``init.pt`` keeps the
+epoch (``last.pt``, the training kit's format, with the normaliser, class weights and the
+sampler's lesion flags beside it); the best epoch by the validation split's mean lesion Dice
+(pooled over its slices) kept as ``best.pt``; early stopping when that Dice has not improved for ``patience`` epochs. ``init.pt`` keeps the
 weights before the first step: the untrained baseline of the evaluation.
 
 Validation and evaluation predict at the model size and score at each slice's own size (logits
@@ -16,9 +16,9 @@ resized bilinearly, then the arg-max), against the original masks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,10 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from medq import common
-from medq.common.errors import JobError
-from medq.common.families.chest.checkpoint import load_checkpoint, prepare_workdir, rng_states, save_atomic, set_rng_states
-from medq.common.families.chest.train import Progress, TrainHooks, pick_device, scaled_step, seed_everything
 from medq.common.families.ct_lesions.augment import seg_transform
 from medq.common.families.ct_lesions.data import SegSource, SliceReader, slice_arrays
 from medq.common.families.ct_lesions.hu import HUNormaliser
@@ -40,9 +36,29 @@ from medq.common.families.ct_lesions.metrics import seg_report
 from medq.common.families.ct_lesions.model import build_segmenter
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, N_CLASSES
 from medq.common.specs import SegmentSpec
+from medq.common.training.checkpoint import (
+    BEST_NAME,
+    INIT_NAME,
+    LAST_NAME,
+    load_checkpoint,
+    prepare_workdir,
+    restore,
+    resume_check,
+    save_checkpoint,
+    save_weights,
+    set_rng_states,
+)
+from medq.common.training.kit import (
+    EpochMeter,
+    Progress,
+    TrainHooks,
+    autocast,
+    pick_device,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
-LAST_NAME, BEST_NAME, INIT_NAME = "last.pt", "best.pt", "init.pt"
 EVAL_BATCH = 8
 AIR_HU = -1000.0
 CLASS_WEIGHT_RANGE = (0.1, 10.0)
@@ -101,6 +117,19 @@ class SegOutcome:
     resumed_from_epoch: int | None
     device: str
     train_slices_per_s: float
+    best_val_loss: float | None  # validation loss of the best epoch (None when its checkpoint was
+    # written before the loss was kept, or no epoch completed)
+
+
+@dataclass
+class _State:
+    """The loop state that goes into last.pt (its last completed epoch is the checkpoint's own)."""
+
+    best_dice: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    best_val_loss: float | None = None  # the validation loss of best_epoch
 
 
 def set_bn_momentum(model: torch.nn.Module, momentum: float | None) -> None:
@@ -138,13 +167,12 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
     checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
-    if checkpoint is not None and (checkpoint.get("spec") != spec.to_dict() or checkpoint.get("seed") != seed):
-        raise JobError(f"{last_path} belongs to another spec or seed; refusing to resume from it")
     if checkpoint is None:
         normaliser = HUNormaliser.fit(hu for hu, _ in slice_arrays(sources, split["train"]))
         counts, lesion = class_pixel_counts(sources, split["train"])
         class_weights = spec.class_weights or inverse_frequency_weights(counts)
     else:
+        resume_check(checkpoint, spec, seed, last_path)
         normaliser = HUNormaliser(**checkpoint["hu"])
         class_weights, lesion = tuple(checkpoint["class_weights"]), checkpoint["lesion"].numpy()
     model = build_segmenter(spec.arch, spec.encoder, N_CLASSES, None if checkpoint else spec.pretrained).to(device)
@@ -156,76 +184,73 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
                                                     div_factor=spec.max_lr / spec.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = SegLoss(spec.w_ce, spec.w_dice, spec.w_focal, spec.gamma, class_weights)
-    state = {"epoch": 0, "best_dice": None, "best_epoch": 0, "bad_epochs": 0, "stopped_early": False}
-    resumed_from = None
-    common_fields = {"spec": spec.to_dict(), "seed": seed, "hu": normaliser.to_dict(),
-                     "class_weights": list(class_weights), "code_version": common.__version__}
+    normalisation = {"hu": normaliser.to_dict(), "class_weights": list(class_weights)}  # in every file
+    state, finished, resumed_from = _State(), 0, None  # finished: the last completed epoch
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint["scaler"] and scaler.is_enabled():  # empty when saved without AMP (a CPU run)
-            scaler.load_state_dict(checkpoint["scaler"])
-        state = dict(checkpoint["state"])
+        restore(checkpoint, model, optimizer, scheduler, scaler)
+        state, finished = _State(**checkpoint["state"]), int(checkpoint["epoch"])
         set_rng_states(checkpoint["rng"])
-        resumed_from = state["epoch"]
-        log.info("resuming from epoch %d in %s", state["epoch"], workdir)
+        resumed_from = finished
+        log.info("resuming from epoch %d in %s", finished, workdir)
     else:
-        save_atomic({"model": model.state_dict(), "epoch": 0, **common_fields}, workdir / INIT_NAME)
+        save_weights(workdir / INIT_NAME, model, spec, 0, seed=seed, **normalisation)
+
+    def loss_of(batch) -> tuple[torch.Tensor, int]:
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, use_amp):
+            logits = model(images)
+        return loss_fn(logits, masks), len(images)
+
+    def schedule() -> None:
+        if scheduler.last_epoch < scheduler.total_steps:  # OneCycle refuses a step past its end
+            scheduler.step()
 
     train_set = SliceSet(sources, split["train"], normaliser, spec, train=True)
     seconds, trained, cancelled = 0.0, 0, False
-    for epoch in range(state["epoch"] + 1, spec.epochs + 1):
-        if state["stopped_early"]:
+    for epoch in range(finished + 1, spec.epochs + 1):
+        if state.stopped_early:
             break
         train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
         loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=_sampler(lesion, spec, seed, epoch),
                             num_workers=spec.loader_workers, pin_memory=device.type == "cuda", drop_last=False,
                             worker_init_fn=_seed_worker_transform)
-        model.train()
-        loss_sum, seen, step, tick = 0.0, 0, 0, time.perf_counter()
-        for images, masks in loader:
-            if hooks.should_stop():
-                cancelled = True
-                break
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            value = scaled_step(loss_fn(logits, masks), optimizer, scaler, epoch, step + 1)
-            if scheduler.last_epoch < scheduler.total_steps:  # OneCycle refuses a step past its end
-                scheduler.step()
-            step, seen, loss_sum = step + 1, seen + len(images), loss_sum + value * len(images)
-            hooks.progress(Progress(epoch, spec.epochs, "train", step, steps_per_epoch, loss_sum / seen, None, None,
-                                    seen / max(time.perf_counter() - tick, 1e-9), False))
-        seconds += time.perf_counter() - tick
-        trained += seen
-        if cancelled:
+        meter = EpochMeter()
+
+        def report(m: EpochMeter, epoch=epoch) -> None:
+            hooks.progress(Progress(epoch, spec.epochs, "train", m.steps, steps_per_epoch, m.mean_loss, None, None,
+                                    m.images_per_s, False))
+
+        cancelled = train_one_epoch(model, loader, loss_of, optimizer, scaler, epoch=epoch, meter=meter,
+                                    should_stop=hooks.should_stop, report=report, after_step=schedule)
+        seconds, trained = seconds + meter.seconds, trained + meter.images
+        if cancelled:  # last.pt keeps the last completed epoch; a resume repeats this one
             break
         val_loss, val_dice = validate(model, sources, split["val"], normaliser, spec, device, use_amp, loss_fn)
-        state["epoch"] = epoch
-        if state["best_dice"] is None or val_dice > state["best_dice"]:
-            state.update(best_dice=val_dice, best_epoch=epoch, bad_epochs=0)
-            save_atomic({"model": model.state_dict(), "epoch": epoch, "val_lesion_dice": val_dice, **common_fields},
-                        best_path)
+        finished = epoch
+        if state.best_dice is None or val_dice > state.best_dice:
+            state.best_dice, state.best_epoch, state.bad_epochs, state.best_val_loss = val_dice, epoch, 0, val_loss
+            save_weights(best_path, model, spec, epoch, seed=seed, val_lesion_dice=val_dice, val_loss=val_loss,
+                         **normalisation)
         else:
-            state["bad_epochs"] += 1
-        state["stopped_early"] = bool(spec.patience) and state["bad_epochs"] >= spec.patience
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
-                     "state": state, "lesion": torch.from_numpy(lesion), **common_fields}, last_path)
-        hooks.progress(Progress(epoch, spec.epochs, "train", step, steps_per_epoch, loss_sum / max(seen, 1), val_loss,
-                                None, seen / max(seconds, 1e-9), True, val_score=val_dice))
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val lesion Dice %.4f", epoch, loss_sum / max(seen, 1),
+            state.bad_epochs += 1
+        state.stopped_early = bool(spec.patience) and state.bad_epochs >= spec.patience
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        epoch=finished, spec=spec, seed=seed, state=dataclasses.asdict(state),
+                        extra={**normalisation, "lesion": torch.from_numpy(lesion)})
+        hooks.progress(Progress(epoch, spec.epochs, "train", meter.steps, steps_per_epoch, meter.mean_loss, val_loss,
+                                None, meter.images_per_s, True, val_score=val_dice))
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val lesion Dice %.4f", epoch, meter.mean_loss,
                  val_loss, val_dice)
-    return SegOutcome(state["epoch"], state["best_epoch"], state["best_dice"], best_path, last_path, cancelled,
-                      state["stopped_early"], resumed_from, str(device), trained / seconds if seconds > 0 else 0.0)
+    return SegOutcome(finished, state.best_epoch, state.best_dice, best_path, last_path, cancelled,
+                      state.stopped_early, resumed_from, str(device), trained / seconds if seconds > 0 else 0.0,
+                      state.best_val_loss)
 
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device, use_amp: bool,
                    out_size: tuple[int, int]) -> torch.Tensor:
     """Float32 logits (B, C, H, W) at ``out_size`` of a batch (B, 1, S, S) of z-scores."""
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+    with autocast(device, use_amp):
         logits = model(images.to(device, non_blocking=True))
     logits = logits.float()
     if tuple(logits.shape[-2:]) != tuple(out_size):
