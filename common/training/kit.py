@@ -59,6 +59,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def seed_worker_transform(worker_id: int) -> None:
+    """A DataLoader worker's augmentation seed (``worker_init_fn``): its torch seed, which the
+    loader draws from the main process's generator (saved in every checkpoint) plus the worker
+    id, so an epoch augments alike on every run and after a resume. The dataset's ``transform``
+    is an albumentations Compose."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 def pick_device() -> torch.device:
     """cuda:0 when CUDA is available (the launcher sets CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

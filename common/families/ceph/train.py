@@ -53,6 +53,7 @@ from medq.common.training.kit import (
     autocast,
     pick_device,
     seed_everything,
+    seed_worker_transform,
     train_one_epoch,
 )
 
@@ -189,8 +190,9 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
             break
         phase = f"{spec.size_at(epoch)}px"
         train_set = HeatmapDataset(records["train"], images, spec, spec.size_at(epoch), train=True)
+        train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
         loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, num_workers=spec.loader_workers,
-                            pin_memory=device.type == "cuda", drop_last=False,
+                            pin_memory=device.type == "cuda", drop_last=False, worker_init_fn=seed_worker_transform,
                             generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         meter = EpochMeter()
 

@@ -55,6 +55,7 @@ from medq.common.training.kit import (
     autocast,
     pick_device,
     seed_everything,
+    seed_worker_transform,
     train_one_epoch,
 )
 
@@ -144,13 +145,6 @@ def set_bn_momentum(model: torch.nn.Module, momentum: float | None) -> None:
             module.momentum = momentum
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    """A DataLoader worker's augmentation seed: its torch seed (the loader's base seed, drawn from
-    the main process's torch generator, which the checkpoint saves, plus the worker id)."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
 def _sampler(lesion: np.ndarray, spec: SegmentSpec, seed: int, epoch: int) -> WeightedRandomSampler:
     weights = np.where(lesion, spec.lesion_weight, 1.0)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(weights),
@@ -213,7 +207,7 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
         train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
         loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=_sampler(lesion, spec, seed, epoch),
                             num_workers=spec.loader_workers, pin_memory=device.type == "cuda", drop_last=False,
-                            worker_init_fn=_seed_worker_transform)
+                            worker_init_fn=seed_worker_transform)
         meter = EpochMeter()
 
         def report(m: EpochMeter, epoch=epoch) -> None:
