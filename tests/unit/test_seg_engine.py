@@ -179,14 +179,15 @@ def test_loader_workers_draw_their_own_augmentations_and_repeat_them_under_one_s
     from torch.utils.data import DataLoader
 
     from medq.common.families.ct_lesions.hu import HUNormaliser
-    from medq.common.families.ct_lesions.train import SliceSet, _seed_worker_transform
+    from medq.common.families.ct_lesions.train import SliceSet
+    from medq.common.training.kit import seed_worker_transform
 
     data, _ = ct
     dataset = SliceSet(data.sources, [5] * 4, HUNormaliser(-500.0, 450.0), SegmentSpec(**TINY), train=True)
 
     def epoch(seed: int) -> list[torch.Tensor]:
         torch.manual_seed(seed)
-        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=_seed_worker_transform)
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=seed_worker_transform)
         return [image for image, _ in loader]
 
     first = epoch(3)

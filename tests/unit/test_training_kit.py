@@ -95,9 +95,9 @@ def test_a_checkpoint_round_trip_restores_the_run_and_the_random_streams(tmp_pat
     expected = (random.random(), np.random.rand(), torch.rand(1))
 
     checkpoint = load_checkpoint(tmp_path / "last.pt")
-    assert set(checkpoint) == {"kind", "model", "optimizer", "scheduler", "scaler", "epoch", "spec", "seed",
-                               "code_version", "rng", "state", "hu"}
-    assert (checkpoint["kind"], checkpoint["epoch"], checkpoint["seed"]) == ("last", 2, 4)
+    assert set(checkpoint) == {"kind", "job_kind", "model", "optimizer", "scheduler", "scaler", "epoch", "spec",
+                               "seed", "code_version", "rng", "state", "hu"}
+    assert (checkpoint["kind"], checkpoint["job_kind"], checkpoint["epoch"], checkpoint["seed"]) == ("last", "hrnet", 2, 4)
     assert checkpoint["spec"] == SPEC.to_dict() and checkpoint["code_version"] == common.__version__
     assert checkpoint["state"] == {"best": [(1.5, 2)]} and checkpoint["hu"] == {"mean": -500.0}
     resume_check(checkpoint, SPEC, 4, tmp_path / "last.pt")
