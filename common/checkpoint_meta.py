@@ -48,3 +48,8 @@ def checkpoint_kind(path: Path) -> str | None:
     """The job kind a checkpoint records (None for one written before checkpoints kept it)."""
     kind = _contents(Path(path)).get("kind")
     return kind if isinstance(kind, str) else None
+
+
+def checkpoint_value(path: Path, name: str) -> Any:
+    """A plain value stored beside the spec (``val_loss``, ``epoch``); None when it is absent."""
+    return _contents(Path(path)).get(name)

@@ -41,7 +41,7 @@ def _prepare_pool_process(**_) -> None:
     multiprocessing.current_process()._config["daemon"] = False
     # Import the engines once per pool process, at start-up rather than inside the first task
     # (importing torch does not initialise CUDA; the parent still never imports it).
-    import medq.common.inference.predict  # noqa: F401
+    import medq.common.inference.landmarks  # noqa: F401  (torch, the image decoder, the chunk loop)
     import medq.common.families.chest.train  # noqa: F401
 
     settings = load_settings()

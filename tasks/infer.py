@@ -1,7 +1,13 @@
-"""The thin task of bulk inference: one chunk of an archive through the trained model."""
+"""The thin task of bulk inference: one chunk of an archive through its family's predictor.
+
+Ids in; the chunk claimed; its pending studies through the one chunk loop
+(``medq.common.inference.chunk``) with the predictor of the model's family, kept between
+chunks (one model set per worker process); each batch's outcomes recorded; errors mapped.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime
@@ -18,6 +24,7 @@ from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retr
 
 log = logging.getLogger("medq.worker")
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
+NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "model_job", "loader_workers")
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
@@ -33,50 +40,62 @@ def infer_chunk(self, chunk_id: int) -> str:
         return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
-    from medq.common.inference.archive import open_archive
-    from medq.common.specs import InferSpec
-
-    spec = InferSpec.from_dict(claim.spec)
     beat = Heartbeat(settings, f"chunk {chunk_id}",
                      renew=lambda: store_ops.renew_chunk_lease(store, chunk_id, owner, settings.lease_seconds),
                      cancelled=lambda: cancel_requested(store, claim.job_id))
-    with beat:
-        try:
-            from medq.common.inference.predict import run_chunk
-
-            items = retrying("read the chunk's studies", lambda: store_ops.pending_studies(store, claim.job_id,
-                                                                                           claim.index))
-            predictor, archive = _predictor(spec), open_archive(Path(spec.archive), settings.max_study_bytes)
-
-            def record(outcomes) -> None:
-                rows = [study_row(o) for o in outcomes]
-                retrying("record studies", lambda: store_ops.record_studies(store, rows))
-
-            if hasattr(predictor, "run_chunk"):  # a segmenter: masks and measurements per volume
-                stats = predictor.run_chunk(items, archive, spec.batch_size, spec.loader_workers, record,
-                                            should_stop=beat.should_stop,
-                                            out_dir=Path(spec.out_dir) if spec.out_dir else None)
-            else:
-                overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
-                stats = run_chunk(items, archive, predictor, spec.batch_size, spec.loader_workers, record,
-                                  should_stop=beat.should_stop, overlay_dir=overlays)
-        except StoreUnavailable as exc:
-            log.error("chunk %s of job %s: %s; its lease will lapse and its remaining studies run again",
-                      claim.index, claim.job_id, exc)
-            return "stood down: store unavailable"
-        except JobError as exc:
-            return _finish(store, chunk_id, owner, "failed", str(exc))
-        except Exception as exc:
-            if interrupted(exc):
-                raise
-            log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
-            return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
+    try:
+        with beat:
+            stats = run_claimed_chunk(store, claim, settings, beat.should_stop)
+    except StoreUnavailable as exc:
+        log.error("chunk %s of job %s: %s; its lease will lapse and its remaining studies run again",
+                  claim.index, claim.job_id, exc)
+        return "stood down: store unavailable"
+    except JobError as exc:
+        return _finish(store, chunk_id, owner, "failed", str(exc))
+    except Exception as exc:
+        if interrupted(exc):
+            raise
+        log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
+        return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
     if beat.lease_lost.is_set():
         return "stood down: lease lost"
     state = _finish(store, chunk_id, owner, "cancelled" if beat.cancelled.is_set() else "succeeded")
-    log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f images/s", claim.index, claim.job_id,
-             stats.done, stats.failed, stats.skipped, stats.images_per_s)
+    log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f studies/s", claim.index, claim.job_id,
+             stats.done, stats.failed, stats.skipped, stats.studies_per_s)
     return state
+
+
+def run_claimed_chunk(store, claim, settings, should_stop):
+    """The chunk's pending studies through its family's predictor, each batch recorded."""
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.chunk import run_chunk
+    from medq.common.specs import InferSpec
+
+    spec = InferSpec.from_dict(claim.spec)
+    items = retrying("read the chunk's studies",
+                     lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
+    predictor = _predictor(spec, claim.plan or {})
+    archive = open_archive(Path(spec.archive), settings.max_study_bytes)
+
+    def record(outcomes) -> None:
+        rows = [outcome.to_row() for outcome in outcomes]
+        retrying("record studies", lambda: store_ops.record_studies(store, rows))
+
+    return run_chunk(items, archive, predictor, spec.loader_workers, record, should_stop)
+
+
+def _predictor(spec, plan: dict):
+    """The family's predictor for this spec: built once, kept while the next chunk wants the same."""
+    from medq.common.families import registry
+
+    kind = plan.get("family") or registry.family_of_checkpoint(Path(spec.checkpoints[0])).kind
+    key = (kind, json.dumps({k: v for k, v in spec.to_dict().items() if k not in NOT_THE_MODELS}, sort_keys=True))
+    if key not in _PREDICTOR:
+        for previous in _PREDICTOR.values():
+            previous.close()
+        _PREDICTOR.clear()
+        _PREDICTOR[key] = registry.family(kind).inference.predictor(spec)
+    return _PREDICTOR[key]
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:
@@ -84,30 +103,3 @@ def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = No
                        lambda: store_ops.finish_chunk(store, chunk_id, owner, state, error),
                        "its lease will lapse and its remaining studies run again")
     return "stood down: store unavailable" if written is None else state
-
-
-def _predictor(spec):
-    from medq.common.inference.predict import build_predictor
-
-    key = (spec.checkpoints, spec.aggregation, spec.tta)
-    if key not in _PREDICTOR:
-        _PREDICTOR.clear()
-        _PREDICTOR[key] = build_predictor([Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
-                                          tta=None if spec.tta == "none" else spec.tta)
-    return _PREDICTOR[key]
-
-
-def study_row(outcome) -> dict:
-    """A StudyOutcome as the columns of its study row."""
-    r = outcome.to_record()
-    uids = r.get("uids") or {}
-    size = r.get("image_size") or (None, None)
-    result = None
-    if r["state"] == "done":
-        result = r["measures"] if r.get("measures") is not None else {
-            key: r.get(key) for key in ("landmarks_px", "landmarks_mm", "spread_px", "qc_reasons")}
-    return {"study_id": r["study_id"], "state": r["state"], "reason": r.get("reason"),
-            "study_uid": uids.get("StudyInstanceUID"), "series_uid": uids.get("SeriesInstanceUID"),
-            "sop_uid": uids.get("SOPInstanceUID"), "source_format": r.get("source_format"),
-            "width": size[0], "height": size[1], "result": result,
-            "qc_flag": r.get("qc_flag") if r["state"] == "done" else None}

@@ -164,6 +164,7 @@ class ChunkClaim:
     job_id: str = ""
     index: int = 0
     spec: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
 
 
 def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: str, lease_seconds: int,
@@ -180,7 +181,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             close_job(s, job, now)
             return ChunkClaim(False, "job cancelled")
         if chunk.state == "running" and chunk.lease_owner == owner:  # a retry of a claim that committed
-            return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+            return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
         if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now:
             return ChunkClaim(False, f"running on {chunk.worker} with a live lease")
         if not (job.window_lifted or window_open(job.window, now_local)):
@@ -199,7 +200,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             return ChunkClaim(False, "another worker took it first")
         if job.state == State.QUEUED.value or job.started_at is None:
             job.state, job.started_at = State.RUNNING.value, job.started_at or now
-        return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+        return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
 
 
 def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: int) -> bool:

@@ -8,17 +8,19 @@ import zipfile
 import pytest
 import torch
 
-from medq.common.checkpoint_meta import checkpoint_spec, model_family
+from medq.common.checkpoint_meta import checkpoint_spec, checkpoint_value
+from medq.common.families.registry import family_of_checkpoint, family_of_spec
 from medq.common.errors import SpecError
 
 
 def test_the_spec_of_a_torch_checkpoint_is_read_and_names_the_family(tmp_path):
     path = tmp_path / "best.pt"
     torch.save({"spec": {"arch": "unetplusplus", "encoder": "resnet18", "scale": (0.9, 1.1)},
-                "model": {"w": torch.ones(3)}, "hu": {"mean": -500.0}}, path)
+                "model": {"w": torch.ones(3)}, "hu": {"mean": -500.0}, "val_loss": 0.25}, path)
     spec = checkpoint_spec(path)
-    assert spec["encoder"] == "resnet18" and model_family(spec) == "segment"
-    assert model_family({"width": "w32"}) == "hrnet" and model_family({"backbone": "resnet18"}) == "ensemble"
+    assert spec["encoder"] == "resnet18" and family_of_checkpoint(path).kind == "segment"
+    assert checkpoint_value(path, "val_loss") == 0.25 and checkpoint_value(path, "epoch") is None
+    assert family_of_spec({"width": "w32"}).kind == "hrnet" and family_of_spec({"backbone": "resnet18"}).kind == "ensemble"
 
 
 class _Boom:
