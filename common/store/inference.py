@@ -298,18 +298,11 @@ def study_counts(store: Store, job_id: str) -> dict[str, int]:
                               .group_by(Study.state)).all())
 
 
-def landmark_count(store: Store, job_id: str) -> int | None:
-    """How many landmarks the job's model gives, read off its first done study (None: none yet)."""
-    with store.session() as s:
-        result = s.scalar(select(Study.result).where(Study.job_id == job_id, Study.state == "done").limit(1))
-    return len(result["landmarks_px"]) if result and result.get("landmarks_px") else None
-
-
-def model_family(store: Store, job_id: str) -> str:
-    """The family of an inference job's model, as planned: "segment", "hrnet" or "ensemble"."""
+def job_spec_and_plan(store: Store, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An inference job's spec and plan (the plan names the model's family, ``plan["family"]``)."""
     with store.session() as s:
         job = s.get(Job, job_id)
-        return (job.plan or {}).get("family") or "ensemble"
+        return dict(job.spec or {}), dict(job.plan or {})
 
 
 def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = None) -> Iterator[Study]:

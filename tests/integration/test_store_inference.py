@@ -113,8 +113,10 @@ def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store,
     for member, owner, state in ((m0, "a", jobs.State.SUCCEEDED), (m1, "b", jobs.State.FAILED)):
         jobs.claim_member(store, member, owner, "w", "cpu", 60, 3)
         jobs.finish_member(store, member, owner, state, artifacts={f"seed-{0 if member == m0 else 1}/best": str(best)})
-    assert resolve_model(store, job_id) == ([str(best)], job_id, "ensemble")
-    assert resolve_model(store, str(best)) == ([str(best.resolve())], None, "ensemble")
+    checkpoints, model_job, family = resolve_model(store, job_id)
+    assert (checkpoints, model_job, family.kind) == ([str(best)], job_id, "ensemble")
+    checkpoints, model_job, family = resolve_model(store, str(best))
+    assert (checkpoints, model_job, family.kind) == ([str(best.resolve())], None, "ensemble")
     garbage = tmp_path / "notes.pt"
     garbage.write_bytes(b"x")
     with pytest.raises(SpecError, match="notes.pt: not a medq checkpoint"):
@@ -133,8 +135,9 @@ def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
         (folder / name).write_bytes(b"x")
     jobs.claim_member(store, member, "a", "w", "cpu", 60, 3)
     jobs.finish_member(store, member, "a", jobs.State.SUCCEEDED, artifacts={"seed-0/best": str(folder / "best-0012.pt")})
-    assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id,
-                                            "hrnet")
+    checkpoints, model_job, family = resolve_model(store, job_id)
+    assert (checkpoints, model_job, family.kind) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")],
+                                                     job_id, "hrnet")
 
 
 def test_two_files_of_one_name_get_distinct_keys_and_the_second_is_skipped(store):
@@ -191,3 +194,10 @@ def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_w
         check_out_dir(Path("/proc/medq-out"), folder)
     check_out_dir(tmp_path / "out", folder)
     assert (tmp_path / "out").is_dir() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_inference_jobs_spec_and_plan_name_its_family(store):
+    ops.create_infer_job(store, "famjob000001", {"archive": "/a", "checkpoints": ["/m"]}, {"family": "hrnet"},
+                         "normal", None)
+    assert ops.job_spec_and_plan(store, "famjob000001") == ({"archive": "/a", "checkpoints": ["/m"]},
+                                                           {"family": "hrnet"})
