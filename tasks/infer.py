@@ -2,7 +2,15 @@
 
 Ids in; the chunk claimed; its pending studies through the one chunk loop
 (``medq.common.inference.chunk``) with the predictor of the model's family, kept between
-chunks (one model set per worker process); each batch's outcomes recorded; errors mapped.
+chunks (one model set per worker process); each batch's outcomes recorded; errors mapped:
+
+- a JobError (a bad spec, an unreadable checkpoint, an archive gone): the chunk fails at once
+  with its message;
+- a transient fault (the database, the broker, I/O: ``errors.is_transient``): the chunk is held
+  for this task's retry after 10, 60 and 300 s (``store.inference.hold_chunk``; its studies not
+  yet recorded stay pending and the retry starts at the first of them); at the fourth fault the
+  chunk fails with "gave up after 4 transient faults: <reason>";
+- anything else: the chunk fails with the error's type and message, and the traceback is logged.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from medq.common.errors import JobError
+from medq.common.errors import JobError, is_transient, transient_reason
 from medq.common.store import open_store
 from medq.common.store import inference as store_ops
 from medq.common.store.jobs import cancel_requested
@@ -23,15 +31,17 @@ from medq.tasks.runtime import Heartbeat, interrupted
 from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
+BACKOFF_S = (10, 60, 300)  # seconds before each retry after a transient fault; then the chunk fails
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
 NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "model_job", "loader_workers")
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
-def infer_chunk(self, chunk_id: int) -> str:
+def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) -> str:
+    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``)."""
     settings = app.conf.medq_settings
     store = open_store(settings)
-    owner = uuid.uuid4().hex
+    owner = owner or uuid.uuid4().hex
     try:
         claim = retrying(f"claim chunk {chunk_id}", lambda: store_ops.claim_chunk(
             store, chunk_id, owner, self.request.hostname or settings.worker_label, settings.device,
@@ -46,15 +56,13 @@ def infer_chunk(self, chunk_id: int) -> str:
     try:
         with beat:
             stats = run_claimed_chunk(store, claim, settings, beat.should_stop)
-    except StoreUnavailable as exc:
-        log.error("chunk %s of job %s: %s; its lease will lapse and its remaining studies run again",
-                  claim.index, claim.job_id, exc)
-        return "stood down: store unavailable"
     except JobError as exc:
         return _finish(store, chunk_id, owner, "failed", str(exc))
     except Exception as exc:
         if interrupted(exc):
             raise
+        if is_transient(exc):
+            return _retry(self, store, chunk_id, owner, claim, faults, exc)
         log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
         return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
     if beat.lease_lost.is_set():
@@ -96,6 +104,24 @@ def _predictor(spec, plan: dict):
         _PREDICTOR.clear()
         _PREDICTOR[key] = registry.family(kind).inference.predictor(spec)
     return _PREDICTOR[key]
+
+
+def _retry(task, store, chunk_id: int, owner: str, claim, faults: int, exc: BaseException) -> str:
+    """A transient fault: the chunk held for a retry of this task after the next backoff, or,
+    past the last, failed with the reason."""
+    reason, count = transient_reason(exc), faults + 1
+    if faults >= len(BACKOFF_S):
+        log.error("chunk %s of job %s: transient fault %d (%s); giving up", claim.index, claim.job_id, count, reason)
+        return _finish(store, chunk_id, owner, "failed", f"gave up after {count} transient faults: {reason}")
+    delay = BACKOFF_S[faults]
+    log.warning("chunk %s of job %s: transient fault %d of at most %d (%s); its pending studies run again in %d s",
+                claim.index, claim.job_id, count, len(BACKOFF_S) + 1, reason, delay)
+    lease = delay + task.app.conf.medq_settings.lease_seconds
+    recorded(f"hold chunk {chunk_id} for its retry",
+             lambda: store_ops.hold_chunk(store, chunk_id, owner, lease, f"transient fault {count}: {reason}; "
+                                                                         f"trying again in {delay} s"),
+             "its lease will lapse and the reaper queues it again")
+    raise task.retry(args=[chunk_id], kwargs={"owner": owner, "faults": count}, countdown=delay, max_retries=None)
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:

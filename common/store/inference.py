@@ -180,7 +180,9 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             chunk.state, chunk.finished_at = State.CANCELLED.value, now
             close_job(s, job, now)
             return ChunkClaim(False, "job cancelled")
-        if chunk.state == "running" and chunk.lease_owner == owner:  # a retry of a claim that committed
+        if chunk.state == "running" and chunk.lease_owner == owner:
+            # a claim retried after its commit, or the retry of a task that held its chunk (hold_chunk)
+            chunk.lease_expires_at, chunk.updated_at = now + timedelta(seconds=lease_seconds), now
             return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
         if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now:
             return ChunkClaim(False, f"running on {chunk.worker} with a live lease")
@@ -209,6 +211,22 @@ def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: in
         return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
                                              Chunk.state == "running")
                          .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def hold_chunk(store: Store, chunk_id: int, owner: str, seconds: float, note: str) -> bool:
+    """A chunk whose task met a transient fault, kept for that task's retry: its lease runs for
+    ``seconds`` more (the retry's countdown and a lease; no heartbeat meanwhile), so neither the
+    reaper nor another worker takes it before the retry, which claims it back as the same owner
+    without counting an attempt. Its studies not yet recorded stay pending. Should the retry
+    never come (its message lost with its worker), the lease lapses and the reaper queues the
+    chunk again. ``note`` (why, and when it runs again) shows as the chunk's error meanwhile.
+    False: the chunk is not ours any more."""
+    now = utcnow()
+    with store.session() as s:
+        return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
+                                             Chunk.state == "running")
+                         .values(lease_expires_at=now + timedelta(seconds=seconds), error=note, updated_at=now)
                          .execution_options(synchronize_session=False)).rowcount == 1
 
 

@@ -196,6 +196,37 @@ def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_w
     assert (tmp_path / "out").is_dir() and list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_chunk_held_for_a_retry_is_taken_by_nobody_else_and_claimed_back_without_an_attempt(store):
+    """After a transient fault the task holds its chunk (hold_chunk) for its retry's countdown:
+    the reaper leaves it, another worker's claim sees a live lease, the retry (same owner) gets
+    it back with the attempt count unchanged and its recorded studies stay done."""
+    from sqlalchemy import select
+
+    from medq.common.store.models import Chunk
+
+    job_id, _ = _job(store, n=4, chunk=4)
+    (chunk_id,) = _chunk_ids(store, job_id)
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None)
+    claim = ops.claim_chunk(store, chunk_id, "task-1", "w1", "cpu", 60, 3, OPEN)
+    assert claim.run and claim.plan == {}
+    first, *_ = ops.pending_studies(store, job_id, 0)
+    ops.record_studies(store, [{"study_id": first[0], "state": "done", "result": {"a": 1}}])
+    assert ops.hold_chunk(store, chunk_id, "task-1", 600, "transient fault 1: OperationalError; trying again in 10 s")
+    assert not ops.hold_chunk(store, chunk_id, "someone-else", 600, "x")
+    assert recovery.reap_lapsed_chunks(store, lambda c, p: None) == []
+    assert "live lease" in ops.claim_chunk(store, chunk_id, "task-2", "w2", "cpu", 60, 3, OPEN).reason
+    again = ops.claim_chunk(store, chunk_id, "task-1", "w1", "cpu", 60, 3, OPEN)
+    assert again.run and again.job_id == job_id
+    with store.session() as s:
+        chunk = s.get(Chunk, chunk_id)
+        assert (chunk.attempts, chunk.state) == (1, "running") and chunk.error.startswith("transient fault 1")
+        assert s.scalar(select(Chunk.lease_expires_at).where(Chunk.id == chunk_id)) < utcnow() + timedelta(seconds=61)
+    assert len(ops.pending_studies(store, job_id, 0)) == 3
+    assert ops.finish_chunk(store, chunk_id, "task-1", "succeeded")
+    with store.session() as s:
+        assert s.get(Chunk, chunk_id).error is None
+
+
 def test_an_inference_jobs_spec_and_plan_name_its_family(store):
     ops.create_infer_job(store, "famjob000001", {"archive": "/a", "checkpoints": ["/m"]}, {"family": "hrnet"},
                          "normal", None)
