@@ -49,3 +49,8 @@ def checkpoint_kind(path: Path) -> str | None:
     kept it. (Its ``kind`` says which kind of file it is: a resumable "last" or "weights".)"""
     kind = _contents(Path(path)).get("job_kind")
     return kind if isinstance(kind, str) else None
+
+
+def checkpoint_value(path: Path, name: str) -> Any:
+    """A plain value stored beside the spec (``val_loss``, ``epoch``); None when it is absent."""
+    return _contents(Path(path)).get(name)

@@ -287,13 +287,13 @@ class SegmentSpec:
 
 @dataclass(frozen=True)
 class InferSpec:
-    """Bulk inference of a trained landmark model over a study archive."""
+    """Bulk inference of a trained model (any family's) over a study archive."""
 
     kind: ClassVar[str] = "infer"
 
     archive: str  # absolute path of the folder, zip or tar
-    checkpoints: tuple[str, ...]  # the members' best checkpoints
-    model_job: str | None = None  # the ensemble job they came from, if any
+    checkpoints: tuple[str, ...]  # the model's checkpoints (``Family.model_checkpoints``)
+    model_job: str | None = None  # the training job they came from, if any
     aggregation: str = "mean"
     tta: str = "none"
     chunk: int = 256  # studies per task
@@ -303,7 +303,7 @@ class InferSpec:
     window: str | None = None
     out_dir: str | None = None  # overlays are written here when set
     skip_done: bool = False
-    spread_limit_fraction: float = 0.03  # QC: ensemble spread above this fraction of the width
+    spread_limit_fraction: float = 0.03  # QC of landmark models: a spread above this fraction of the width
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "chunk": between(1, 1_000_000, "--chunk"), "batch_size": BATCH, "loader_workers": LOADERS,
@@ -313,8 +313,8 @@ class InferSpec:
         check_numbers(self, self.BOUNDS)
         from medq.common.windows import parse_window
 
-        if self.aggregation not in ("mean", "median"):
-            raise unknown_name("aggregation", self.aggregation, ("mean", "median"))
+        if self.aggregation not in AGGREGATIONS:  # which of them a model supports: its family says, at submit
+            raise unknown_name("aggregation", self.aggregation, AGGREGATIONS)
         if self.tta not in TTA_MODES:
             raise unknown_name("tta", self.tta, TTA_MODES)
         if self.priority not in PRIORITIES:

@@ -305,7 +305,7 @@ def bench_infer(images: int, image_size: int, batch_size: int, chunk: int, loade
                 plan_files: int, gpus: str) -> None:
     """End-to-end `medq submit infer` images/s vs a bare PyTorch loop; 1 vs 2 workers; the
     submitter's peak memory while planning a large archive."""
-    from medq.common.inference.bench import bare_inference_throughput
+    from medq.common.families.chest.infer_bench import bare_inference_throughput
     from medq.common.families.chest.synth import synth_chest
     from medq.common.settings import load_settings
     from medq.common.store import open_store

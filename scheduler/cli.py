@@ -134,21 +134,13 @@ def results(job, as_json, as_csv, failed) -> None:
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
     if view["kind"] == "infer":
-        from medq.common.store.inference import iter_studies
-        from medq.scheduler.infer_views import write_csv
-
         if as_csv or failed:
-            from medq.common.families.chest.schema import N_LANDMARKS
-            from medq.common.store.inference import landmark_count, model_family
-            from medq.scheduler.infer_views import write_seg_csv
+            from medq.common.store import inference
+            from medq.scheduler.infer_views import job_family, write_csv
 
-            from medq.common.store.inference import iter_unsuccessful
-
-            studies = iter_unsuccessful(store, job_id) if failed else iter_studies(store, job_id)
-            if model_family(store, job_id) == "segment":
-                write_seg_csv(sys.stdout, studies)
-            else:
-                write_csv(sys.stdout, studies, landmark_count(store, job_id) or N_LANDMARKS)
+            spec, plan = inference.job_spec_and_plan(store, job_id)
+            studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
+            write_csv(sys.stdout, studies, job_family(spec, plan), plan)
         elif as_json:
             from medq.common.store.views import infer_view
 

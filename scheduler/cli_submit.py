@@ -269,16 +269,21 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
 @click.option("--chunk", default=None, type=click.IntRange(min=1),
               help="studies per task  [default: 256 images; 4 CT volumes for a segmentation model]")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
-@click.option("--aggregation", type=click.Choice(["mean", "median"]), default="mean", show_default=True)
+@click.option("--aggregation", type=click.Choice(["mean", "median", "weighted"]), default="mean", show_default=True,
+              help="how an ensemble's members combine (weighted: by each member's validation loss); what a "
+                   "model supports is checked at submit")
 @click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
 @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--loader-workers", type=click.IntRange(min=0), default=None,
               help="decoding processes per worker  [default: 2 on a GPU worker, 0 on a CPU worker]")
 @click.option("--skip-done", is_flag=True, help="skip files an earlier job did with the same archive and model")
+@click.option("--spread-limit", "spread_limit_fraction", type=float, default=0.03, show_default=True,
+              help="landmark models: flag a study for review when a landmark's spread exceeds this fraction of "
+                   "the image width")
 @click.option("--wait", is_flag=True, help="follow progress until the job ends")
 def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
-                     loader_workers, skip_done, wait) -> None:
+                     loader_workers, skip_done, spread_limit_fraction, wait) -> None:
     """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
     archive, with the failures listed. A segmentation model's study is a .npy volume or a DICOM
     series."""
@@ -287,7 +292,7 @@ def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, p
     job_id, n_studies, n_chunks = submit_infer(
         load_settings(), archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
         priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
-        out_dir=str(out_dir.resolve()) if out_dir else None)
+        spread_limit_fraction=spread_limit_fraction, out_dir=str(out_dir.resolve()) if out_dir else None)
     click.echo(job_id)
     click.echo(f"{n_studies} studies in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
     if wait:

@@ -10,9 +10,10 @@ from datetime import datetime
 from pathlib import Path
 
 from medq.common.errors import SpecError
+from medq.common.families import registry
+from medq.common.families.base import Family
 from medq.common.inference.archive import open_archive
 from medq.common.inference.types import Entry
-from medq.common.families.ct_lesions.volumes import plan_ct_studies
 from medq.common.settings import Settings
 from medq.common.specs import InferSpec
 from medq.common.store import open_store
@@ -22,59 +23,49 @@ from medq.common.store.views import job_results
 from medq.scheduler.submit import describe_enqueue_error
 
 
-TRAINED_KINDS = ("ensemble", "hrnet", "segment")
-IMAGE_CHUNK, SEG_CHUNK = 256, 4  # studies per chunk task: 2D images, CT volumes
-
-
-def resolve_model(store, model: str) -> tuple[list[str], str | None, str]:
-    """(checkpoints, training job id or None, model family). A checkpoint file; an ensemble job
-    id: the best checkpoints of its members that succeeded; an hrnet job id: its best k
-    checkpoints (averaged, as its evaluation does); a segment job id: its best checkpoint."""
-    from medq.common.families.registry import family_of_checkpoint
-
+def resolve_model(store, model: str) -> tuple[list[str], str | None, Family]:
+    """(checkpoints, training job id or None, the model's family). A checkpoint file (its family
+    read from it); a training job id: the checkpoints its family takes from the best checkpoints
+    of its members that succeeded (an ensemble's members, an HRNet job's best k epochs)."""
     path = Path(model)
     if path.is_file():
-        return [str(path.resolve())], None, family_of_checkpoint(path).kind
+        return [str(path.resolve())], None, registry.family_of_checkpoint(path)
     view = job_results(store, model)
     if view is None:
         raise SpecError(f"unknown model {model!r}: neither a checkpoint file nor a training job id")
-    if view["kind"] not in TRAINED_KINDS:
-        raise SpecError(f"job {model} is a {view['kind']} job, not a trained model ({', '.join(TRAINED_KINDS)})")
-    checkpoints = [m["checkpoint"] for m in view["members"] if m["state"] == "succeeded" and m["checkpoint"]]
-    if not checkpoints:
+    if not registry.is_training_kind(view["kind"]):
+        raise SpecError(f"job {model} is a {view['kind']} job, not a trained model ({', '.join(registry.kinds())})")
+    family = registry.family(view["kind"])
+    best = [Path(m["checkpoint"]) for m in view["members"] if m["state"] == "succeeded" and m["checkpoint"]]
+    if not best:
         raise SpecError(f"{view['kind']} job {model} has no member that succeeded")
-    if view["kind"] == "hrnet":
-        checkpoints = sorted(str(p) for p in Path(checkpoints[0]).parent.glob("best-*.pt")) or checkpoints
+    checkpoints = [str(p) for p in family.model_checkpoints(best)]
     missing = [c for c in checkpoints if not Path(c).is_file()]
     if missing:
         raise SpecError(f"{view['kind']} job {model}: checkpoint file(s) missing on this host: {', '.join(missing)}")
-    return checkpoints, view["job_id"], view["kind"]
+    return checkpoints, view["job_id"], family
 
 
 def submit_infer(settings: Settings, archive_path: Path, model: str, **options) -> tuple[str, int, int]:
-    """Returns (job id, studies, chunks)."""
+    """Returns (job id, studies, chunks). The model's family checks the options before any job
+    exists (SpecError naming an option it cannot honour) and says what a study is."""
     store = open_store(settings)
     archive = open_archive(archive_path, settings.max_study_bytes)  # DataError: missing path, unknown kind
     checkpoints, model_job, family = resolve_model(store, model)
-    if family == "segment" and (options.get("tta", "none") != "none" or options.get("aggregation", "mean") != "mean"):
-        raise SpecError("--tta and --aggregation apply to landmark models, not to a segmentation model")
-    if family == "segment" and not options.get("out_dir"):
-        raise SpecError("a segmentation model writes a mask file per study: give --out DIR")
+    family.inference.check(options, [Path(c) for c in checkpoints])
     if options.get("out_dir"):
         check_out_dir(Path(options["out_dir"]), archive)
     if options.get("chunk") is None:
-        options["chunk"] = SEG_CHUNK if family == "segment" else IMAGE_CHUNK
+        options["chunk"] = family.inference.default_chunk
     spec = InferSpec(archive=str(archive_path.resolve()), checkpoints=tuple(checkpoints), model_job=model_job,
                      **options)
     job_id = new_job_id()
-    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family}, spec.priority,
-                               spec.window)
+    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family.kind},
+                               spec.priority, spec.window)
     done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
                       if spec.skip_done else None)
-    # a segmenter's study is a volume: a .npy file or a DICOM series (grouped from the headers)
-    entries = plan_ct_studies(archive) if family == "segment" else archive.entries()
     studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)
-               else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in entries)
+               else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in family.inference.studies(archive))
     try:
         n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere)
         from medq.tasks.app import app_for

@@ -3,76 +3,27 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from typing import IO, Iterable
 
-from medq.common.families.chest.schema import N_LANDMARKS
-
-STUDY_FIELDS = ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
-                "review", "review_reasons"]
+from medq.common.families.base import Family
 
 
-def csv_fields(n_landmarks: int = N_LANDMARKS) -> list[str]:
-    """The header: the study's columns, then x1, y1, ... in px, in mm, and the spread per landmark."""
-    return (STUDY_FIELDS
-            + [f"{axis}{i}" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
-            + [f"{axis}{i}_mm" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
-            + [f"spread{i}_px" for i in range(1, n_landmarks + 1)])
+def job_family(spec: dict, plan: dict) -> Family:
+    """The family of an inference job's model: as planned, else read from its first checkpoint."""
+    from medq.common.families import registry
+
+    kind = plan.get("family")
+    return registry.family(kind) if kind else registry.family_of_checkpoint(Path(spec["checkpoints"][0]))
 
 
-def study_csv_row(study, n_landmarks: int = N_LANDMARKS) -> list:
-    result = study.result or {}
-    px = result.get("landmarks_px") or [[None, None]] * n_landmarks
-    mm = result.get("landmarks_mm") or [[None, None]] * n_landmarks
-    spread = result.get("spread_px") or [None] * n_landmarks
-    fmt = lambda v: "" if v is None else (round(v, 2) if isinstance(v, float) else v)  # noqa: E731
-    return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
-             study.series_uid or "", study.sop_uid or "", study.source_format or "", fmt(study.width),
-             fmt(study.height), "" if study.qc_flag is None else int(study.qc_flag),
-             "; ".join(result.get("qc_reasons") or [])]
-            + [fmt(v) for point in px for v in point] + [fmt(v) for point in mm for v in point]
-            + [fmt(v) for v in spread])
-
-
-def write_csv(out: IO[str], studies: Iterable, n_landmarks: int = N_LANDMARKS) -> int:
-    """One row per study; ``n_landmarks`` is the model's (15 for the chest, 19 cephalometric)."""
+def write_csv(out: IO[str], studies: Iterable, family: Family, plan: dict) -> int:
+    """One row per study, in the columns of the model's family (its ``inference.csv_columns``)."""
     writer = csv.writer(out)
-    writer.writerow(csv_fields(n_landmarks))
+    writer.writerow(family.inference.csv_columns(plan))
     n = 0
     for study in studies:
-        writer.writerow(study_csv_row(study, n_landmarks))
-        n += 1
-    return n
-
-
-SEG_LESIONS = ("ground_glass", "consolidation")
-SEG_CLASSES = (*SEG_LESIONS, "other_lung", "background")
-SEG_FIELDS = (["path", "key", "state", "reason", "study_uid", "series_uid", "format", "slices", "width", "height",
-               "spacing_slice_mm", "spacing_row_mm", "spacing_column_mm", "mask"]
-              + [f"{name}_ml" for name in SEG_LESIONS] + ["lesion_total_ml", "lung_involvement_pct"]
-              + [f"{name}_voxels" for name in SEG_CLASSES])
-
-
-def seg_csv_row(study) -> list:
-    """A segmentation study: its mask file (relative to --out), lesion millilitres per class
-    (empty without a spacing), the percentage of lung involved, and voxels per class."""
-    m = study.result or {}
-    fmt = lambda v: "" if v is None else (float(f"{v:.6g}") if isinstance(v, float) else v)  # noqa: E731
-    spacing = m.get("spacing_mm") or [None, None, None]
-    ml, voxels = m.get("lesion_ml") or {}, m.get("voxels") or {}
-    return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
-             study.series_uid or "", study.source_format or "", fmt(m.get("slices")), fmt(study.width),
-             fmt(study.height), *(fmt(v) for v in spacing), m.get("mask", "")]
-            + [fmt(ml.get(name)) for name in SEG_LESIONS]
-            + [fmt(m.get("lesion_total_ml")), fmt(m.get("lung_involvement_pct"))]
-            + [fmt(voxels.get(name)) for name in SEG_CLASSES])
-
-
-def write_seg_csv(out: IO[str], studies: Iterable) -> int:
-    writer = csv.writer(out)
-    writer.writerow(SEG_FIELDS)
-    n = 0
-    for study in studies:
-        writer.writerow(seg_csv_row(study))
+        writer.writerow(family.inference.csv_row(study))
         n += 1
     return n
 

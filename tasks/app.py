@@ -43,6 +43,7 @@ def _prepare_pool_process(**_) -> None:
     # (importing torch does not initialise CUDA; the parent still never imports it).
     import importlib
 
+    import medq.common.inference.chunk  # noqa: F401  (torch, the DataLoader, the chunk loop)
     from medq.common.families.registry import families
 
     for family in families():

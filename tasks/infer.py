@@ -1,13 +1,27 @@
-"""The thin task of bulk inference: one chunk of an archive through the trained model."""
+"""The thin task of bulk inference: one chunk of an archive through its family's predictor.
+
+Ids in; the chunk claimed; its pending studies through the one chunk loop
+(``medq.common.inference.chunk``) with the predictor of the model's family, kept between
+chunks (one model set per worker process); each batch's outcomes recorded; errors mapped:
+
+- a JobError (a bad spec, an unreadable checkpoint, an archive gone): the chunk fails at once
+  with its message;
+- a transient fault (the database, the broker, I/O: ``errors.is_transient``): the chunk is held
+  for this task's retry after 10, 60 and 300 s (``store.inference.hold_chunk``; its studies not
+  yet recorded stay pending and the retry starts at the first of them); at the fourth fault the
+  chunk fails with "gave up after 4 transient faults: <reason>";
+- anything else: the chunk fails with the error's type and message, and the traceback is logged.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime
 from pathlib import Path
 
-from medq.common.errors import JobError
+from medq.common.errors import JobError, is_transient, transient_reason
 from medq.common.store import open_store
 from medq.common.store import inference as store_ops
 from medq.common.store.jobs import cancel_requested
@@ -17,14 +31,17 @@ from medq.tasks.runtime import Heartbeat, interrupted
 from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
+BACKOFF_S = (10, 60, 300)  # seconds before each retry after a transient fault; then the chunk fails
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
+NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "model_job", "loader_workers")
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
-def infer_chunk(self, chunk_id: int) -> str:
+def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) -> str:
+    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``)."""
     settings = app.conf.medq_settings
     store = open_store(settings)
-    owner = uuid.uuid4().hex
+    owner = owner or uuid.uuid4().hex
     try:
         claim = retrying(f"claim chunk {chunk_id}", lambda: store_ops.claim_chunk(
             store, chunk_id, owner, self.request.hostname or settings.worker_label, settings.device,
@@ -33,50 +50,78 @@ def infer_chunk(self, chunk_id: int) -> str:
         return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
-    from medq.common.inference.archive import open_archive
-    from medq.common.specs import InferSpec
-
-    spec = InferSpec.from_dict(claim.spec)
     beat = Heartbeat(settings, f"chunk {chunk_id}",
                      renew=lambda: store_ops.renew_chunk_lease(store, chunk_id, owner, settings.lease_seconds),
                      cancelled=lambda: cancel_requested(store, claim.job_id))
-    with beat:
-        try:
-            from medq.common.inference.predict import run_chunk
-
-            items = retrying("read the chunk's studies", lambda: store_ops.pending_studies(store, claim.job_id,
-                                                                                           claim.index))
-            predictor, archive = _predictor(spec), open_archive(Path(spec.archive), settings.max_study_bytes)
-
-            def record(outcomes) -> None:
-                rows = [study_row(o) for o in outcomes]
-                retrying("record studies", lambda: store_ops.record_studies(store, rows))
-
-            if hasattr(predictor, "run_chunk"):  # a segmenter: masks and measurements per volume
-                stats = predictor.run_chunk(items, archive, spec.batch_size, spec.loader_workers, record,
-                                            should_stop=beat.should_stop,
-                                            out_dir=Path(spec.out_dir) if spec.out_dir else None)
-            else:
-                overlays = Path(spec.out_dir) / "overlays" if spec.out_dir else None
-                stats = run_chunk(items, archive, predictor, spec.batch_size, spec.loader_workers, record,
-                                  should_stop=beat.should_stop, overlay_dir=overlays)
-        except StoreUnavailable as exc:
-            log.error("chunk %s of job %s: %s; its lease will lapse and its remaining studies run again",
-                      claim.index, claim.job_id, exc)
-            return "stood down: store unavailable"
-        except JobError as exc:
-            return _finish(store, chunk_id, owner, "failed", str(exc))
-        except Exception as exc:
-            if interrupted(exc):
-                raise
-            log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
-            return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
+    try:
+        with beat:
+            stats = run_claimed_chunk(store, claim, settings, beat.should_stop)
+    except JobError as exc:
+        return _finish(store, chunk_id, owner, "failed", str(exc))
+    except Exception as exc:
+        if interrupted(exc):
+            raise
+        if is_transient(exc):
+            return _retry(self, store, chunk_id, owner, claim, faults, exc)
+        log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
+        return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
     if beat.lease_lost.is_set():
         return "stood down: lease lost"
     state = _finish(store, chunk_id, owner, "cancelled" if beat.cancelled.is_set() else "succeeded")
-    log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f images/s", claim.index, claim.job_id,
-             stats.done, stats.failed, stats.skipped, stats.images_per_s)
+    log.info("chunk %s of job %s: %s done, %s failed, %s skipped, %.1f studies/s", claim.index, claim.job_id,
+             stats.done, stats.failed, stats.skipped, stats.studies_per_s)
     return state
+
+
+def run_claimed_chunk(store, claim, settings, should_stop):
+    """The chunk's pending studies through its family's predictor, each batch recorded."""
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.chunk import run_chunk
+    from medq.common.specs import InferSpec
+
+    spec = InferSpec.from_dict(claim.spec)
+    items = retrying("read the chunk's studies",
+                     lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
+    predictor = _predictor(spec, claim.plan or {})
+    archive = open_archive(Path(spec.archive), settings.max_study_bytes)
+
+    def record(outcomes) -> None:
+        rows = [outcome.to_row() for outcome in outcomes]
+        retrying("record studies", lambda: store_ops.record_studies(store, rows))
+
+    return run_chunk(items, archive, predictor, spec.loader_workers, record, should_stop)
+
+
+def _predictor(spec, plan: dict):
+    """The family's predictor for this spec: built once, kept while the next chunk wants the same."""
+    from medq.common.families import registry
+
+    kind = plan.get("family") or registry.family_of_checkpoint(Path(spec.checkpoints[0])).kind
+    key = (kind, json.dumps({k: v for k, v in spec.to_dict().items() if k not in NOT_THE_MODELS}, sort_keys=True))
+    if key not in _PREDICTOR:
+        for previous in _PREDICTOR.values():
+            previous.close()
+        _PREDICTOR.clear()
+        _PREDICTOR[key] = registry.family(kind).inference.predictor(spec)
+    return _PREDICTOR[key]
+
+
+def _retry(task, store, chunk_id: int, owner: str, claim, faults: int, exc: BaseException) -> str:
+    """A transient fault: the chunk held for a retry of this task after the next backoff, or,
+    past the last, failed with the reason."""
+    reason, count = transient_reason(exc), faults + 1
+    if faults >= len(BACKOFF_S):
+        log.error("chunk %s of job %s: transient fault %d (%s); giving up", claim.index, claim.job_id, count, reason)
+        return _finish(store, chunk_id, owner, "failed", f"gave up after {count} transient faults: {reason}")
+    delay = BACKOFF_S[faults]
+    log.warning("chunk %s of job %s: transient fault %d of at most %d (%s); its pending studies run again in %d s",
+                claim.index, claim.job_id, count, len(BACKOFF_S) + 1, reason, delay)
+    lease = delay + task.app.conf.medq_settings.lease_seconds
+    recorded(f"hold chunk {chunk_id} for its retry",
+             lambda: store_ops.hold_chunk(store, chunk_id, owner, lease, f"transient fault {count}: {reason}; "
+                                                                         f"trying again in {delay} s"),
+             "its lease will lapse and the reaper queues it again")
+    raise task.retry(args=[chunk_id], kwargs={"owner": owner, "faults": count}, countdown=delay, max_retries=None)
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:
@@ -84,30 +129,3 @@ def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = No
                        lambda: store_ops.finish_chunk(store, chunk_id, owner, state, error),
                        "its lease will lapse and its remaining studies run again")
     return "stood down: store unavailable" if written is None else state
-
-
-def _predictor(spec):
-    from medq.common.inference.predict import build_predictor
-
-    key = (spec.checkpoints, spec.aggregation, spec.tta)
-    if key not in _PREDICTOR:
-        _PREDICTOR.clear()
-        _PREDICTOR[key] = build_predictor([Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
-                                          tta=None if spec.tta == "none" else spec.tta)
-    return _PREDICTOR[key]
-
-
-def study_row(outcome) -> dict:
-    """A StudyOutcome as the columns of its study row."""
-    r = outcome.to_record()
-    uids = r.get("uids") or {}
-    size = r.get("image_size") or (None, None)
-    result = None
-    if r["state"] == "done":
-        result = r["measures"] if r.get("measures") is not None else {
-            key: r.get(key) for key in ("landmarks_px", "landmarks_mm", "spread_px", "qc_reasons")}
-    return {"study_id": r["study_id"], "state": r["state"], "reason": r.get("reason"),
-            "study_uid": uids.get("StudyInstanceUID"), "series_uid": uids.get("SeriesInstanceUID"),
-            "sop_uid": uids.get("SOPInstanceUID"), "source_format": r.get("source_format"),
-            "width": size[0], "height": size[1], "result": result,
-            "qc_flag": r.get("qc_flag") if r["state"] == "done" else None}

@@ -17,9 +17,7 @@ import logging
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-from medq.common.errors import TransientError, brief
+from medq.common.errors import TransientError, brief, is_transient
 
 log = logging.getLogger("medq.worker")
 T = TypeVar("T")
@@ -29,12 +27,6 @@ CLAIM_RETRIES, CLAIM_COUNTDOWN = 10, 30  # a claim the store could not take: Cel
 
 class StoreUnavailable(TransientError):
     """The results store could not be reached for a write the task needed."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A database error that says "not now", not "never": a lost or refused connection."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def retrying(what: str, write: Callable[[], T]) -> T:

@@ -22,7 +22,9 @@ an absolute name or a ``..`` component, links and devices in archives, symlinks 
 folder, unreadable files, names that are not valid UTF-8 (the store keeps text): each is a
 ``SkippedEntry`` and ``read`` refuses it. Folder symlinks to
 directories are not followed at all (no loops; a target inside the folder is walked anyway).
-Reasons never contain the path: file names can carry patient names.
+Reasons never contain the path: file names can carry patient names. An I/O fault of the
+storage under the archive (EIO, ETIMEDOUT, a stale NFS handle) is an ``ArchiveUnavailable``, a
+transient error: the chunk is tried again later, where a bad file fails its study alone.
 
 Zip and tar handles are opened lazily, once per process, and reopened after a fork (the pid is
 stored): DataLoader workers each get their own file offset. Archives pickle without handles.
@@ -43,7 +45,7 @@ from typing import Any, Callable, Iterator
 from medq.common.errors import DataError
 from medq.common.inference.entry_checks import (
     ARCHIVE_LINK, MAX_FILE_BYTES, NO_PERMISSION, NOT_UTF8, NOT_UTF8_FOLDER, OUTSIDE, UNSAFE_NAME, check_size,
-    clean_name, is_unsafe_name, is_utf8, printable_name, read_capped,
+    clean_name, is_unsafe_name, is_utf8, printable_name, raise_if_transient, read_capped,
 )
 from medq.common.inference.types import Entry, SkippedEntry, StudyError
 from medq.common.registry import Registry
@@ -156,6 +158,7 @@ class FolderArchive(Archive):
         except IsADirectoryError:
             raise StudyError("not a regular file") from None
         except OSError as exc:  # str(exc) would carry the file name; strerror does not
+            raise_if_transient(exc)
             raise StudyError(f"could not read the file ({exc.strerror or type(exc).__name__})") from None
 
 
@@ -250,6 +253,7 @@ class ZipArchive(_PerProcessHandle):
         except NotImplementedError:
             raise StudyError("unsupported zip compression method") from None
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise_if_transient(exc)
             raise StudyError(f"corrupt file in archive ({type(exc).__name__})") from None
 
 
@@ -315,6 +319,7 @@ class TarArchive(_PerProcessHandle):
             check_size(member.size, self.max_bytes)
             data = read_capped(self._handle.extractfile(member), self.max_bytes, member.size)
         except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
+            raise_if_transient(exc)
             raise StudyError(f"corrupt file in archive ({type(exc).__name__})") from None
         if len(data) != member.size:
             raise StudyError("truncated file in archive")

@@ -1,13 +1,15 @@
 """What an archive entry must pass before it is read: its name (inside the archive, UTF-8) and its
 size (declared, then as it inflates). Pure functions and the reasons they give; the reasons never
-contain the path, since file names can carry patient names.
+contain the path, since file names can carry patient names. An I/O fault of the storage under
+the archive is not the entry's: ``raise_if_transient`` makes it an ArchiveUnavailable.
 """
 
 from __future__ import annotations
 
 import re
 
-from medq.common.inference.types import StudyError
+from medq.common.errors import is_transient
+from medq.common.inference.types import ArchiveUnavailable, StudyError
 
 MAX_FILE_BYTES = 1024**3  # 1 GiB default (MEDQ_MAX_STUDY_BYTES): read() holds a study in memory
 READ_BLOCK = 1 << 20
@@ -65,3 +67,12 @@ def read_capped(stream, limit: int, declared: int) -> bytes:
         buffer += block
     raise StudyError(f"file too large (over {limit:,} bytes once decompressed, {declared:,} declared; "
                      f"MEDQ_MAX_STUDY_BYTES)")
+
+
+def raise_if_transient(exc: BaseException) -> None:
+    """An I/O fault of the storage under the archive (EIO, ETIMEDOUT, a stale NFS handle) is not
+    the study's: ArchiveUnavailable, and the chunk is tried again later, where a corrupt or
+    unreadable file fails its study alone."""
+    if is_transient(exc):
+        raise ArchiveUnavailable(f"the archive could not be read "
+                                 f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medq.common.errors import JobError
+from medq.common.errors import JobError, TransientError
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,8 @@ class StudySkipped(StudyError):
     """Not an image to process (a structured report, an RT structure set, ...)."""
 
     state = "skipped"
+
+
+class ArchiveUnavailable(TransientError):
+    """The storage under an archive failed for a while (EIO, a stale NFS handle): not the study's
+    fault; the chunk's task is retried and the study stays pending. Names no path."""

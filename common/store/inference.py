@@ -164,6 +164,7 @@ class ChunkClaim:
     job_id: str = ""
     index: int = 0
     spec: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
 
 
 def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: str, lease_seconds: int,
@@ -179,8 +180,10 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             chunk.state, chunk.finished_at = State.CANCELLED.value, now
             close_job(s, job, now)
             return ChunkClaim(False, "job cancelled")
-        if chunk.state == "running" and chunk.lease_owner == owner:  # a retry of a claim that committed
-            return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+        if chunk.state == "running" and chunk.lease_owner == owner:
+            # a claim retried after its commit, or the retry of a task that held its chunk (hold_chunk)
+            chunk.lease_expires_at, chunk.updated_at = now + timedelta(seconds=lease_seconds), now
+            return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
         if chunk.state == "running" and chunk.lease_expires_at and chunk.lease_expires_at > now:
             return ChunkClaim(False, f"running on {chunk.worker} with a live lease")
         if not (job.window_lifted or window_open(job.window, now_local)):
@@ -199,7 +202,7 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             return ChunkClaim(False, "another worker took it first")
         if job.state == State.QUEUED.value or job.started_at is None:
             job.state, job.started_at = State.RUNNING.value, job.started_at or now
-        return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec)
+        return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
 
 
 def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: int) -> bool:
@@ -208,6 +211,22 @@ def renew_chunk_lease(store: Store, chunk_id: int, owner: str, lease_seconds: in
         return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
                                              Chunk.state == "running")
                          .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def hold_chunk(store: Store, chunk_id: int, owner: str, seconds: float, note: str) -> bool:
+    """A chunk whose task met a transient fault, kept for that task's retry: its lease runs for
+    ``seconds`` more (the retry's countdown and a lease; no heartbeat meanwhile), so neither the
+    reaper nor another worker takes it before the retry, which claims it back as the same owner
+    without counting an attempt. Its studies not yet recorded stay pending. Should the retry
+    never come (its message lost with its worker), the lease lapses and the reaper queues the
+    chunk again. ``note`` (why, and when it runs again) shows as the chunk's error meanwhile.
+    False: the chunk is not ours any more."""
+    now = utcnow()
+    with store.session() as s:
+        return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
+                                             Chunk.state == "running")
+                         .values(lease_expires_at=now + timedelta(seconds=seconds), error=note, updated_at=now)
                          .execution_options(synchronize_session=False)).rowcount == 1
 
 
@@ -297,18 +316,11 @@ def study_counts(store: Store, job_id: str) -> dict[str, int]:
                               .group_by(Study.state)).all())
 
 
-def landmark_count(store: Store, job_id: str) -> int | None:
-    """How many landmarks the job's model gives, read off its first done study (None: none yet)."""
-    with store.session() as s:
-        result = s.scalar(select(Study.result).where(Study.job_id == job_id, Study.state == "done").limit(1))
-    return len(result["landmarks_px"]) if result and result.get("landmarks_px") else None
-
-
-def model_family(store: Store, job_id: str) -> str:
-    """The family of an inference job's model, as planned: "segment", "hrnet" or "ensemble"."""
+def job_spec_and_plan(store: Store, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An inference job's spec and plan (the plan names the model's family, ``plan["family"]``)."""
     with store.session() as s:
         job = s.get(Job, job_id)
-        return (job.plan or {}).get("family") or "ensemble"
+        return dict(job.spec or {}), dict(job.plan or {})
 
 
 def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = None) -> Iterator[Study]:

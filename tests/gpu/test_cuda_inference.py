@@ -1,5 +1,6 @@
 """CUDA-only checks of bulk inference: float16 autocast + channels_last on the GPU agrees with
-float32 on the CPU, and a chunk decodes in loader processes beside the GPU. Skipped without one."""
+float32 on the CPU, and a chunk decodes in loader processes beside the GPU (its uint8 batches
+pinned). Skipped without one."""
 
 import numpy as np
 import pytest
@@ -27,31 +28,32 @@ def members(tmp_path_factory):
 
 
 def test_mixed_precision_landmarks_agree_with_float32_on_the_cpu(members):
-    from medq.common.inference.predict import LandmarkPredictor
+    from medq.common.families.chest.predict import EnsemblePredictor
 
     images = torch.rand(8, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     sizes = np.full((8, 2), 2000.0)  # a 2000-px radiograph magnifies any error 15x over 128 px
-    gpu = LandmarkPredictor.from_checkpoints(members)
-    cpu = LandmarkPredictor.from_checkpoints(members, device="cpu")
+    gpu = EnsemblePredictor.from_checkpoints(members)
+    cpu = EnsemblePredictor.from_checkpoints(members, device="cpu")
     assert gpu.device.type == "cuda" and gpu.use_amp
-    gpu_landmarks, gpu_spread = gpu.predict(images, sizes)
-    cpu_landmarks, cpu_spread = cpu.predict(images, sizes)
+    gpu_landmarks, gpu_spread = gpu.locate(images, sizes)
+    cpu_landmarks, cpu_spread = cpu.locate(images, sizes)
     assert np.abs(gpu_landmarks - cpu_landmarks).max() < 1.0  # px of the 2000-px original
     assert np.abs(gpu_spread - cpu_spread).max() < 1.0
 
 
 def test_a_chunk_decodes_in_loader_processes_and_predicts_on_the_gpu(members, tmp_path):
-    from medq.common.inference.archive import open_archive
-    from medq.common.inference.predict import LandmarkPredictor, run_chunk
+    from medq.common.families.chest.predict import EnsemblePredictor
     from medq.common.families.chest.synth import synth_chest
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.chunk import run_chunk
 
     synth_chest(tmp_path / "data", n=12, seed=3)
     (tmp_path / "data" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     paths = sorted(p.name for p in (tmp_path / "data" / "images").iterdir())
     records = []
     stats = run_chunk(list(enumerate(paths)), open_archive(tmp_path / "data" / "images"),
-                      LandmarkPredictor.from_checkpoints(members), batch_size=5, loader_workers=None,
+                      EnsemblePredictor.from_checkpoints(members, studies_per_batch=5), loader_workers=None,
                       on_results=records.extend)
     assert (stats.done, stats.failed) == (12, 1)
     assert [r.study_id for r in records] == list(range(13))
-    assert all(np.isfinite(np.asarray(r.landmarks_px)).all() for r in records if r.state == "done")
+    assert all(np.isfinite(np.asarray(r.result["landmarks_px"])).all() for r in records if r.state == "done")

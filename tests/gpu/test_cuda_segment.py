@@ -30,5 +30,5 @@ def test_a_segmenter_trains_with_amp_and_its_gpu_masks_agree_with_the_cpu(tmp_pa
     masks = {}
     for device in ("cuda", "cpu"):
         predictor = SegPredictor(outcome.best_checkpoint, device)
-        masks[device] = predictor.predict(predictor.model_input(volume), volume.shape[1:], batch_size=4)
+        masks[device] = predictor.segment(predictor.model_input(volume), volume.shape[1:], batch_size=4)
     assert (masks["cuda"] == masks["cpu"]).mean() > 0.99

@@ -113,8 +113,10 @@ def test_an_ensemble_job_id_resolves_to_its_succeeded_members_checkpoints(store,
     for member, owner, state in ((m0, "a", jobs.State.SUCCEEDED), (m1, "b", jobs.State.FAILED)):
         jobs.claim_member(store, member, owner, "w", "cpu", 60, 3)
         jobs.finish_member(store, member, owner, state, artifacts={f"seed-{0 if member == m0 else 1}/best": str(best)})
-    assert resolve_model(store, job_id) == ([str(best)], job_id, "ensemble")
-    assert resolve_model(store, str(best)) == ([str(best.resolve())], None, "ensemble")
+    checkpoints, model_job, family = resolve_model(store, job_id)
+    assert (checkpoints, model_job, family.kind) == ([str(best)], job_id, "ensemble")
+    checkpoints, model_job, family = resolve_model(store, str(best))
+    assert (checkpoints, model_job, family.kind) == ([str(best.resolve())], None, "ensemble")
     garbage = tmp_path / "notes.pt"
     garbage.write_bytes(b"x")
     with pytest.raises(SpecError, match="notes.pt: not a medq checkpoint"):
@@ -133,8 +135,9 @@ def test_an_hrnet_job_id_resolves_to_its_best_k_checkpoints(store, tmp_path):
         (folder / name).write_bytes(b"x")
     jobs.claim_member(store, member, "a", "w", "cpu", 60, 3)
     jobs.finish_member(store, member, "a", jobs.State.SUCCEEDED, artifacts={"seed-0/best": str(folder / "best-0012.pt")})
-    assert resolve_model(store, job_id) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")], job_id,
-                                            "hrnet")
+    checkpoints, model_job, family = resolve_model(store, job_id)
+    assert (checkpoints, model_job, family.kind) == ([str(folder / "best-0009.pt"), str(folder / "best-0012.pt")],
+                                                     job_id, "hrnet")
 
 
 def test_two_files_of_one_name_get_distinct_keys_and_the_second_is_skipped(store):
@@ -191,3 +194,41 @@ def test_out_is_refused_inside_the_archive_under_a_file_and_where_it_cannot_be_w
         check_out_dir(Path("/proc/medq-out"), folder)
     check_out_dir(tmp_path / "out", folder)
     assert (tmp_path / "out").is_dir() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_chunk_held_for_a_retry_is_taken_by_nobody_else_and_claimed_back_without_an_attempt(store):
+    """After a transient fault the task holds its chunk (hold_chunk) for its retry's countdown:
+    the reaper leaves it, another worker's claim sees a live lease, the retry (same owner) gets
+    it back with the attempt count unchanged and its recorded studies stay done."""
+    from sqlalchemy import select
+
+    from medq.common.store.models import Chunk
+
+    job_id, _ = _job(store, n=4, chunk=4)
+    (chunk_id,) = _chunk_ids(store, job_id)
+    ops.dispatch_chunks(store, OPEN, lambda c, p: None)
+    claim = ops.claim_chunk(store, chunk_id, "task-1", "w1", "cpu", 60, 3, OPEN)
+    assert claim.run and claim.plan == {}
+    first, *_ = ops.pending_studies(store, job_id, 0)
+    ops.record_studies(store, [{"study_id": first[0], "state": "done", "result": {"a": 1}}])
+    assert ops.hold_chunk(store, chunk_id, "task-1", 600, "transient fault 1: OperationalError; trying again in 10 s")
+    assert not ops.hold_chunk(store, chunk_id, "someone-else", 600, "x")
+    assert recovery.reap_lapsed_chunks(store, lambda c, p: None) == []
+    assert "live lease" in ops.claim_chunk(store, chunk_id, "task-2", "w2", "cpu", 60, 3, OPEN).reason
+    again = ops.claim_chunk(store, chunk_id, "task-1", "w1", "cpu", 60, 3, OPEN)
+    assert again.run and again.job_id == job_id
+    with store.session() as s:
+        chunk = s.get(Chunk, chunk_id)
+        assert (chunk.attempts, chunk.state) == (1, "running") and chunk.error.startswith("transient fault 1")
+        assert s.scalar(select(Chunk.lease_expires_at).where(Chunk.id == chunk_id)) < utcnow() + timedelta(seconds=61)
+    assert len(ops.pending_studies(store, job_id, 0)) == 3
+    assert ops.finish_chunk(store, chunk_id, "task-1", "succeeded")
+    with store.session() as s:
+        assert s.get(Chunk, chunk_id).error is None
+
+
+def test_an_inference_jobs_spec_and_plan_name_its_family(store):
+    ops.create_infer_job(store, "famjob000001", {"archive": "/a", "checkpoints": ["/m"]}, {"family": "hrnet"},
+                         "normal", None)
+    assert ops.job_spec_and_plan(store, "famjob000001") == ({"archive": "/a", "checkpoints": ["/m"]},
+                                                           {"family": "hrnet"})

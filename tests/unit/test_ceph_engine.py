@@ -138,12 +138,15 @@ def test_the_throughput_benchmarks_measure_positive_rates(records):
 def test_a_trained_hrnet_serves_bulk_inference_through_run_chunk(records, tmp_path):
     """The job's best checkpoints, heatmaps averaged, over archive files: 19 landmarks per study
     in pixels of each original, a spread from the checkpoints' disagreement, and a broken file
-    failing alone."""
+    failing alone. The predictor is the one the family's registry entry builds from a job's spec."""
+    from medq.common.families.registry import family
     from medq.common.inference.archive import open_archive
-    from medq.common.inference.predict import build_predictor, run_chunk
+    from medq.common.inference.chunk import run_chunk
+    from medq.common.specs import InferSpec
 
     outcome = train_hrnet(dataclasses.replace(TINY, epochs=2, progressive=None), records, tmp_path / "work")
-    predictor = build_predictor(outcome.best_checkpoints)
+    spec = InferSpec(archive=str(tmp_path), checkpoints=tuple(str(p) for p in outcome.best_checkpoints), batch_size=2)
+    predictor = family("hrnet").inference.predictor(spec)
     assert type(predictor).__name__ == "HeatmapPredictor" and predictor.image_size == 96
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -152,13 +155,12 @@ def test_a_trained_hrnet_serves_bulk_inference_through_run_chunk(records, tmp_pa
     (archive / "broken.bmp").write_bytes(b"BM\x00\x01")
     items = list(enumerate(sorted(p.name for p in archive.iterdir())))
     outcomes = []
-    stats = run_chunk(items, open_archive(archive), predictor, batch_size=2, loader_workers=0,
-                      on_results=outcomes.extend)
+    stats = run_chunk(items, open_archive(archive), predictor, loader_workers=0, on_results=outcomes.extend)
     assert (stats.done, stats.failed) == (len(records["test"]), 1), [(o.study_id, o.reason) for o in outcomes]
     done = [o for o in outcomes if o.state == "done"]
-    assert all(len(o.landmarks_px) == 19 and len(o.spread_px) == 19 for o in done)
+    assert all(len(o.result["landmarks_px"]) == 19 and len(o.result["spread_px"]) == 19 for o in done)
     assert all(o.image_size == (160, 200) for o in done)
-    assert all(min(o.spread_px) >= 0 for o in done)
+    assert all(min(o.result["spread_px"]) >= 0 for o in done)
 
 
 def test_the_heatmap_predictor_refuses_what_a_cephalometric_model_cannot_do(records, tmp_path):

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-from medq.common.checkpoint_meta import checkpoint_kind, checkpoint_spec
+from medq.common.checkpoint_meta import checkpoint_kind, checkpoint_spec, checkpoint_value
 from medq.common.errors import SpecError
 from medq.common.families.registry import family_of_checkpoint, family_of_spec
 from medq.common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
@@ -17,8 +17,9 @@ from medq.common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
 def test_the_spec_of_a_torch_checkpoint_is_read_and_names_its_family(tmp_path):
     path = tmp_path / "best.pt"
     torch.save({"spec": SegmentSpec(encoder="resnet18").to_dict(), "model": {"w": torch.ones(3)},
-                "hu": {"mean": -500.0}}, path)
+                "hu": {"mean": -500.0}, "val_loss": 0.25}, path)
     spec = checkpoint_spec(path)
+    assert checkpoint_value(path, "val_loss") == 0.25 and checkpoint_value(path, "epoch") is None
     assert spec["encoder"] == "resnet18" and checkpoint_kind(path) is None  # written before checkpoints kept it
     assert family_of_checkpoint(path).kind == "segment"  # the one family whose spec takes every field
     assert family_of_spec(HRNetSpec().to_dict()).kind == "hrnet"

@@ -1,4 +1,4 @@
-"""Bulk inference: the ensemble predictor, one chunk of studies, quality control, overlays.
+"""Bulk inference: the chest ensemble's predictor, one chunk of studies, quality control, overlays.
 
 Tiny and on the CPU: members are ResNet-18s at image_size 64, either randomly initialised or
 "constant" (the last layer's weights zeroed and its bias set, so every image gets the same,
@@ -20,16 +20,18 @@ from pydicom.data import get_testdata_file
 
 from medq import common
 from medq.common.errors import SpecError
-from medq.common.inference import predict as predict_module
+from medq.common.families.chest.checkpoint import save_atomic
+from medq.common.families.chest.infer_bench import bare_inference_throughput
+from medq.common.families.chest.model import build_model
+from medq.common.families.chest.predict import EnsemblePredictor
+from medq.common.families.chest.qc import image_left_members, qc_flags
+from medq.common.inference import images as images_module
 from medq.common.inference.archive import open_archive
-from medq.common.inference.bench import bare_inference_throughput
+from medq.common.inference.chunk import run_chunk
+from medq.common.inference.landmarks import overlay_path
 from medq.common.inference.outcome import StudyOutcome
 from medq.common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_overlay
-from medq.common.inference.predict import LandmarkPredictor, overlay_path, run_chunk
-from medq.common.inference.qc import image_left_members, qc_flags
 from medq.common.inference.types import DecodedImage
-from medq.common.training.checkpoint import save_atomic
-from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
 from medq.common.families.chest.synth import real_shapes, synth_chest
 from medq.common.specs import EnsembleSpec
@@ -75,8 +77,13 @@ def members(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def predictor(members) -> LandmarkPredictor:
-    return LandmarkPredictor.from_checkpoints(members)
+def predictor(members) -> EnsemblePredictor:
+    return EnsemblePredictor.from_checkpoints(members)
+
+
+def ensemble(members, batch: int, **options) -> EnsemblePredictor:
+    """The members as a predictor taking ``batch`` studies at a time."""
+    return EnsemblePredictor.from_checkpoints(members, studies_per_batch=batch, **options)
 
 
 # --- the predictor -----------------------------------------------------------------------------
@@ -85,7 +92,7 @@ def predictor(members) -> LandmarkPredictor:
 def test_landmarks_come_back_in_pixels_of_each_original_image(predictor):
     image = torch.rand(1, 1, S, S, generator=torch.Generator().manual_seed(0))
     batch = image.repeat(3, 1, 1, 1)
-    landmarks, spread = predictor.predict(batch, np.array([[299, 299], [598, 598], [598, 299]]))
+    landmarks, spread = predictor.locate(batch, np.array([[299, 299], [598, 598], [598, 299]]))
     assert landmarks.shape == (3, N_LANDMARKS, 2) and spread.shape == (3, N_LANDMARKS)
     np.testing.assert_allclose(landmarks[1], 2 * landmarks[0], rtol=1e-6)
     np.testing.assert_allclose(spread[1], 2 * spread[0], rtol=1e-6)
@@ -94,11 +101,11 @@ def test_landmarks_come_back_in_pixels_of_each_original_image(predictor):
 
 
 def test_identical_members_have_zero_spread_and_the_single_members_landmarks(members):
-    single = LandmarkPredictor.from_checkpoints(members[:1])
-    twice = LandmarkPredictor.from_checkpoints([members[0], members[0]])
+    single = EnsemblePredictor.from_checkpoints(members[:1])
+    twice = EnsemblePredictor.from_checkpoints([members[0], members[0]])
     batch, sizes = torch.rand(2, 1, S, S), np.array([[299, 299], [400, 300]])
-    one_landmarks, one_spread = single.predict(batch, sizes)
-    two_landmarks, two_spread = twice.predict(batch, sizes)
+    one_landmarks, one_spread = single.locate(batch, sizes)
+    two_landmarks, two_spread = twice.locate(batch, sizes)
     np.testing.assert_array_equal(one_spread, 0.0)
     np.testing.assert_array_equal(two_spread, 0.0)
     np.testing.assert_allclose(two_landmarks, one_landmarks, rtol=1e-9)
@@ -117,8 +124,8 @@ def test_aggregations_on_hand_computed_members(three_constant, how, expected_x):
     """Members at x = 20, 30, 70 px of a 100-px image: mean 40, median 30, and weights
     1/loss = 1, 1, 0.5 -> 0.4, 0.4, 0.2 give 8 + 12 + 14 = 34. Spread: deviations -20, -10, 30
     -> sqrt((400 + 100 + 900) / 3) = 21.602 px."""
-    ensemble = LandmarkPredictor.from_checkpoints(three_constant, aggregation=how, device="cpu")
-    landmarks, spread = ensemble.predict(torch.rand(1, 1, S, S), np.array([[100, 80]]))
+    ensemble = EnsemblePredictor.from_checkpoints(three_constant, aggregation=how, device="cpu")
+    landmarks, spread = ensemble.locate(torch.rand(1, 1, S, S), np.array([[100, 80]]))
     np.testing.assert_allclose(landmarks[0], at(expected_x, 40.0), atol=1e-4)
     np.testing.assert_allclose(spread[0], np.sqrt(1400 / 3), atol=1e-4)
 
@@ -132,10 +139,10 @@ def test_flip_test_unflips_x_and_swaps_the_pairs_back(tmp_path):
     points = np.column_stack([0.1 + 0.05 * k, 0.1 + 0.04 * k])
     path = constant_member(tmp_path / "m.pt", points)
     on_cpu = {"device": "cpu"}  # hand-computed float32 values; tests/gpu compares CUDA with these
-    plain = LandmarkPredictor.from_checkpoints([path], **on_cpu).predict(torch.rand(1, 1, S, S),
-                                                                         np.array([[S, S]]))[0][0]
-    flipped = LandmarkPredictor.from_checkpoints([path], tta="flip", **on_cpu).predict(torch.rand(1, 1, S, S),
-                                                                                        np.array([[S, S]]))[0][0]
+    plain = EnsemblePredictor.from_checkpoints([path], **on_cpu).locate(torch.rand(1, 1, S, S),
+                                                                        np.array([[S, S]]))[0][0]
+    flipped = EnsemblePredictor.from_checkpoints([path], tta="flip", **on_cpu).locate(torch.rand(1, 1, S, S),
+                                                                                       np.array([[S, S]]))[0][0]
     np.testing.assert_allclose(plain[2], [12.8, 11.52], atol=1e-4)
     np.testing.assert_allclose(flipped[2], [29.9, 12.8], atol=1e-4)
     np.testing.assert_allclose(flipped[3], [33.1, 12.8], atol=1e-4)
@@ -147,8 +154,8 @@ def test_flip_test_gives_a_mirror_symmetric_shape_for_a_mirror_symmetric_image(m
     symmetric = (half + torch.flip(half, dims=(3,))) / 2
     width = 299
     axis = (S - 1) / S * width  # x -> S - 1 - x at model scale, in original pixels
-    plain, _ = LandmarkPredictor.from_checkpoints(members).predict(symmetric, np.array([[width, width]]))
-    tta, _ = LandmarkPredictor.from_checkpoints(members, tta="flip").predict(symmetric, np.array([[width, width]]))
+    plain, _ = EnsemblePredictor.from_checkpoints(members).locate(symmetric, np.array([[width, width]]))
+    tta, _ = EnsemblePredictor.from_checkpoints(members, tta="flip").locate(symmetric, np.array([[width, width]]))
     left, right = np.array(FLIP_PAIRS).T
     np.testing.assert_allclose(tta[0, left, 0] + tta[0, right, 0], axis, atol=1e-3)
     np.testing.assert_allclose(tta[0, left, 1], tta[0, right, 1], atol=1e-3)
@@ -160,13 +167,13 @@ def test_flip_test_gives_a_mirror_symmetric_shape_for_a_mirror_symmetric_image(m
                                                   ("tta", "rotate", "flip, none")])
 def test_unknown_option_names_list_the_valid_ones(members, option, name, listed):
     with pytest.raises(SpecError, match=listed):
-        LandmarkPredictor.from_checkpoints(members, **{option: name})
+        EnsemblePredictor.from_checkpoints(members, **{option: name})
 
 
 def test_members_trained_at_different_sizes_are_refused(members, tmp_path):
     other = random_member(tmp_path / "big.pt", seed=5, spec=EnsembleSpec(image_size=96))
     with pytest.raises(SpecError, match="member 0: 64 px, member 1: 96 px"):
-        LandmarkPredictor.from_checkpoints([members[0], other])
+        EnsemblePredictor.from_checkpoints([members[0], other])
 
 
 # --- one chunk of studies ----------------------------------------------------------------------
@@ -209,7 +216,7 @@ def study_folder(tmp_path_factory) -> tuple[Path, list[tuple[int, str]]]:
 
 
 @pytest.mark.parametrize("kind", ["folder", "zip"])
-def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(predictor, study_folder, tmp_path, kind):
+def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(members, study_folder, tmp_path, kind):
     root, items = study_folder
     if kind == "zip":
         with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:
@@ -217,64 +224,67 @@ def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(predictor, 
                 zf.write(root / name, name)
     archive = open_archive(root if kind == "folder" else tmp_path / "export.zip")
     calls: list[list[StudyOutcome]] = []
-    stats = run_chunk(items, WorkerOnlyReads(archive, os.getpid()), predictor, batch_size=3, loader_workers=2,
-                      on_results=calls.append, overlay_dir=tmp_path / "overlays")
+    stats = run_chunk(items, WorkerOnlyReads(archive, os.getpid()), ensemble(members, 3, out_dir=tmp_path),
+                      loader_workers=2, on_results=calls.append)
 
     assert [len(call) for call in calls] == [3, 3, 2]
     outcomes = [o for call in calls for o in call]
     assert [o.study_id for o in outcomes] == [study_id for study_id, _ in items]
     assert (stats.done, stats.failed, stats.skipped, stats.stopped) == (6, 2, 0, False)
-    assert stats.images_per_s > 0
+    assert stats.studies_per_s > 0
     done = [o for o in outcomes if o.state == "done"]
     for o in done:
-        assert np.asarray(o.landmarks_px).shape == (N_LANDMARKS, 2)
-        assert np.asarray(o.spread_px).shape == (N_LANDMARKS,)
-        assert o.landmarks_mm is None  # PNG has no pixel spacing
+        assert sorted(o.result) == ["landmarks_mm", "landmarks_px", "qc_reasons", "spread_px"]
+        assert np.asarray(o.result["landmarks_px"]).shape == (N_LANDMARKS, 2)
+        assert np.asarray(o.result["spread_px"]).shape == (N_LANDMARKS,)
+        assert o.result["landmarks_mm"] is None  # PNG has no pixel spacing
         assert o.source_format == "png"
         with Image.open(overlay_path(tmp_path / "overlays", o.study_id)) as overlay:
             assert overlay.mode == "RGB" and overlay.size == o.image_size
     assert done[5].image_size == (598, 598) and done[0].image_size == (299, 299)
     # the 2x-enlarged copy of the first study: landmarks twice as far from the origin
-    np.testing.assert_allclose(done[5].landmarks_px, 2 * np.asarray(done[0].landmarks_px), atol=1.0)
+    np.testing.assert_allclose(done[5].result["landmarks_px"], 2 * np.asarray(done[0].result["landmarks_px"]),
+                               atol=1.0)
     empty, text = outcomes[6:]
     assert (empty.state, text.state) == ("failed", "failed")
     assert "empty" in empty.reason and "unrecognised" in text.reason
-    assert all("Patient" not in o.reason and o.landmarks_px is None for o in (empty, text))
-    json.dumps([o.to_record() for o in outcomes])  # every record is JSON
+    assert all("Patient" not in o.reason and o.result is None for o in (empty, text))
+    json.dumps([o.to_row() for o in outcomes])  # every record is JSON
 
 
-def test_chunk_gives_millimetres_and_uids_of_a_dicom_study(predictor, tmp_path):
+def test_chunk_gives_millimetres_and_uids_of_a_dicom_study(members, tmp_path):
     """CT_small.dcm (pydicom's fixture), saved without an extension: 0.661468 mm/px both ways."""
     (tmp_path / "Patient Scan").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     outcomes: list[StudyOutcome] = []
-    run_chunk([(7, "Patient Scan")], open_archive(tmp_path), predictor, 4, 0, outcomes.extend)
+    run_chunk([(7, "Patient Scan")], open_archive(tmp_path), ensemble(members, 4), 0, outcomes.extend)
     (o,) = outcomes
     assert (o.state, o.source_format, o.image_size) == ("done", "dicom", (128, 128))
     assert o.uids["StudyInstanceUID"] == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
-    np.testing.assert_allclose(o.landmarks_mm, np.asarray(o.landmarks_px) * 0.661468, rtol=1e-6)
+    np.testing.assert_allclose(o.result["landmarks_mm"], np.asarray(o.result["landmarks_px"]) * 0.661468, rtol=1e-6)
 
 
-def test_chunk_multiplies_x_by_the_column_and_y_by_the_row_spacing(predictor, study_folder, monkeypatch):
+def test_chunk_multiplies_x_by_the_column_and_y_by_the_row_spacing(members, study_folder, monkeypatch):
     """Spacing (row, column) = (0.5, 0.25) mm/px: x mm = x px * 0.25, y mm = y px * 0.5."""
     root, items = study_folder
-    real_decode = predict_module.decode_image
+    real_decode = images_module.decode_image
 
     def with_spacing(data: bytes) -> DecodedImage:
         return DecodedImage(real_decode(data).pixels, "dicom", (0.5, 0.25), {"StudyInstanceUID": "1.2.3"}, "CR")
 
-    monkeypatch.setattr(predict_module, "decode_image", with_spacing)
+    monkeypatch.setattr(images_module, "decode_image", with_spacing)
     outcomes: list[StudyOutcome] = []
-    run_chunk(items[:2], open_archive(root), predictor, 2, 0, outcomes.extend)
+    run_chunk(items[:2], open_archive(root), ensemble(members, 2), 0, outcomes.extend)
     assert len(outcomes) == 2
     for o in outcomes:
-        np.testing.assert_allclose(o.landmarks_mm, np.asarray(o.landmarks_px) * [0.25, 0.5], rtol=1e-12)
+        np.testing.assert_allclose(o.result["landmarks_mm"], np.asarray(o.result["landmarks_px"]) * [0.25, 0.5],
+                                   rtol=1e-12)
         assert o.uids == {"StudyInstanceUID": "1.2.3"} and o.source_format == "dicom"
 
 
-def test_a_stop_request_ends_the_chunk_between_batches(predictor, study_folder):
+def test_a_stop_request_ends_the_chunk_between_batches(members, study_folder):
     root, items = study_folder
     calls: list[list[StudyOutcome]] = []
-    stats = run_chunk(items, open_archive(root), predictor, batch_size=3, loader_workers=0,
+    stats = run_chunk(items, open_archive(root), ensemble(members, 3), loader_workers=0,
                       on_results=calls.append, should_stop=lambda: len(calls) >= 1)
     assert len(calls) == 1 and stats.stopped and stats.done + stats.failed == 3
 
@@ -348,7 +358,7 @@ def test_overlay_marks_each_landmark_red_when_flagged_else_green(tmp_path, flagg
 
 
 def test_loader_processes_decode_beside_a_gpu_and_inline_on_a_cpu():
-    from medq.common.inference.predict import loader_processes
+    from medq.common.inference.chunk import loader_processes
 
     assert loader_processes(None, torch.device("cuda", 0)) == 2
     assert loader_processes(None, torch.device("cpu")) == 0

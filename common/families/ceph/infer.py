@@ -1,4 +1,7 @@
-"""Bulk inference with an HRNet job: what it accepts at submit (torch-free)."""
+"""Bulk inference with an HRNet job: what it accepts at submit, its predictor, its CSV.
+
+Torch-free at import: the predictor (``predict.py``) imports torch when a worker builds it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any, Sequence
 
 from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
+from medq.common.families.ceph.schema import N_LANDMARKS
 
 
 class CephInference(FamilyInference):
@@ -23,6 +27,24 @@ class CephInference(FamilyInference):
             if not checkpoint_spec(Path(checkpoints[0])).get("flip_pairs"):
                 raise SpecError("--tta flip: this HRNet model was trained without left/right landmark pairs "
                                 "(--flip-pairs), so it has no flip test")
+
+    def predictor(self, spec, device=None):
+        from medq.common.families.ceph.predict import HeatmapPredictor
+
+        return HeatmapPredictor([Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
+                                tta=None if spec.tta == "none" else spec.tta, device=device,
+                                studies_per_batch=spec.batch_size, out_dir=spec.out_dir,
+                                spread_limit_fraction=spec.spread_limit_fraction)
+
+    def csv_columns(self, plan: dict[str, Any]) -> list[str]:
+        from medq.common.inference.points import landmark_csv_columns
+
+        return landmark_csv_columns(N_LANDMARKS)
+
+    def csv_row(self, study: Any) -> list[Any]:
+        from medq.common.inference.points import landmark_csv_row
+
+        return landmark_csv_row(study, N_LANDMARKS)
 
 
 INFERENCE = CephInference()

@@ -1,8 +1,17 @@
-"""Bulk inference with a chest ensemble: what it accepts at submit (torch-free)."""
+"""Bulk inference with a chest ensemble: what it accepts at submit, its predictor, its CSV.
+
+Torch-free at import: the predictor (``predict.py``) imports torch when a worker builds it.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
+from medq.common.families.chest.schema import N_LANDMARKS
 
 
 class ChestInference(FamilyInference):
@@ -10,6 +19,35 @@ class ChestInference(FamilyInference):
     ttas = ("none", "flip")
     default_chunk = 256
     model_name = "a chest-landmark ensemble"
+
+    def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
+        super().check(options, checkpoints)
+        if options.get("aggregation") == "weighted":
+            from medq.common.checkpoint_meta import checkpoint_value
+
+            for path in checkpoints:
+                loss = checkpoint_value(Path(path), "val_loss")
+                if not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss <= 0:
+                    raise SpecError(f"--aggregation weighted: {path} records no positive validation loss "
+                                    "(a member's best.pt does)")
+
+    def predictor(self, spec, device=None):
+        from medq.common.families.chest.predict import EnsemblePredictor
+
+        return EnsemblePredictor.from_checkpoints(
+            [Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
+            tta=None if spec.tta == "none" else spec.tta, device=device, studies_per_batch=spec.batch_size,
+            out_dir=spec.out_dir, spread_limit_fraction=spec.spread_limit_fraction)
+
+    def csv_columns(self, plan: dict[str, Any]) -> list[str]:
+        from medq.common.inference.points import landmark_csv_columns
+
+        return landmark_csv_columns(N_LANDMARKS)
+
+    def csv_row(self, study: Any) -> list[Any]:
+        from medq.common.inference.points import landmark_csv_row
+
+        return landmark_csv_row(study, N_LANDMARKS)
 
 
 INFERENCE = ChestInference()

@@ -1,11 +1,21 @@
-"""Bulk inference with a segmentation job: what it accepts at submit (torch-free). A study is a
-volume: a .npy file or a DICOM series grouped from the headers."""
+"""Bulk inference with a segmentation job: what it accepts at submit, its predictor, its CSV
+(torch-free at import). A study is a volume: a .npy file or a DICOM series grouped from the
+headers."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator
 
+from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
+
+LESION_COLUMNS = ("ground_glass", "consolidation")
+CLASS_COLUMNS = (*LESION_COLUMNS, "other_lung", "background")
+CSV_COLUMNS = (["path", "key", "state", "reason", "study_uid", "series_uid", "format", "slices", "width", "height",
+                "spacing_slice_mm", "spacing_row_mm", "spacing_column_mm", "mask"]
+               + [f"{name}_ml" for name in LESION_COLUMNS] + ["lesion_total_ml", "lung_involvement_pct"]
+               + [f"{name}_voxels" for name in CLASS_COLUMNS])
 
 
 class LesionInference(FamilyInference):
@@ -19,6 +29,33 @@ class LesionInference(FamilyInference):
         from medq.common.families.ct_lesions.volumes import plan_ct_studies
 
         return plan_ct_studies(archive)
+
+    def predictor(self, spec, device=None):
+        from medq.common.families.ct_lesions.predict import NEEDS_OUT, SegPredictor
+
+        if not spec.out_dir:
+            raise SpecError(NEEDS_OUT)
+        return SegPredictor(Path(spec.checkpoints[0]), device, out_dir=spec.out_dir, slices_per_batch=spec.batch_size)
+
+    def csv_columns(self, plan: dict[str, Any]) -> list[str]:
+        return list(CSV_COLUMNS)
+
+    def csv_row(self, study: Any) -> list[Any]:
+        """A segmentation study: its mask file (relative to --out), lesion millilitres per class
+        (empty without a spacing), the percentage of lung involved, and voxels per class."""
+        m = study.result or {}
+        spacing = m.get("spacing_mm") or [None, None, None]
+        ml, voxels = m.get("lesion_ml") or {}, m.get("voxels") or {}
+        return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
+                 study.series_uid or "", study.source_format or "", _cell(m.get("slices")), _cell(study.width),
+                 _cell(study.height), *(_cell(v) for v in spacing), m.get("mask", "")]
+                + [_cell(ml.get(name)) for name in LESION_COLUMNS]
+                + [_cell(m.get("lesion_total_ml")), _cell(m.get("lung_involvement_pct"))]
+                + [_cell(voxels.get(name)) for name in CLASS_COLUMNS])
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else (float(f"{value:.6g}") if isinstance(value, float) else value)
 
 
 INFERENCE = LesionInference()

@@ -9,28 +9,34 @@ size, resizes the logits to each slice's own size and takes the arg-max. It writ
   ``sop_instance_uids``: the slice each mask slice belongs to;
 - ``<out>/overlays/<study id>.png``: the slice with the most lesion, and its prediction;
 
-and records per study: voxels per class, the lesion volume per lesion class in millilitres
-(when the series gives a spacing), and the percentage of lung involved,
+and records per study (its ``result``): voxels per class, the lesion volume per lesion class in
+millilitres (when the series gives a spacing), and the percentage of lung involved,
 100 · lesion / (lesion + other lung) voxels.
+
+``SegPredictor`` is a ``StudyPredictor`` of the one chunk loop (``medq.common.inference.chunk``):
+its ``VolumeDecoder`` reads and normalises a volume in the loader processes (it holds the HU
+statistics and the resize, never the model), one volume per batch, and ``predict`` segments it
+in slice batches of the job's batch size.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from medq.common.atomic_files import write_atomic
-from medq.common.inference.outcome import ChunkStats, StudyOutcome
-from medq.common.inference.types import StudyError
-from medq.common.training.kit import pick_device
+from medq.common.errors import SpecError
 from medq.common.families.ct_lesions.augment import seg_transform
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, OTHER_LUNG
 from medq.common.families.ct_lesions.volumes import CTVolume, load_ct_volume
+from medq.common.inference.chunk import StudyDecoder, StudyPredictor
+from medq.common.training.kit import pick_device
+from medq.common.inference.outcome import StudyOutcome
+
+NEEDS_OUT = "a segmentation model writes masks: the job needs an output folder (--out)"
 
 
 def measure(labels: np.ndarray, spacing_mm: tuple[float, float, float] | None) -> dict[str, Any]:
@@ -56,10 +62,25 @@ def model_input(hu: np.ndarray, normaliser, resize) -> torch.Tensor:
                                       for s in hu])).unsqueeze(1)
 
 
-class SegPredictor:
+class VolumeDecoder(StudyDecoder):
+    """A study key -> (CTVolume, model inputs); in the loader processes (no model here)."""
+
+    def __init__(self, normaliser, resize):
+        self.normaliser, self.resize = normaliser, resize
+
+    def decode(self, archive, key: str) -> tuple[CTVolume, torch.Tensor]:
+        volume = load_ct_volume(archive, key)
+        return volume, model_input(volume.hu, self.normaliser, self.resize)
+
+
+class SegPredictor(StudyPredictor):
     """A trained segmenter in eval mode on one device (float16 autocast on CUDA)."""
 
-    def __init__(self, checkpoint: Path, device: torch.device | str | None = None):
+    studies_per_batch = 1  # a volume is a batch of its own slices
+
+    def __init__(self, checkpoint: Path, device: torch.device | str | None = None, out_dir: Path | str | None = None,
+                 slices_per_batch: int = 32):
+        """``out_dir``: where ``predict`` writes masks and overlays (``segment`` needs none)."""
         from medq.common.families.ct_lesions.train import load_segmenter
 
         model, self.spec, self.normaliser = load_segmenter(Path(checkpoint))
@@ -67,82 +88,36 @@ class SegPredictor:
         self.use_amp = self.spec.amp and self.device.type == "cuda"  # as evaluation does
         self.model = model.to(self.device).eval()
         self.image_size = self.spec.image_size
-        self._resize = seg_transform(self.spec, train=False)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.slices_per_batch = int(slices_per_batch)
+        self.decoder = VolumeDecoder(self.normaliser, seg_transform(self.spec, train=False))
 
     def model_input(self, hu: np.ndarray) -> torch.Tensor:
-        return model_input(hu, self.normaliser, self._resize)
+        return model_input(hu, self.normaliser, self.decoder.resize)
 
     @torch.no_grad()
-    def predict(self, inputs: torch.Tensor, out_size: tuple[int, int], batch_size: int) -> np.ndarray:
+    def segment(self, inputs: torch.Tensor, out_size: tuple[int, int], batch_size: int | None = None) -> np.ndarray:
         """Class indices (S, H, W) uint8 of model inputs (S, 1, size, size)."""
         from medq.common.families.ct_lesions.train import predict_logits
 
-        labels = [predict_logits(self.model, inputs[k:k + batch_size], self.device, self.use_amp, out_size)
-                  .argmax(dim=1).to(torch.uint8).cpu().numpy() for k in range(0, len(inputs), batch_size)]
+        step = batch_size or self.slices_per_batch
+        labels = [predict_logits(self.model, inputs[k:k + step], self.device, self.use_amp, out_size)
+                  .argmax(dim=1).to(torch.uint8).cpu().numpy() for k in range(0, len(inputs), step)]
         return np.concatenate(labels)
+
+    def predict(self, study_ids: list[int], batch: list[tuple[CTVolume, torch.Tensor]]) -> list[StudyOutcome]:
+        if self.out_dir is None:
+            raise SpecError(NEEDS_OUT)
+        outcomes = []
+        for study_id, (volume, inputs) in zip(study_ids, batch):
+            labels = self.segment(inputs, volume.hu.shape[1:])
+            outcomes.append(_done(study_id, volume, labels, self.out_dir))
+        return outcomes
 
     def close(self) -> None:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def run_chunk(self, items: Sequence[tuple[int, str]], archive: Any, batch_size: int, loader_workers: int | None,
-                  on_results: Callable[[list[StudyOutcome]], None], should_stop: Callable[[], bool] = lambda: False,
-                  out_dir: Path | None = None) -> ChunkStats:
-        """Every (study id, key) of ``items``: masks and overlays under ``out_dir``, one outcome
-        per study handed to ``on_results`` as it ends (a study that cannot be read fails alone)."""
-        from medq.common.inference.predict import loader_processes
-
-        if out_dir is None:
-            raise StudyError("a segmentation model writes masks: the job needs an output folder (--out)")
-        loader = DataLoader(_Volumes(items, archive, self), batch_size=None, shuffle=False,
-                            num_workers=loader_processes(loader_workers, self.device))
-        counts, seen, slices = {"done": 0, "failed": 0, "skipped": 0}, 0, 0
-        start = time.perf_counter()
-        volumes = iter(loader)
-        try:
-            while not should_stop():
-                item = next(volumes, None)
-                if item is None:
-                    break
-                study_id, decoded = item
-                if isinstance(decoded, StudyOutcome):
-                    outcome = decoded
-                else:
-                    volume, inputs = decoded
-                    labels = self.predict(inputs, volume.hu.shape[1:], batch_size)
-                    outcome = _done(study_id, volume, labels, Path(out_dir))
-                    slices += len(labels)
-                on_results([outcome])
-                counts[outcome.state] += 1
-                seen += 1
-        finally:
-            del volumes
-        seconds = time.perf_counter() - start
-        return ChunkStats(counts["done"], counts["failed"], counts["skipped"], seconds,
-                          slices / seconds if seconds > 0 else 0.0, stopped=seen < len(items))
-
-
-class _Volumes(Dataset):
-    """Item k: (study id, (CTVolume, model inputs)) or (study id, failed StudyOutcome); decoded
-    in DataLoader workers when there are any (they get the normaliser and resize, not the model)."""
-
-    def __init__(self, items, archive, predictor: SegPredictor):
-        self.items, self.archive = list(items), archive
-        self.resize, self.normaliser = predictor._resize, predictor.normaliser
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int):
-        study_id, key = self.items[k]
-        try:
-            volume = load_ct_volume(self.archive, key)
-            return study_id, (volume, model_input(volume.hu, self.normaliser, self.resize))
-        except StudyError as exc:
-            return study_id, StudyOutcome(study_id, state=exc.state, reason=str(exc))
-        except Exception as exc:  # an unforeseen reader failure fails this study, not the chunk
-            return study_id, StudyOutcome(study_id, state="failed", reason=f"{type(exc).__name__} while reading")
 
 
 def mask_path(out_dir: Path, study_id: int) -> Path:
@@ -162,5 +137,5 @@ def _done(study_id: int, volume: CTVolume, labels: np.ndarray, out_dir: Path) ->
     measures = measure(labels, volume.spacing_mm)
     measures["mask"] = str(path.relative_to(out_dir))
     height, width = labels.shape[1:]
-    return StudyOutcome(study_id, "done", image_size=(int(width), int(height)), uids=volume.uids,
-                        source_format=volume.source_format, measures=measures)
+    return StudyOutcome(study_id, "done", result=measures, image_size=(int(width), int(height)), uids=volume.uids,
+                        source_format=volume.source_format)

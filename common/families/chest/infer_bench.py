@@ -1,4 +1,4 @@
-"""Throughput of bare PyTorch inference, the yardstick of ``medq bench infer``.
+"""Throughput of bare PyTorch inference with a chest ensemble, the yardstick of ``medq bench infer``.
 
 ``bare_inference_throughput`` runs the loop anyone would write by hand around the same member
 models: PIL-open each PNG, convert to grey, resize to the members' image size, stack a batch,
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medq.common.inference.predict import LandmarkPredictor
 from medq.common.families.chest.metrics import aggregate_predictions
+from medq.common.families.chest.predict import EnsemblePredictor
 from medq.common.families.chest.schema import N_LANDMARKS
 
 
@@ -55,7 +55,7 @@ def bare_inference_throughput(
         raise ValueError("bare_inference_throughput needs at least one PNG")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    predictor = LandmarkPredictor.from_checkpoints(list(checkpoints), aggregation=aggregation, device=device)
+    predictor = EnsemblePredictor.from_checkpoints(list(checkpoints), aggregation=aggregation, device=device)
     models, dev, size = predictor.models, predictor.device, predictor.image_size
     use_amp = dev.type == "cuda"
     paths = [Path(p) for p in png_paths]

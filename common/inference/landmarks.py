@@ -1,0 +1,78 @@
+"""The predictor of every landmark model of 2D images, less its models.
+
+A family subclasses ``LandmarkPredictor`` and gives ``locate(images, sizes)``: a batch of
+model-size images to landmarks and spread in pixels of each original. The rest is shared: the
+``ImageDecoder`` in the loader processes, quality checks (``points.LANDMARK_CHECKS`` plus the
+family's own ``checks``), millimetres from each image's spacing, the stored result, and, with
+an output folder, an overlay per done study at ``<out>/overlays/<study id>.png`` (joining the
+family's ``overlay_pairs`` and ``overlay_axis``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from medq.common.inference.chunk import StudyPredictor
+from medq.common.inference.images import ImageBatch, ImageDecoder
+from medq.common.inference.outcome import StudyOutcome
+from medq.common.inference.overlay import write_overlay
+from medq.common.inference.points import (
+    DEFAULT_SPREAD_LIMIT_FRACTION, LANDMARK_CHECKS, Check, landmark_result, qc_reasons,
+)
+
+
+def overlay_path(overlay_dir: Path, study_id: int) -> Path:
+    """Where a done study's overlay goes: ``<overlay_dir>/<study_id>.png``."""
+    return Path(overlay_dir) / f"{int(study_id)}.png"
+
+
+class LandmarkPredictor(StudyPredictor):
+    checks: ClassVar[tuple[Check, ...]] = LANDMARK_CHECKS
+    overlay_pairs: ClassVar[tuple[tuple[int, int], ...]] = ()
+    overlay_axis: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, image_size: int, device: torch.device, studies_per_batch: int = 32,
+                 out_dir: Path | str | None = None,
+                 spread_limit_fraction: float = DEFAULT_SPREAD_LIMIT_FRACTION):
+        """``out_dir``: overlays go to its ``overlays`` folder (none without it);
+        ``spread_limit_fraction``: the spread check's limit, as a fraction of each image's width."""
+        self.image_size = int(image_size)
+        self.device = torch.device(device)
+        self.studies_per_batch = int(studies_per_batch)
+        self.overlay_dir = Path(out_dir) / "overlays" if out_dir else None
+        self.spread_limit_fraction = float(spread_limit_fraction)
+        self.decoder = ImageDecoder(self.image_size, keep_pixels=self.overlay_dir is not None)
+
+    def locate(self, images: torch.Tensor, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks (B, K, 2) and spread (B, K) in pixels of each ORIGINAL image; ``images``
+        (B, 1, S, S) uint8 or float in [0, 1]; ``sizes`` (B, 2) (width, height)."""
+        raise NotImplementedError
+
+    def predict(self, study_ids: list[int], batch: ImageBatch) -> list[StudyOutcome]:
+        landmarks, spread = self.locate(batch.images, batch.sizes)
+        return [self._done(study_id, info, landmarks[k], spread[k])
+                for k, (study_id, info) in enumerate(zip(study_ids, batch.infos))]
+
+    def qc(self, landmarks: np.ndarray, spread: np.ndarray, size: tuple[int, int]) -> list[str]:
+        return qc_reasons(landmarks, spread, size, self.spread_limit_fraction * size[0], self.checks)
+
+    def _done(self, study_id: int, info, landmarks: np.ndarray, spread: np.ndarray) -> StudyOutcome:
+        reasons = self.qc(landmarks, spread, info.size)
+        if self.overlay_dir is not None and info.pixels is not None:
+            write_overlay(info.pixels, landmarks, bool(reasons), overlay_path(self.overlay_dir, study_id),
+                          self.overlay_pairs, self.overlay_axis)
+        return StudyOutcome(study_id, "done", result=landmark_result(landmarks, spread, info.spacing_mm, reasons),
+                            qc_flag=bool(reasons), image_size=info.size, uids=info.uids,
+                            source_format=info.source_format)
+
+    @staticmethod
+    def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+        """A batch on the device as float in [0, 1] (uint8 travels as bytes and is scaled there)."""
+        images = images.to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
