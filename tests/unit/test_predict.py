@@ -20,7 +20,7 @@ from pydicom.data import get_testdata_file
 
 from medq import common
 from medq.common.errors import SpecError
-from medq.common.families.chest.checkpoint import save_atomic
+from medq.common.training.checkpoint import save_atomic
 from medq.common.families.chest.infer_bench import bare_inference_throughput
 from medq.common.families.chest.model import build_model
 from medq.common.families.chest.predict import EnsemblePredictor

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medq.common.errors import SpecError
-from medq.common.families.chest.checkpoint import load_checkpoint
+from medq.common.training.checkpoint import load_checkpoint
 from medq.common.families.chest.evaluate import load_member
 from medq.common.families.chest.metrics import AGGREGATORS, aggregate_predictions
 from medq.common.families.chest.qc import CHEST_CHECKS, MEDIASTINAL_AXIS
