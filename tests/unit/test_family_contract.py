@@ -61,3 +61,29 @@ def test_the_job_evaluates_to_plain_json_results(trained):
     assert results and all(isinstance(metrics, dict) for metrics in results.values())
     json.dumps(results)  # the store keeps them as JSON
     assert kind.evaluate(example.spec, plan, []) == {}  # every member failed: nothing to score, no crash
+
+
+def test_the_trained_model_predicts_a_two_study_archive_through_the_one_chunk_loop(trained):
+    from medq.common.inference.archive import open_archive
+    from medq.common.inference.chunk import run_chunk
+    from medq.common.specs import InferSpec
+
+    kind, example, _, _, resumed, _ = trained
+    checkpoints = kind.model_checkpoints([Path(resumed.checkpoints["best"])])
+    kind.inference.check(example.infer_options, checkpoints)  # what submit asks first
+    spec = InferSpec(archive=str(example.archive), checkpoints=tuple(str(p) for p in checkpoints),
+                     batch_size=2, **example.infer_options)
+    archive = open_archive(example.archive)
+    items = [(k, entry.path) for k, entry in enumerate(kind.inference.studies(archive))]
+    assert len(items) == 2
+    outcomes = []
+    predictor = kind.inference.predictor(spec)
+    try:
+        stats = run_chunk(items, archive, predictor, 0, outcomes.extend)
+    finally:
+        predictor.close()
+    assert (stats.done, stats.failed) == (2, 0)
+    assert [o.study_id for o in outcomes] == [0, 1] and all(o.result for o in outcomes)
+    rows = [o.to_row() for o in outcomes]
+    json.dumps(rows)  # the store keeps each result as JSON
+    assert len(kind.inference.csv_columns({})) > 4
