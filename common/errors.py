@@ -52,33 +52,6 @@ class Cancelled(MedqError):
     """The job was cancelled by a user; not a failure."""
 
 
-# errno values of a file system or network that went away for a while (an NFS server rebooting,
-# a mount timing out), as opposed to a file that is missing or a disk that is full (job errors)
-TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
-                              errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ESTALE, errno.EAGAIN})
-# The database's and the broker's "cannot reach the server" errors, by module and class name so
-# that this module imports neither SQLAlchemy, kombu nor redis.
-TRANSIENT_CLASSES = frozenset({
-    ("sqlalchemy.exc", "OperationalError"), ("sqlalchemy.exc", "InterfaceError"),
-    ("sqlalchemy.exc", "DisconnectionError"), ("sqlalchemy.exc", "TimeoutError"),
-    ("kombu.exceptions", "OperationalError"), ("redis.exceptions", "ConnectionError"),
-    ("redis.exceptions", "TimeoutError"), ("redis.exceptions", "BusyLoadingError"),
-})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: a TransientError, a database or broker connection fault, or an I/O error
-    of a file system that went away. A JobError never is (DiskFull, bad data, bad spec)."""
-    if isinstance(exc, JobError):
-        return False
-    if isinstance(exc, TransientError):
-        return True
-    for cls in type(exc).__mro__:
-        if (cls.__module__, cls.__name__) in TRANSIENT_CLASSES:
-            return True
-    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
-
-
 def unknown_name(kind: str, name: str, valid) -> SpecError:
     """The error for a registry miss: it lists every valid name."""
     return SpecError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")

@@ -87,7 +87,7 @@ def bench_train(images: int, image_size: int, batch_size: int, steps: int, amp: 
     from medq.common.families.chest.bench import bare_loop_throughput, member_throughput
     from medq.common.families.chest.synth import synth_chest
     from medq.common.training.kit import pick_device
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
 
     data_dir = Path(tempfile.mkdtemp(prefix="medq-bench-")) / "data"
     synth_chest(data_dir, n=images, seed=1)
@@ -116,7 +116,7 @@ def bench_hrnet(width, sizes, images, batch_size, steps, amp, channels_last, loa
     from medq.common.families.ceph.readers import read_isbi
     from medq.common.families.ceph.synth import synth_ceph
     from medq.common.training.kit import pick_device
-    from medq.common.specs import HRNetSpec
+    from medq.common.families.ceph.spec import HRNetSpec
 
     root = Path(tempfile.mkdtemp(prefix="medq-bench-hrnet-"))
     synth_ceph(root, n=images, seed=1, n_test=0)
@@ -145,7 +145,7 @@ def bench_ensemble(seeds: int, images: int, image_size: int, epochs: int, gpus: 
     """Wall time of an N-seed ensemble on 1 worker vs 2 workers (embedded broker unless set)."""
     from medq.common.families.chest.synth import synth_chest
     from medq.common.settings import load_settings
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
     from medq.common.store import open_store
     from medq.scheduler.local import local_workers, wait_for_job
     from medq.scheduler.submit import submit_training
@@ -210,7 +210,7 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
     from medq.common.families.ct_lesions.model import build_segmenter
     from medq.common.families.ct_lesions.synth import synth_ct
     from medq.common.settings import load_settings
-    from medq.common.specs import SegmentSpec
+    from medq.common.families.ct_lesions.spec import SegmentSpec
     from medq.common.store import open_store
     from medq.scheduler.infer_plan import submit_infer
     from medq.scheduler.local import local_workers, wait_for_job
@@ -273,7 +273,7 @@ def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     from medq import common
     from medq.common.training.checkpoint import save_atomic
     from medq.common.families.chest.model import build_model
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
 
     spec = EnsembleSpec(image_size=image_size)
     save_atomic({"model": build_model(spec).state_dict(), "spec": spec.to_dict(), "seed": 0, "epoch": 0,

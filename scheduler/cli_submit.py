@@ -122,7 +122,8 @@ def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, wait) -> None:
 def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
                         pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
     """A seed ensemble of the chest-landmark regressor, one member per worker."""
-    from medq.common.specs import EnsembleSpec, SplitSpec
+    from medq.common.families.chest.spec import EnsembleSpec
+    from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
 
     if seeds < 1:
@@ -169,7 +170,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                      warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained, loader_workers, split_seed,
                      resume_job, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
-    from medq.common.specs import HRNetSpec, SplitSpec
+    from medq.common.families.ceph.spec import HRNetSpec
+    from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
 
     if resume_job:
@@ -231,7 +233,8 @@ def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, 
                        lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
                        resume_job, wait) -> None:
     """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
-    from medq.common.specs import SegmentSpec, SplitSpec
+    from medq.common.families.ct_lesions.spec import SegmentSpec
+    from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
 
     if resume_job:

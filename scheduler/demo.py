@@ -6,7 +6,7 @@ import time
 
 
 from medq.common.settings import Settings
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 from medq.common.store import open_store
 from medq.common.store.views import job_results
 from medq.scheduler.local import LocalPool, local_workers

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from medq.common import subjects
-from medq.common.errors import JobError, brief, describe, is_transient
+from medq.common.errors import JobError, brief, describe, is_transient, transient_reason
 from medq.common.families.base import MemberCheckpoint
 from medq.common.families.registry import family
 from medq.common.store import State, evaluation, open_store
@@ -75,11 +75,11 @@ def train_member(self, member_id: int) -> str:
 def _transient(task, run: MemberRun, member_id: int, exc: BaseException) -> str:
     """Give the member back and retry it later, or, past the last retry, fail it with the fault."""
     tries = task.request.retries
-    reason = f"transient fault {tries + 1} of {len(TRANSIENT_RETRY_DELAYS) + 1}: {brief(exc)}"
+    reason = f"transient fault {tries + 1} of {len(TRANSIENT_RETRY_DELAYS) + 1}: {transient_reason(exc)}"
     if tries >= len(TRANSIENT_RETRY_DELAYS):
         log.error("member %s: %s; giving up", member_id, reason)
         _dispatch_evaluation(run.claim.job_id, run.finish(
-            State.FAILED, error=f"gave up after {tries + 1} transient faults (last: {brief(exc)})"))
+            State.FAILED, error=f"gave up after {tries + 1} transient faults: {transient_reason(exc)}"))
         return "failed: transient faults"
     delay = TRANSIENT_RETRY_DELAYS[tries]
     log.warning("member %s: %s; it goes back to the queue and runs again in %d s from its checkpoint",

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from medq.common.store.models import SCHEMA_HEAD as HEAD
+from medq.common.store.models import SCHEMA_HEAD as HEAD  # noqa: F401  (the schema head, for callers)
 
 if TYPE_CHECKING:  # db.py runs the migrations on first use; this module needs only the type
     from medq.common.store.db import Store

@@ -13,7 +13,7 @@ def test_an_hrnet_member_trains_on_cuda_with_amp_and_channels_last(tmp_path):
     from medq.common.families.ceph.synth import synth_ceph
     from medq.common.families.ceph.train import evaluate_hrnet, train_hrnet
     from medq.common.training.checkpoint import load_checkpoint
-    from medq.common.specs import HRNetSpec
+    from medq.common.families.ceph.spec import HRNetSpec
 
     synth_ceph(tmp_path / "data", n=12, seed=1, n_test=0, width=160, height=200)
     data = read_isbi(tmp_path / "data")

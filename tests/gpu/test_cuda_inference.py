@@ -14,7 +14,7 @@ def members(tmp_path_factory):
     from medq import common
     from medq.common.training.checkpoint import save_atomic
     from medq.common.families.chest.model import build_model
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
 
     spec = EnsembleSpec(image_size=128)
     paths = []

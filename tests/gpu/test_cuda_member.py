@@ -12,7 +12,7 @@ def test_a_member_trains_on_cuda_with_mixed_precision(tmp_path):
     from medq.common.families.chest.csvio import make_split, read_landmark_csv
     from medq.common.families.chest.synth import synth_chest
     from medq.common.families.chest.train import train_member
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
 
     data = tmp_path / "data"
     synth_chest(data, n=24, seed=1)

@@ -16,7 +16,7 @@ def test_a_segmenter_trains_with_amp_and_its_gpu_masks_agree_with_the_cpu(tmp_pa
     from medq.common.families.ct_lesions.predict import SegPredictor
     from medq.common.families.ct_lesions.synth import synth_ct
     from medq.common.families.ct_lesions.train import train_segmenter
-    from medq.common.specs import SegmentSpec
+    from medq.common.families.ct_lesions.spec import SegmentSpec
 
     synth_ct(tmp_path / "ct", n=24, seed=1, size=64, slices_per_volume=4)
     data = read_medseg(tmp_path / "ct")

@@ -13,7 +13,7 @@ from medq.common.families.ceph.readers import split_stems
 from medq.common.families.ceph.train import evaluate_hrnet, train_hrnet, warmup_cosine
 from medq.common.training.checkpoint import load_checkpoint
 from medq.common.training.kit import TrainHooks
-from medq.common.specs import HRNetSpec
+from medq.common.families.ceph.spec import HRNetSpec
 from tests.unit.old_layouts import to_old_hrnet
 
 TINY = HRNetSpec(width="w18s", image_size=96, epochs=3, batch_size=4, warmup_epochs=1, top_k=2, amp=False,
@@ -101,8 +101,8 @@ def test_the_spec_lists_the_engines_names_and_refuses_bad_values():
     from medq.common.families.ceph.codec import REFINEMENTS
     from medq.common.families.ceph.model import HRNET_WIDTHS
     from medq.common.errors import SpecError
-    from medq.common.specs import HEATMAP_REFINEMENTS
-    from medq.common.specs import HRNET_WIDTHS as SPEC_WIDTHS
+    from medq.common.families.ceph.spec import HEATMAP_REFINEMENTS
+    from medq.common.families.ceph.spec import HRNET_WIDTHS as SPEC_WIDTHS
 
     assert sorted(HRNET_WIDTHS) == sorted(SPEC_WIDTHS) and REFINEMENTS.names() == sorted(HEATMAP_REFINEMENTS)
     with pytest.raises(SpecError, match="unknown width 'w64'; valid: w18, w18s, w32, w48"):

@@ -11,7 +11,9 @@ import torch
 from medq.common.checkpoint_meta import checkpoint_kind, checkpoint_spec, checkpoint_value
 from medq.common.errors import SpecError
 from medq.common.families.registry import family_of_checkpoint, family_of_spec
-from medq.common.specs import EnsembleSpec, HRNetSpec, SegmentSpec
+from medq.common.families.ceph.spec import HRNetSpec
+from medq.common.families.chest.spec import EnsembleSpec
+from medq.common.families.ct_lesions.spec import SegmentSpec
 
 
 def test_the_spec_of_a_torch_checkpoint_is_read_and_names_its_family(tmp_path):

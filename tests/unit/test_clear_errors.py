@@ -15,7 +15,10 @@ from medq.common.families.ceph.readers import read_ceph_csv, read_isbi
 from medq.common.families.ceph.synth import synth_ceph
 from medq.common.datafiles import decoded_image_size
 from medq.common.errors import DataError, SpecError
-from medq.common.specs import EnsembleSpec, HRNetSpec, InferSpec, SegmentSpec, SplitSpec
+from medq.common.families.ceph.spec import HRNetSpec
+from medq.common.families.chest.spec import EnsembleSpec
+from medq.common.families.ct_lesions.spec import SegmentSpec
+from medq.common.specs import InferSpec, SplitSpec
 
 
 @pytest.mark.parametrize("make, message", [

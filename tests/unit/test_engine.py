@@ -23,7 +23,8 @@ from medq.common.families.chest.synth import synth_chest
 from medq.common.training.checkpoint import LAST_NAME
 from medq.common.training.kit import Progress, TrainHooks
 from medq.common.families.chest.train import train_member
-from medq.common.specs import AGGREGATIONS, LANDMARK_BACKBONES, EnsembleSpec
+from medq.common.families.chest.spec import LANDMARK_BACKBONES, EnsembleSpec
+from medq.common.specs import AGGREGATIONS
 from tests.unit.old_layouts import to_old_chest
 
 TINY = EnsembleSpec(image_size=64, batch_size=4, epochs_head=1, epochs=1, loss="mse")

@@ -89,7 +89,7 @@ def archive(tmp_path):
 
 
 def _hrnet_checkpoint(path: Path, **spec) -> Path:
-    from medq.common.specs import HRNetSpec
+    from medq.common.families.ceph.spec import HRNetSpec
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"spec": HRNetSpec(**spec).to_dict(), "kind": "hrnet", "model": {}}, path)
@@ -116,7 +116,7 @@ def test_an_hrnet_model_with_flip_pairs_takes_the_flip_test(home, archive, tmp_p
 
 
 def test_weighted_needs_each_members_validation_loss_and_a_segmenter_takes_no_aggregation(home, archive, tmp_path):
-    from medq.common.specs import EnsembleSpec
+    from medq.common.families.chest.spec import EnsembleSpec
 
     bare = tmp_path / "bare.pt"
     torch.save({"spec": EnsembleSpec(image_size=64).to_dict(), "model": {}}, bare)  # no val_loss: not a best.pt

@@ -18,7 +18,7 @@ from medq.common.families.chest.losses import (
     symmetry_loss,
     wing_loss,
 )
-from medq.common.specs import LANDMARK_LOSSES, EnsembleSpec
+from medq.common.families.chest.spec import LANDMARK_LOSSES, EnsembleSpec
 
 # A chest shape mirrored exactly about the vertical line x = 0.5 (normalised units).
 # Midline 0, 1, 8, 9, 10 on x = 0.5; pairs (2,3), (4,5), (6,7), (11,12), (13,14) at x = 0.5 -/+ a.

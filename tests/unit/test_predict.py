@@ -34,7 +34,7 @@ from medq.common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_o
 from medq.common.inference.types import DecodedImage
 from medq.common.families.chest.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
 from medq.common.families.chest.synth import real_shapes, synth_chest
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 
 SPEC = EnsembleSpec(image_size=64)
 S = SPEC.image_size

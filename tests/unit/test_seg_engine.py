@@ -11,7 +11,8 @@ from medq.common.families.ct_lesions.augment import seg_transform
 from medq.common.families.ct_lesions.data import read_medseg, split_slices
 from medq.common.families.ct_lesions.metrics import dice_iou
 from medq.common.families.ct_lesions.synth import synth_ct
-from medq.common.specs import SEG_ENCODERS, SegmentSpec, SplitSpec
+from medq.common.families.ct_lesions.spec import SEG_ENCODERS, SegmentSpec
+from medq.common.specs import SplitSpec
 from tests.unit.old_layouts import to_old_segmenter
 
 TINY = dict(arch="unet", encoder="resnet18", image_size=64, batch_size=4)
@@ -20,7 +21,7 @@ TINY = dict(arch="unet", encoder="resnet18", image_size=64, batch_size=4)
 def test_every_listed_encoder_and_architecture_is_known_to_smp():
     import segmentation_models_pytorch as smp
 
-    from medq.common.specs import SEG_ARCHS
+    from medq.common.families.ct_lesions.spec import SEG_ARCHS
 
     assert set(SEG_ENCODERS) <= set(smp.encoders.get_encoder_names())
     for arch in SEG_ARCHS:

@@ -4,7 +4,8 @@ import pytest
 
 from medq.common.errors import SpecError
 from medq.common.settings import load_settings
-from medq.common.specs import EnsembleSpec, SplitSpec
+from medq.common.families.chest.spec import EnsembleSpec
+from medq.common.specs import SplitSpec
 
 
 def test_no_server_configured_means_the_embedded_default_under_medq_home(tmp_path):
@@ -55,7 +56,8 @@ def test_the_torch_registries_accept_exactly_the_names_the_cli_validates():
     from medq.common.families.chest.losses import LOSSES
     from medq.common.families.chest.model import BACKBONES
     from medq.common.families.chest.metrics import AGGREGATORS
-    from medq.common.specs import AGGREGATIONS, LANDMARK_BACKBONES, LANDMARK_LOSSES
+    from medq.common.families.chest.spec import LANDMARK_BACKBONES, LANDMARK_LOSSES
+    from medq.common.specs import AGGREGATIONS
 
     assert LOSSES.names() == sorted(LANDMARK_LOSSES)
     assert BACKBONES.names() == sorted(LANDMARK_BACKBONES)

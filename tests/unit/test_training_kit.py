@@ -14,7 +14,7 @@ import torch
 
 from medq import common
 from medq.common.errors import JobError, TrainingDiverged
-from medq.common.specs import HRNetSpec
+from medq.common.families.ceph.spec import HRNetSpec
 from medq.common.training.checkpoint import (
     load_checkpoint,
     restore,

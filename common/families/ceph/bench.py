@@ -25,7 +25,7 @@ from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import N_LANDMARKS
 from medq.common.families.ceph.train import HeatmapDataset, heatmap_loss, load_grey, train_hrnet
 from medq.common.training.kit import Progress, TrainHooks, pick_device, seed_everything
-from medq.common.specs import HRNetSpec
+from medq.common.families.ceph.spec import HRNetSpec
 
 
 def bare_hrnet_throughput(spec: HRNetSpec, records: Sequence[CephRecord], steps: int, warmup: int = 3) -> float:

@@ -27,7 +27,7 @@ class CephFamily(Family):
     engine_modules = ("medq.common.families.ceph.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
-        from medq.common.specs import HRNetSpec
+        from medq.common.families.ceph.spec import HRNetSpec
 
         return HRNetSpec.from_dict(data)
 
@@ -110,7 +110,7 @@ class CephFamily(Family):
         import shutil
 
         from medq.common.families.ceph.synth import synth_ceph
-        from medq.common.specs import HRNetSpec
+        from medq.common.families.ceph.spec import HRNetSpec
 
         data = Path(folder) / "ceph"
         synth_ceph(data, n=8, seed=2, n_test=0, width=160, height=200)

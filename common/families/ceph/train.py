@@ -34,7 +34,7 @@ from medq.common.families.ceph.model import HEATMAP_STRIDE, build_hrnet
 from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
 from medq.common.landmark_pairs import flip_permutation
-from medq.common.specs import HRNetSpec
+from medq.common.families.ceph.spec import HRNetSpec
 from medq.common.training.checkpoint import (
     INIT_NAME,
     LAST_NAME,

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from medq.common.families.chest.schema import flip_permutation
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 
 ROTATE_P = 0.5  # probability of a rotation, angle uniform in +-spec.rotation_deg
 BRIGHTNESS_CONTRAST_P = 0.5  # probability of a brightness/contrast change

@@ -31,7 +31,7 @@ from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.training.kit import Progress, TrainHooks, pick_device, seed_everything
 from medq.common.families.chest.train import train_member
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 
 
 def bare_loop_throughput(spec: EnsembleSpec, data_dir: Path, steps: int, warmup: int = 3, seed: int = 0) -> float:

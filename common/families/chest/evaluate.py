@@ -25,7 +25,8 @@ from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.training.checkpoint import load_checkpoint
 from medq.common.training.kit import pick_device
-from medq.common.specs import AGGREGATIONS, EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
+from medq.common.specs import AGGREGATIONS
 
 PREDICT_BATCH = 32
 

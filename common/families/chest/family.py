@@ -26,7 +26,7 @@ class ChestFamily(Family):
     engine_modules = ("medq.common.families.chest.train", "medq.common.families.chest.evaluate")
 
     def spec_from_dict(self, data: dict[str, Any]):
-        from medq.common.specs import EnsembleSpec
+        from medq.common.families.chest.spec import EnsembleSpec
 
         return EnsembleSpec.from_dict(data)
 
@@ -87,7 +87,7 @@ class ChestFamily(Family):
         import shutil
 
         from medq.common.families.chest.synth import synth_chest
-        from medq.common.specs import EnsembleSpec
+        from medq.common.families.chest.spec import EnsembleSpec
 
         data = Path(folder) / "chest"
         synth_chest(data, n=16, seed=3, size=96)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from medq.common.families.chest.schema import FLIP_PAIRS, MIDLINE, N_LANDMARKS
 from medq.common.registry import Registry
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 

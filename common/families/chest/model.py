@@ -22,7 +22,7 @@ from torch import nn
 from medq.common.errors import SpecError
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.registry import Registry
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from medq.common.families.chest.losses import build_loss
 from medq.common.families.chest.metrics import radial_errors
 from medq.common.families.chest.model import backbone_parameters, build_model, head_parameters, load_pretrained
 from medq.common.families.chest.schema import N_LANDMARKS
-from medq.common.specs import EnsembleSpec
+from medq.common.families.chest.spec import EnsembleSpec
 from medq.common.training.checkpoint import (
     BEST_NAME,
     LAST_NAME,

@@ -14,7 +14,7 @@ import albumentations as A
 import cv2
 
 from medq.common.families.ct_lesions.schema import BACKGROUND
-from medq.common.specs import SegmentSpec
+from medq.common.families.ct_lesions.spec import SegmentSpec
 
 
 def seg_transform(spec: SegmentSpec, train: bool, air: float = 0.0) -> A.Compose:

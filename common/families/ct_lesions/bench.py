@@ -30,7 +30,7 @@ from medq.common.families.ct_lesions.losses import SegLoss
 from medq.common.families.ct_lesions.model import build_segmenter
 from medq.common.families.ct_lesions.schema import N_CLASSES
 from medq.common.families.ct_lesions.train import predict_logits, set_bn_momentum, train_segmenter
-from medq.common.specs import SegmentSpec
+from medq.common.families.ct_lesions.spec import SegmentSpec
 from medq.common.steptiming import bare_rate, rate_between_reports
 
 

@@ -29,7 +29,7 @@ class LesionFamily(Family):
     engine_modules = ("medq.common.families.ct_lesions.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
-        from medq.common.specs import SegmentSpec
+        from medq.common.families.ct_lesions.spec import SegmentSpec
 
         return SegmentSpec.from_dict(data)
 
@@ -92,7 +92,7 @@ class LesionFamily(Family):
         import numpy as np
 
         from medq.common.families.ct_lesions.synth import synth_ct
-        from medq.common.specs import SegmentSpec
+        from medq.common.families.ct_lesions.spec import SegmentSpec
 
         data = Path(folder) / "ct"
         synth_ct(data, n=16, seed=5, size=64, slices_per_volume=4)

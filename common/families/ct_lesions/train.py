@@ -35,7 +35,7 @@ from medq.common.families.ct_lesions.losses import SegLoss
 from medq.common.families.ct_lesions.metrics import seg_report
 from medq.common.families.ct_lesions.model import build_segmenter
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, N_CLASSES
-from medq.common.specs import SegmentSpec
+from medq.common.families.ct_lesions.spec import SegmentSpec
 from medq.common.training.checkpoint import (
     BEST_NAME,
     INIT_NAME,
