@@ -100,13 +100,14 @@ class InferSpec:
         return from_fields(cls, data)
 
 
-def from_fields(cls, data: dict[str, Any]):
-    """A spec of ``cls`` from its JSON fields: unknown ones refused, the split rebuilt."""
+def from_fields(cls, data: dict[str, Any], tuples: tuple[str, ...] = ()):
+    """A spec of ``cls`` from its JSON fields: unknown ones refused, the split rebuilt, and the
+    fields named in ``tuples`` back from JSON lists to tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise SpecError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
-    data = dict(data)
+    data = {k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()}
     if "split" in data and isinstance(data["split"], dict):
         data["split"] = SplitSpec(**data["split"])
     return cls(**data)

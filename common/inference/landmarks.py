@@ -47,6 +47,20 @@ class LandmarkPredictor(StudyPredictor):
         self.spread_limit_fraction = float(spread_limit_fraction)
         self.decoder = ImageDecoder(self.image_size, keep_pixels=self.overlay_dir is not None)
 
+    models: list = []  # the family's models on ``device``
+
+    def close(self) -> None:
+        """Drop the models and give their GPU memory back (a worker lives on after the task)."""
+        self.models = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def spread(points: np.ndarray) -> np.ndarray:
+        """(B, K) spread of several models' points (M, B, K, 2) about their mean: the population
+        standard deviation, sqrt(mean_m |p_m - mean p|^2) (radial); 0 for one model."""
+        return np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
+
     def locate(self, images: torch.Tensor, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (B, K, 2) and spread (B, K) in pixels of each ORIGINAL image; ``images``
         (B, 1, S, S) uint8 or float in [0, 1]; ``sizes`` (B, 2) (width, height)."""

@@ -55,10 +55,4 @@ class HeatmapPredictor(LandmarkPredictor):
         scale = np.asarray(sizes, dtype=np.float64)[:, None, :] / self.image_size  # (B, 1, 2)
         landmarks = self.codec.decode(maps.mean(axis=0))[0] * scale
         each = np.stack([self.codec.decode(m)[0] * scale for m in maps])  # (M, B, K, 2)
-        spread = np.sqrt(((each - each.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
-        return landmarks, spread
-
-    def close(self) -> None:
-        self.models = []
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        return landmarks, self.spread(each)

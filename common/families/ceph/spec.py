@@ -86,9 +86,6 @@ class HRNetSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HRNetSpec":
         data = dict(data)
-        for key in ("progressive", "scale"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
         if "flip_pairs" in data:
             data["flip_pairs"] = tuple(tuple(pair) for pair in data["flip_pairs"])
-        return from_fields(cls, data)
+        return from_fields(cls, data, tuples=("progressive", "scale"))

@@ -36,25 +36,11 @@ from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
 from medq.common.landmark_pairs import flip_permutation
 from medq.common.families.ceph.spec import HRNetSpec
 from medq.common.training.checkpoint import (
-    INIT_NAME,
-    LAST_NAME,
-    load_checkpoint,
-    prepare_workdir,
-    restore,
-    resume_check,
-    save_checkpoint,
-    save_weights,
-    set_rng_states,
+    INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint, save_weights,
+    set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter,
-    Progress,
-    TrainHooks,
-    autocast,
-    pick_device,
-    seed_everything,
-    seed_worker_transform,
-    train_one_epoch,
+    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, seed_worker_transform, train_one_epoch
 )
 
 log = logging.getLogger(__name__)

@@ -130,10 +130,4 @@ class EnsemblePredictor(LandmarkPredictor):
         """
         members = self.member_predictions(images, sizes)
         landmarks = aggregate_predictions(members, self.aggregation, self.val_losses)
-        spread = np.sqrt(((members - members.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
-        return landmarks, spread
-
-    def close(self) -> None:
-        self.models = []
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        return landmarks, self.spread(members)

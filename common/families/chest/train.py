@@ -45,24 +45,11 @@ from medq.common.families.chest.model import backbone_parameters, build_model, h
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.families.chest.spec import EnsembleSpec
 from medq.common.training.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    load_checkpoint,
-    prepare_workdir,
-    restore,
-    resume_check,
-    save_checkpoint,
-    save_weights,
-    set_rng_states,
+    BEST_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint, save_weights,
+    set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter,
-    Progress,
-    TrainHooks,
-    autocast,
-    pick_device,
-    seed_everything,
-    train_one_epoch,
+    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, train_one_epoch
 )
 
 log = logging.getLogger(__name__)

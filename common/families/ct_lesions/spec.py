@@ -96,8 +96,4 @@ class SegmentSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SegmentSpec":
-        data = dict(data)
-        for key in ("scale", "class_weights"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return from_fields(cls, data)
+        return from_fields(cls, data, tuples=("scale", "class_weights"))

@@ -37,26 +37,11 @@ from medq.common.families.ct_lesions.model import build_segmenter
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, N_CLASSES
 from medq.common.families.ct_lesions.spec import SegmentSpec
 from medq.common.training.checkpoint import (
-    BEST_NAME,
-    INIT_NAME,
-    LAST_NAME,
-    load_checkpoint,
-    prepare_workdir,
-    restore,
-    resume_check,
-    save_checkpoint,
-    save_weights,
-    set_rng_states,
+    BEST_NAME, INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint,
+    save_weights, set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter,
-    Progress,
-    TrainHooks,
-    autocast,
-    pick_device,
-    seed_everything,
-    seed_worker_transform,
-    train_one_epoch,
+    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, seed_worker_transform, train_one_epoch
 )
 
 log = logging.getLogger(__name__)
