@@ -28,6 +28,10 @@ TRAINING_BOUNDS = {"epochs": EPOCHS, "batch_size": BATCH, "loader_workers": LOAD
                    "contrast": FRACTION, "translate": FRACTION, "scale": positive(10), "flip_p": FRACTION,
                    "patience": between(0, 100_000, "--patience")}
 
+# The job kind of bulk inference (chunks and studies); every other kind is a model family's
+# training job (members), named by its family (common/families/registry.py).
+INFER_KIND = "infer"
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -48,7 +52,7 @@ class SplitSpec:
 class InferSpec:
     """Bulk inference of a trained model (any family's) over a study archive."""
 
-    kind: ClassVar[str] = "infer"
+    kind: ClassVar[str] = INFER_KIND
 
     archive: str  # absolute path of the folder, zip or tar
     checkpoints: tuple[str, ...]  # the model's checkpoints (``Family.model_checkpoints``)

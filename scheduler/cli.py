@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+
+from medq.common.specs import INFER_KIND
 from medq.common.errors import MedqError
 from medq.common.settings import load_settings
 from medq.scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
@@ -59,7 +61,7 @@ def resume(job) -> None:
 
     store = current_store()
     job_id = resolve_job(store, job)
-    if find_job(store, job_id)["kind"] != "infer":
+    if find_job(store, job_id)["kind"] != INFER_KIND:
         resume_training(job_id)
         return
     reopened = inference.resume_job(store, job_id)
@@ -82,7 +84,7 @@ def status(job, as_json, limit) -> None:
         view = find_job(store, job)
         if view is None:
             raise click.ClickException(f"no job {job!r}")
-        if view["kind"] == "infer":
+        if view["kind"] == INFER_KIND:
             from medq.common.store.views import infer_view
 
             view = infer_view(store, view["job_id"])
@@ -133,7 +135,7 @@ def results(job, as_json, as_csv, failed) -> None:
     store = current_store()
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
-    if view["kind"] == "infer":
+    if view["kind"] == INFER_KIND:
         if as_csv or failed:
             from medq.common.store import inference
             from medq.scheduler.infer_views import job_family, write_csv

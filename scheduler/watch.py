@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from medq.common.specs import INFER_KIND
 from medq.common.store.views import find_job, infer_view
 
 ENDED = {"succeeded", "failed", "cancelled"}
@@ -39,7 +40,7 @@ def watch_job(store, job_id: str, console: Console, interval: float = 1.0) -> st
         bars: dict[int, int] = {}
         while True:
             job = find_job(store, job_id)
-            if job["kind"] == "infer":
+            if job["kind"] == INFER_KIND:
                 _infer_bar(store, job_id, progress, bars)
             for m in job["members"]:
                 if m["seed"] not in bars:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import func, insert, select, update
 
+from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
 from medq.common.store.models import Chunk, Job, State, Study, utcnow
@@ -30,7 +31,7 @@ def path_hash(path: str) -> str:
 def create_infer_job(store: Store, job_id: str, spec: dict[str, Any], plan: dict[str, Any], priority: str,
                      window: str | None) -> None:
     with store.session() as s:
-        s.add(Job(id=job_id, kind="infer", spec=spec, plan=plan, priority=priority, window=window))
+        s.add(Job(id=job_id, kind=INFER_KIND, spec=spec, plan=plan, priority=priority, window=window))
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _distinct_keys(store: Store, job_id: str, batch: list[dict[str, Any]]) -> No
 def done_by_earlier_jobs(store: Store, archive: str, checkpoints: list[str], job_id: str):
     """For --skip-done: a lookup of hashes done by earlier jobs on the same archive and model."""
     with store.session() as s:
-        earlier = [j.id for j in s.scalars(select(Job).where(Job.kind == "infer", Job.id != job_id))
+        earlier = [j.id for j in s.scalars(select(Job).where(Job.kind == INFER_KIND, Job.id != job_id))
                    if j.spec.get("archive") == archive and list(j.spec.get("checkpoints", [])) == checkpoints]
 
     def lookup(hashes: list[str]) -> dict[str, str]:
@@ -137,7 +138,7 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
     receives a chunk finds it queued. A send that fails leaves its chunk queued without a
     message, and the resend sweep sends it once its queue is empty."""
     now = utcnow()
-    query = select(Job.id).where(Job.kind == "infer", Job.state.in_(["queued", "running"]),
+    query = select(Job.id).where(Job.kind == INFER_KIND, Job.state.in_(["queued", "running"]),
                                  Job.cancel_requested.is_(False))
     with store.session() as s:
         job_ids = list(s.scalars(query.where(Job.id == job_id) if job_id else query))

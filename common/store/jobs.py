@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import func, select, update
 
+from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.locking import locked_job, row_and_locked_job
 from medq.common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
@@ -239,7 +240,7 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
         if job is None or State(job.state).ended:
             return job
         job.cancel_requested = True
-        if job.kind == "infer":
+        if job.kind == INFER_KIND:
             from medq.common.store.inference import cancel_chunks
 
             cancel_chunks(s, job, now)

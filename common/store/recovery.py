@@ -16,6 +16,7 @@ from typing import Callable
 
 from sqlalchemy import and_, exists, or_, select, update
 
+from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
 from medq.common.store.locking import each_job_locked
@@ -133,7 +134,7 @@ def close_stalled_jobs(store: Store, send_evaluation: Callable[[str], None]) -> 
     running = exists().where(Member.job_id == Job.id, Member.state == State.RUNNING.value)
     queued = exists().where(Member.job_id == Job.id, Member.state == State.QUEUED.value)
     with store.session() as s:
-        ids = list(s.scalars(select(Job.id).where(Job.kind != "infer", Job.state.in_(OPEN_JOB),
+        ids = list(s.scalars(select(Job.id).where(Job.kind != INFER_KIND, Job.state.in_(OPEN_JOB),
                                                   Job.eval_state == EvalState.PENDING.value, ~running,
                                                   or_(~queued, Job.cancel_requested.is_(True)))))
 
@@ -221,7 +222,7 @@ def close_stalled_infer_jobs(store: Store) -> list[str]:
     running = exists().where(Chunk.job_id == Job.id, Chunk.state == "running")
     any_chunk = exists().where(Chunk.job_id == Job.id)
     with store.session() as s:
-        ids = list(s.scalars(select(Job.id).where(Job.kind == "infer", Job.state.in_(OPEN_JOB), any_chunk,
+        ids = list(s.scalars(select(Job.id).where(Job.kind == INFER_KIND, Job.state.in_(OPEN_JOB), any_chunk,
                                                   or_(~unfinished, and_(Job.cancel_requested.is_(True), ~running)))))
 
     def close(s, job) -> list[str]:
