@@ -151,6 +151,19 @@ def upgrade_layout(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint
 
 
+def resumable(workdir: Path, spec, seed: int) -> dict[str, Any] | None:
+    """The run's ``last.pt`` in ``workdir`` (made if missing), checked to belong to this spec
+    and seed (``resume_check``), or None for a run that starts afresh."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LAST_NAME
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    resume_check(checkpoint, spec, seed, path)
+    return checkpoint
+
+
 def resume_check(checkpoint: dict[str, Any], spec, seed: int, path: Path) -> None:
     """A checkpoint resumes only a run of the same spec and seed; anything else is another job.
     JobError naming the seeds or the spec fields that differ."""

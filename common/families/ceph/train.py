@@ -36,7 +36,7 @@ from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
 from medq.common.landmark_pairs import flip_permutation
 from medq.common.families.ceph.spec import HRNetSpec
 from medq.common.training.checkpoint import (
-    INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint, save_weights,
+    INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resumable, save_checkpoint, save_weights,
     set_rng_states
 )
 from medq.common.training.kit import (
@@ -135,14 +135,11 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
     Each epoch's report carries the validation heatmap loss (``val_loss``), the MRE
     (``val_score``: mm, or px without a spacing) and the radial error in px (``val_error_px``)."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     last_path = workdir / LAST_NAME
+    checkpoint = resumable(workdir, spec, seed)
     seed_everything(seed)
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
-    checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
-    if checkpoint is not None:
-        resume_check(checkpoint, spec, seed, last_path)
     images = {r.stem: load_grey(r.image) for part in ("train", "val") for r in records[part]}
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = build_hrnet(spec.width, N_LANDMARKS, None if checkpoint else spec.pretrained).to(

@@ -45,7 +45,7 @@ from medq.common.families.chest.model import backbone_parameters, build_model, h
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.families.chest.spec import EnsembleSpec
 from medq.common.training.checkpoint import (
-    BEST_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint, save_weights,
+    BEST_NAME, LAST_NAME, prepare_workdir, restore, resumable, save_checkpoint, save_weights,
     set_rng_states
 )
 from medq.common.training.kit import (
@@ -168,14 +168,11 @@ def train_member(
     seed, unreadable checkpoint) and TrainingDiverged (NaN/inf loss, naming epoch and step).
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = workdir / LAST_NAME, workdir / BEST_NAME
+    checkpoint = resumable(workdir, spec, seed)
     seed_everything(seed)
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
-    checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
-    if checkpoint is not None:
-        resume_check(checkpoint, spec, seed, last_path)
 
     records = split_records(data_dir, split, ("train", "val"))
     images = preload_images(dataset_paths(data_dir)[1], [r.stem for part in records.values() for r in part])

@@ -37,7 +37,7 @@ from medq.common.families.ct_lesions.model import build_segmenter
 from medq.common.families.ct_lesions.schema import CLASSES, LESIONS, N_CLASSES
 from medq.common.families.ct_lesions.spec import SegmentSpec
 from medq.common.training.checkpoint import (
-    BEST_NAME, INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resume_check, save_checkpoint,
+    BEST_NAME, INIT_NAME, LAST_NAME, load_checkpoint, prepare_workdir, restore, resumable, save_checkpoint,
     save_weights, set_rng_states
 )
 from medq.common.training.kit import (
@@ -140,18 +140,16 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
                     seed: int = 0, hooks: TrainHooks = TrainHooks()) -> SegOutcome:
     """Train (or resume from ``workdir/last.pt``) on split["train"], validating on split["val"]."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = workdir / LAST_NAME, workdir / BEST_NAME
+    checkpoint = resumable(workdir, spec, seed)
     seed_everything(seed)
     device = pick_device()
     use_amp = spec.amp and device.type == "cuda"
-    checkpoint = load_checkpoint(last_path) if last_path.is_file() else None
     if checkpoint is None:
         normaliser = HUNormaliser.fit(hu for hu, _ in slice_arrays(sources, split["train"]))
         counts, lesion = class_pixel_counts(sources, split["train"])
         class_weights = spec.class_weights or inverse_frequency_weights(counts)
     else:
-        resume_check(checkpoint, spec, seed, last_path)
         normaliser = HUNormaliser(**checkpoint["hu"])
         class_weights, lesion = tuple(checkpoint["class_weights"]), checkpoint["lesion"].numpy()
     model = build_segmenter(spec.arch, spec.encoder, N_CLASSES, None if checkpoint else spec.pretrained).to(device)
