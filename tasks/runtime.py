@@ -31,6 +31,7 @@ class Heartbeat:
         self.cancelled = threading.Event()
         self.lease_lost = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # beat now (an epoch ended), not at the next interval
         self._parent = os.getppid()  # the Celery worker that forked this pool process
         self._thread = threading.Thread(target=self._run, name=f"medq-heartbeat-{label}", daemon=True)
 
@@ -43,16 +44,25 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or self.lease_lost.is_set()
 
+    def poke(self) -> None:
+        """Beat now rather than at the next interval."""
+        self._wake.set()
+
     def _run(self) -> None:
         interval = max(0.2, min(self.settings.progress_interval, self.settings.lease_seconds / 3))
         last_cancel_check, failures = 0.0, 0
-        while not self._stop.wait(interval):
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             if os.getppid() != self._parent:  # the worker (or its launcher) died: this process is orphaned
                 log.error("%s: the worker process that ran this task is gone; stopping so that the lease "
                           "lapses and another worker resumes it", self.label)
@@ -90,11 +100,23 @@ class MemberRun:
             self.store, member_id, self.owner, self.worker, settings.device, settings.lease_seconds,
             settings.max_attempts))
         self._latest: dict[str, Any] = {}
+        self._epochs: list[dict[str, Any]] = []  # finished epochs the store has not taken yet
+        self._epochs_lock = threading.Lock()
         self._last_event = 0.0
-        self.heartbeat = Heartbeat(
-            settings, f"member {member_id}",
-            renew=lambda: jobs.renew_lease(self.store, member_id, self.owner, settings.lease_seconds, **self._latest),
-            cancelled=lambda: jobs.cancel_requested(self.store, self.claim.job_id))
+        self.heartbeat = Heartbeat(settings, f"member {member_id}", renew=self._renew,
+                                   cancelled=lambda: jobs.cancel_requested(self.store, self.claim.job_id))
+
+    def _renew(self) -> bool:
+        """The heartbeat: the lease, the latest progress and the epochs finished since the last
+        beat, in one transaction; the epochs are dropped here only once the store has them."""
+        with self._epochs_lock:
+            epochs = list(self._epochs)
+        ours = jobs.renew_lease(self.store, self.member_id, self.owner, self.settings.lease_seconds,
+                                epochs=epochs, **self._latest)
+        if ours and epochs:
+            with self._epochs_lock:
+                del self._epochs[:len(epochs)]
+        return ours
 
     @property
     def cancelled(self) -> threading.Event:
@@ -121,6 +143,10 @@ class MemberRun:
             **({"val_loss": _finite(p.val_loss), "val_error_px": _finite(p.val_error_px),
                 "val_score": _finite(p.val_score)} if p.epoch_done else {}),
         }
+        if p.epoch_done:
+            with self._epochs_lock:
+                self._epochs.append(epoch_record(p, self.claim.attempt))
+            self.heartbeat.poke()  # into the store within milliseconds, beside its checkpoint
         now = time.monotonic()
         if p.epoch_done or now - self._last_event >= self.settings.progress_interval:
             self._last_event = now
@@ -137,14 +163,27 @@ class MemberRun:
                **fields: Any) -> bool:
         self.heartbeat.stop()
         fields = {**self._latest, **fields}
+        with self._epochs_lock:
+            epochs = list(self._epochs)
         return bool(recorded(f"record the end of member {self.member_id}", lambda: jobs.finish_member(
-            self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, **fields),
+            self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, epochs=epochs,
+            **fields),
             "its lease will lapse and the reaper will resume it from its checkpoint"))
 
     def release(self, reason: str) -> None:
         self.heartbeat.stop()
+        with self._epochs_lock:
+            epochs = list(self._epochs)
         recorded(f"give member {self.member_id} back", lambda: jobs.release_member(
-            self.store, self.member_id, self.owner, reason), "its lease will lapse and the reaper will send it again")
+            self.store, self.member_id, self.owner, reason, epochs=epochs), "its lease will lapse and the reaper will send it again")
+
+
+def epoch_record(p, attempt: int) -> dict[str, Any]:
+    """A finished epoch (a Progress with epoch_done) as the history stores it."""
+    return {"epoch": p.epoch, "phase": p.phase, "train_loss": _finite(p.train_loss), "val_loss": _finite(p.val_loss),
+            "metrics": {name: _finite(value) for name, value in (p.metrics or {}).items()},
+            "lrs": {str(i): _finite(lr) for i, lr in enumerate(p.lrs or ())},
+            "images_per_s": _finite(p.images_per_s), "wall_s": _finite(p.wall_s), "attempt": attempt}
 
 
 def interrupted(exc: BaseException) -> bool:

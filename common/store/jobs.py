@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from sqlalchemy import func, select, update
 
 from medq.common.specs import INFER_KIND
+from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.locking import locked_job, row_and_locked_job
 from medq.common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
@@ -121,16 +122,24 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
                      kind=job.kind)
 
 
-def renew_lease(store: Store, member_id: int, owner: str, lease_seconds: int, **progress: Any) -> bool:
-    """Heartbeat, optionally with progress fields. False: the lease is no longer ours."""
+def renew_lease(store: Store, member_id: int, owner: str, lease_seconds: int,
+                epochs: Iterable[dict[str, Any]] = (), **progress: Any) -> bool:
+    """Heartbeat, optionally with progress fields and the epochs finished since the last beat
+    (written to the history in the same transaction). False: the lease is no longer ours, and
+    nothing was written."""
     now = utcnow()
     with store.session() as s:
-        return s.execute(
+        ours = s.execute(
             update(Member)
             .where(Member.id == member_id, Member.lease_owner == owner, Member.state == State.RUNNING.value)
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
             .execution_options(synchronize_session=False)
         ).rowcount == 1
+        epochs = list(epochs)
+        if ours and epochs:
+            job_id = s.scalar(select(Member.job_id).where(Member.id == member_id))
+            history.write_epochs(s, member_id, job_id, epochs)
+        return ours
 
 
 def cancel_requested(store: Store, job_id: str) -> bool:
@@ -140,7 +149,7 @@ def cancel_requested(store: Store, job_id: str) -> bool:
 
 def finish_member(store: Store, member_id: int, owner: str, state: State, *, error: str | None = None,
                   artifacts: dict[str, str] | None = None, resumed_from_epoch: int | None = None,
-                  **fields: Any) -> bool:
+                  epochs: Iterable[dict[str, Any]] = (), **fields: Any) -> bool:
     """Record a member's end and its artifacts in one transaction.
 
     Returns True when this call ended the job's last running member and so must dispatch
@@ -153,6 +162,7 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
             return False
         for key, value in fields.items():
             setattr(member, key, value)
+        history.write_epochs(s, member.id, member.job_id, epochs)
         if resumed_from_epoch:
             for attempt in member.attempt_rows:
                 if attempt.state == "running":
@@ -163,13 +173,16 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
         return close_members_phase(s, job, now)
 
 
-def release_member(store: Store, member_id: int, owner: str, reason: str) -> bool:
-    """Give a member back to the queue (a transient error; the task retries it)."""
+def release_member(store: Store, member_id: int, owner: str, reason: str,
+                   epochs: Iterable[dict[str, Any]] = ()) -> bool:
+    """Give a member back to the queue (a transient error; the task retries it), with the
+    epochs it finished since its last heartbeat."""
     now = utcnow()
     with store.session() as s:
         member = s.get(Member, member_id)
         if member is None or member.lease_owner != owner:
             return False
+        history.write_epochs(s, member.id, member.job_id, epochs)
         member.state, member.error, member.updated_at = State.QUEUED.value, reason, now
         member.lease_owner = member.lease_expires_at = None
         for attempt in member.attempt_rows:

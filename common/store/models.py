@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0004"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0005"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -150,6 +150,31 @@ class Attempt(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class EpochRecord(Base):
+    """One finished epoch of a member: the training history a report draws its curves from.
+
+    Unique per (member, epoch): a redelivered or resumed attempt that finishes an epoch again
+    overwrites its row, so the history never holds an epoch twice.
+    """
+
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("member_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    epoch: Mapped[int]  # 1-based
+    phase: Mapped[str | None] = mapped_column(String(16))
+    train_loss: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    metrics: Mapped[dict[str, Any]]  # the family's validation metrics by name: {"val_error_px": 7.9}
+    lrs: Mapped[dict[str, Any]]  # learning rate per optimiser parameter group: {"0": 2e-5, "1": 2e-4}
+    images_per_s: Mapped[float | None]
+    wall_s: Mapped[float | None]  # the epoch's wall time: training and validation
+    attempt: Mapped[int] = mapped_column(default=1)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Result(Base):

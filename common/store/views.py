@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from medq.common import subjects
+from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.models import Artifact, Job
 
@@ -67,13 +68,15 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
             return None
         by_subject = {r.subject: r.metrics for r in job.results}
         artifacts = {a.name: a.path for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+        epochs = history.job_history(s, job_id)
         return {
             "job_id": job.id, "kind": job.kind, "state": job.state, "error": job.error,
             "evaluation": job.eval_state,
             "members": [
                 {"seed": m.seed, "state": m.state, "error": m.error, "attempts": m.attempts,
                  "checkpoint": artifacts.get(subjects.artifact(m.seed, "best")),
-                 "metrics": by_subject.get(subjects.member(m.seed))}
+                 "metrics": by_subject.get(subjects.member(m.seed)),
+                 "history": epochs.get(m.id, [])}  # every finished epoch, in order (the history table)
                 for m in job.members
             ],
             "ensemble": [  # combinations of members (an ensemble's mean, median, weighted)

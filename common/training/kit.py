@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -38,6 +38,16 @@ class Progress:
     epoch_done: bool
     val_score: float | None = None  # set when epoch_done: the family's model-selection metric
     # (segmentation: mean lesion Dice, higher is better; HRNet: MRE in mm, lower is better)
+    # Set when epoch_done, for the training history: the family's validation metrics by name,
+    # the learning rate of each optimiser parameter group, and the epoch's wall time.
+    metrics: dict[str, float] = field(default_factory=dict)
+    lrs: tuple[float, ...] = ()
+    wall_s: float | None = None
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> tuple[float, ...]:
+    """The learning rate of each parameter group, as the history records them."""
+    return tuple(float(group["lr"]) for group in optimizer.param_groups)
 
 
 def _no_progress(progress: Progress) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +41,7 @@ from medq.common.training.checkpoint import (
     set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, seed_worker_transform, train_one_epoch
+    EpochMeter, Progress, TrainHooks, autocast, learning_rates, pick_device, seed_everything, seed_worker_transform, train_one_epoch
 )
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
     for epoch in range(finished + 1, spec.epochs + 1):
         if state.stopped_early:
             break
+        epoch_start = time.monotonic()
         phase = f"{spec.size_at(epoch)}px"
         train_set = HeatmapDataset(records["train"], images, spec, spec.size_at(epoch), train=True)
         train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
@@ -196,7 +198,9 @@ def train_hrnet(spec: HRNetSpec, records: dict[str, Sequence[CephRecord]], workd
         save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         epoch=finished, spec=spec, seed=seed, state=dataclasses.asdict(state))
         hooks.progress(Progress(epoch, spec.epochs, phase, meter.steps, steps_per_epoch, meter.mean_loss, val_loss,
-                                val_px, meter.images_per_s, True, val_score=val_mre))
+                                val_px, meter.images_per_s, True, val_score=val_mre,
+                                metrics={"val_mre_mm": val_mre, "val_error_px": val_px}, lrs=learning_rates(optimizer),
+                                wall_s=time.monotonic() - epoch_start))
         log.info("epoch %d: train loss %.6f, val loss %.6f, val MRE %.3f, val error %.2f px", epoch,
                  meter.mean_loss, val_loss, val_mre, val_px)
     return HRNetOutcome(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,7 +50,7 @@ from medq.common.training.checkpoint import (
     set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, train_one_epoch
+    EpochMeter, Progress, TrainHooks, autocast, learning_rates, pick_device, seed_everything, train_one_epoch
 )
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ def train_member(
     for epoch in range(finished + 1, spec.total_epochs + 1):
         if state.stopped_early:
             break
+        epoch_start = time.monotonic()
         if phase_of(epoch, spec) != phase:
             phase = phase_of(epoch, spec)
             optimizer = make_optimizer(model, spec, phase)
@@ -271,5 +273,7 @@ def train_member(
         log.info("seed %d epoch %d/%d (%s): train loss %.5f, val loss %.5f, val error %.2f px",
                  seed, epoch, spec.total_epochs, phase, meter.mean_loss, val_loss, val_error)
         hooks.progress(Progress(epoch, spec.total_epochs, phase, meter.steps, steps_per_epoch, meter.mean_loss,
-                                val_loss, val_error, meter.images_per_s, True))
+                                val_loss, val_error, meter.images_per_s, True,
+                                metrics={"val_error_px": val_error}, lrs=learning_rates(optimizer),
+                                wall_s=time.monotonic() - epoch_start))
     return outcome(False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +42,7 @@ from medq.common.training.checkpoint import (
     save_weights, set_rng_states
 )
 from medq.common.training.kit import (
-    EpochMeter, Progress, TrainHooks, autocast, pick_device, seed_everything, seed_worker_transform, train_one_epoch
+    EpochMeter, Progress, TrainHooks, autocast, learning_rates, pick_device, seed_everything, seed_worker_transform, train_one_epoch
 )
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
     for epoch in range(finished + 1, spec.epochs + 1):
         if state.stopped_early:
             break
+        epoch_start = time.monotonic()
         train_set.transform.set_random_seed(seed * 1000 + epoch)  # in-process loading: one seed per epoch
         loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=_sampler(lesion, spec, seed, epoch),
                             num_workers=spec.loader_workers, pin_memory=device.type == "cuda", drop_last=False,
@@ -215,7 +217,9 @@ def train_segmenter(spec: SegmentSpec, sources: Sequence[SegSource], split: dict
                         epoch=finished, spec=spec, seed=seed, state=dataclasses.asdict(state),
                         extra={**normalisation, "lesion": torch.from_numpy(lesion)})
         hooks.progress(Progress(epoch, spec.epochs, "train", meter.steps, steps_per_epoch, meter.mean_loss, val_loss,
-                                None, meter.images_per_s, True, val_score=val_dice))
+                                None, meter.images_per_s, True, val_score=val_dice,
+                                metrics={"val_lesion_dice": val_dice}, lrs=learning_rates(optimizer),
+                                wall_s=time.monotonic() - epoch_start))
         log.info("epoch %d: train loss %.4f, val loss %.4f, val lesion Dice %.4f", epoch, meter.mean_loss,
                  val_loss, val_dice)
     return SegOutcome(finished, state.best_epoch, state.best_dice, best_path, last_path, cancelled,
