@@ -31,6 +31,8 @@ TRAINING_BOUNDS = {"epochs": EPOCHS, "batch_size": BATCH, "loader_workers": LOAD
 # The job kind of bulk inference (chunks and studies); every other kind is a model family's
 # training job (members), named by its family (common/families/registry.py).
 INFER_KIND = "infer"
+# The job kind of an evaluation report on one or several jobs (common/report/).
+REPORT_KIND = "report"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,28 @@ class InferSpec:
         data = dict(data)
         data["checkpoints"] = tuple(data.get("checkpoints", ()))
         return from_fields(cls, data)
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """A report on jobs: one training job, several of one family side by side, or one inference job."""
+
+    kind: ClassVar[str] = REPORT_KIND
+
+    jobs: tuple[str, ...]  # full job ids, checked at submit (common/report/plan.py)
+    out_dir: str  # absolute folder the HTML (and PDF) go into
+    pdf: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.jobs:
+            raise SpecError("a report needs at least one job")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobs": list(self.jobs), "out_dir": self.out_dir, "pdf": self.pdf}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReportSpec":
+        return from_fields(cls, data, tuples=("jobs",))
 
 
 def from_fields(cls, data: dict[str, Any], tuples: tuple[str, ...] = ()):

@@ -1,7 +1,8 @@
 """Names the store keeps results and files under, in one place (torch-free).
 
 A job's results are one row per subject: a member (``seed-3``), a combination of members
-(``ensemble-mean``) or an evaluation set of a single-model job (``set-test``, ``set-Test1Data``).
+(``ensemble-mean``), an evaluation set of a single-model job (``set-test``, ``set-Test1Data``), or
+a report job's files (``report``).
 A member's files are artifacts named ``seed-3/best`` and ``seed-3/last``; its working folder is
 ``<artifacts>/<job id>/seed-3``.
 """
@@ -9,6 +10,7 @@ A member's files are artifacts named ``seed-3/best`` and ``seed-3/last``; its wo
 from __future__ import annotations
 
 MEMBER, COMBINED, EVALUATION_SET = "seed-", "ensemble-", "set-"
+REPORT = "report"  # a report job's one result: the paths of its HTML (and PDF)
 
 
 def member(seed: int) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from medq.common.settings import load_settings
-from medq.scheduler.cli_support import announce, current_store, print_infer_summary, resume_and_announce
+from medq.scheduler.cli_support import (
+    announce, current_store, print_infer_summary, resume_and_announce, wait_and_report,
+)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -305,3 +307,24 @@ def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, p
         state = watch_job(current_store(), job_id, console(stderr=True))
         print_infer_summary(current_store(), job_id)
         sys.exit(0 if state == "succeeded" else 1)
+
+
+@submit.command("report")
+@click.argument("jobs", nargs=-1, required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for the HTML (and PDF)  [default: the report job's folder under MEDQ_ARTIFACTS]")
+@click.option("--pdf", is_flag=True, help="also print the page to PDF (headless Chromium on the worker)")
+@click.option("--wait", is_flag=True, help="wait for the report and print where it is")
+def submit_report_cmd(jobs, out_dir, pdf, wait) -> None:
+    """An evaluation report of one training job, of several training jobs of one family side by
+    side (same test split), or of one inference job: one self-contained HTML file. A job still
+    running is shown as of now. Refused before anything is enqueued: an unknown job, jobs of two
+    families, different test splits, a job with nothing to show yet."""
+    from medq.scheduler.report_plan import submit_report
+
+    settings = load_settings()
+    job_id, html = submit_report(settings, list(jobs), out_dir, pdf)
+    click.echo(job_id)
+    click.echo(f"report of {', '.join(jobs)} will be written to {html}", err=True)
+    if wait:
+        sys.exit(wait_and_report(job_id))

@@ -10,6 +10,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from medq.common.specs import REPORT_KIND
+
 STATE_STYLE = {"queued": "dim", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "yellow"}
 
 
@@ -96,6 +98,9 @@ NOTE_STYLE = {"warn": "yellow", "error": "red"}
 
 def print_results(console: Console, results: dict) -> None:
     """`medq results JOB`: the sections the job's family draws, or "no results yet"."""
+    if results.get("kind") == REPORT_KIND:
+        _print_report(console, results)
+        return
     sections = _family(results["kind"]).result_sections(results) if results.get("kind") else []
     if not sections:
         console.print(f"job {results['job_id']}: {results['state']}; no results yet")
@@ -105,5 +110,20 @@ def print_results(console: Console, results: dict) -> None:
         if section.note is not None:
             style = NOTE_STYLE.get(section.style or "")
             console.print(f"[{style}]{escape(section.note)}[/]" if style else escape(section.note))
+    if results.get("error"):
+        console.print(f"[red]{escape(results['error'])}[/]")
+
+
+def _print_report(console: Console, results: dict) -> None:
+    if results.get("html"):
+        console.print(f"report {results['job_id']} of job(s) {', '.join(results.get('jobs', []))}, "
+                      f"as of {results.get('as_of', '?')}:")
+        console.print(f"  html  {escape(results['html'])}")
+        if results.get("pdf"):
+            console.print(f"  pdf   {escape(results['pdf'])}")
+        if results.get("running"):
+            console.print(f"[yellow]rendered while {', '.join(results['running'])} still ran[/]")
+    else:
+        console.print(f"report {results['job_id']}: {results['state']}; not rendered yet")
     if results.get("error"):
         console.print(f"[red]{escape(results['error'])}[/]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from medq.common import __version__
 from medq.common.errors import describe
 from medq.common.families.registry import family
 from medq.common.settings import Settings
@@ -23,6 +24,7 @@ def submit_training(settings: Settings, kind: str, spec: Any, data_dir: Path, se
     trained = family(kind)
     plan = trained.plan(spec, Path(data_dir), **plan_options)
     plan["seeds"] = list(seeds)
+    plan["code_version"] = __version__
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, kind, spec.to_dict(), plan, list(seeds), trained.total_epochs(spec))
     from medq.tasks.app import app_for

@@ -17,7 +17,7 @@ def make_app(settings=None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.medq_settings = settings
     # Task modules: imported by workers, never by the CLI (it sends by name).
-    app.conf.imports = ("medq.tasks.train", "medq.tasks.infer", "medq.tasks.bench")
+    app.conf.imports = ("medq.tasks.train", "medq.tasks.infer", "medq.tasks.report", "medq.tasks.bench")
     return app
 
 

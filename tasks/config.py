@@ -12,6 +12,7 @@ ROUTES = {
     names.EVALUATE_JOB: {"queue": names.GPU_QUEUE},
     names.EVALUATE_ENSEMBLE: {"queue": names.GPU_QUEUE},
     names.NOOP: {"queue": names.GPU_QUEUE},
+    names.RENDER_REPORT: {"queue": names.REPORT_QUEUE},
 }
 
 

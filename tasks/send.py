@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medq.common.specs import REPORT_KIND
 from medq.tasks import names
 
 
@@ -9,8 +10,15 @@ def send_member(app, member_id: int) -> None:
     app.send_task(names.TRAIN_MEMBER, args=[member_id])
 
 
-def send_evaluation(app, job_id: str) -> None:
-    app.send_task(names.EVALUATE_JOB, args=[job_id])
+# The one task of a job that has no members or chunks, by job kind: a training job's evaluation
+# on the GPU queue, a report on the report queue (every worker takes it when free).
+JOB_TASKS = {REPORT_KIND: (names.RENDER_REPORT, names.REPORT_QUEUE)}
+
+
+def send_evaluation(app, job_id: str, kind: str | None = None) -> None:
+    """A training job's evaluation, or a report job's rendering (``kind`` REPORT_KIND)."""
+    task, queue = JOB_TASKS.get(kind, (names.EVALUATE_JOB, None))
+    app.send_task(task, args=[job_id], **({"queue": queue} if queue else {}))
 
 
 def send_chunk(app, chunk_id: int, priority: str) -> None:

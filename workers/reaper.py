@@ -28,7 +28,7 @@ def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
         else:
             log.warning("job %s seed %s: lease lapsed on %s; re-enqueued (it resumes from its checkpoint)",
                         item.job_id, item.seed, item.worker)
-    evaluations = recovery.redispatch_evaluations(store, lambda job_id: send_evaluation(app, job_id))
+    evaluations = recovery.redispatch_evaluations(store, lambda job_id, kind: send_evaluation(app, job_id, kind))
     for job_id in evaluations:
         log.warning("job %s: evaluation sent again (not taken, or its worker died)", job_id)
     dispatch_and_reap_chunks(store, app)
@@ -48,7 +48,7 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
         members = recovery.resend_queued_members(store, older_than, lambda member_id: send_member(app, member_id))
         if members:
             log.warning("%d queued member(s) were not on the broker; sent again", len(members))
-        for job_id in recovery.redispatch_evaluations(store, lambda job_id: send_evaluation(app, job_id),
+        for job_id in recovery.redispatch_evaluations(store, lambda job_id, kind: send_evaluation(app, job_id, kind),
                                                       queue_empty_since=older_than):
             log.warning("job %s: its evaluation was not on the broker; sent again", job_id)
     chunks: list[int] = []

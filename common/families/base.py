@@ -157,6 +157,39 @@ class Family:
         """What `medq results JOB` prints for a job of this family (``views.job_results``)."""
         return []
 
+    # -- reports (common/report/) --------------------------------------------------------------------
+    def report_sections(self, data: Any) -> list[Any]:
+        """This family's sections of a job's report (``report.page.Section``), after the part
+        every training job has (spec, members, learning curves). ``data``: report.data.JobData.
+        By default its result tables, as `medq results` prints them."""
+        from medq.common.report.page import Note, Section, Table
+
+        if not data.results.get("members") and not data.results.get("sets"):
+            return []
+        blocks = []
+        for part in self.result_sections(data.results):
+            if part.table is not None:
+                blocks.append(Table.of(part.table.title, [c.label for c in part.table.columns],
+                                       [row.cells for row in part.table.rows]))
+            elif part.note:
+                blocks.append(Note(part.note, part.style))
+        return [Section.of("Results", blocks, data.id)] if blocks else []
+
+    def report_headline(self, results: dict[str, Any]) -> list[Any]:
+        """The figures a side-by-side report compares (``report.page.Metric``, each with its
+        path in the results), in the same order for every job of the family."""
+        return []
+
+    def report_errors(self, results: dict[str, Any]) -> Any:
+        """Per test image figures of the job's headline model (``report.page.PairedErrors``) for
+        the paired test of a side-by-side report; None when there are none."""
+        return None
+
+    def report_curves(self, results: dict[str, Any]) -> list[Any] | None:
+        """Plots every job of the family draws alike (``report.page.CurvePlot``: CED, SDR,
+        Dice), overlaid in a side-by-side report."""
+        return None
+
     # -- a smoke run -------------------------------------------------------------------------------------
     def example(self, folder: Path) -> Example:
         """A tiny synthetic dataset, spec and two-study archive under ``folder`` (see Example)."""

@@ -78,13 +78,34 @@ def record_results(store: Store, job_id: str, owner: str, results: dict[str, dic
         return True
 
 
-def fail_evaluation(store: Store, job_id: str, owner: str, reason: str) -> bool:
+def fail_evaluation(store: Store, job_id: str, owner: str, reason: str, what: str = "evaluation") -> bool:
     with store.session() as s:
         job = locked_job(s, job_id)
         if job is None or job.eval_state != EvalState.RUNNING.value or job.eval_lease_owner != owner:
             return False
-        _end_job(s, job, f"evaluation failed: {reason}", utcnow())
+        _end_job(s, job, f"{what} failed: {reason}", utcnow())
         return True
+
+
+def create_report_job(store: Store, spec: dict[str, Any], plan: dict[str, Any], job_id: str | None = None) -> str:
+    """A report job: no members; its one task is leased like an evaluation, dispatched now (the
+    reaper sends it again if its worker dies or its message is lost)."""
+    from medq.common.specs import REPORT_KIND
+    from medq.common.store.jobs import EVAL_DISPATCH_GRACE, new_job_id
+
+    job_id, now = job_id or new_job_id(), utcnow()
+    with store.session() as s:
+        s.add(Job(id=job_id, kind=REPORT_KIND, spec=spec, plan=plan, created_at=now,
+                  eval_state=EvalState.DISPATCHED.value, eval_lease_expires_at=now + EVAL_DISPATCH_GRACE))
+    return job_id
+
+
+def start_report(store: Store, job_id: str) -> None:
+    """The report job is running from the moment its task holds the lease."""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.state == State.QUEUED.value:
+            job.state, job.started_at = State.RUNNING.value, utcnow()
 
 
 def _end_job(s, job: Job, evaluation_error: str | None, now) -> None:

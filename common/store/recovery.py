@@ -98,10 +98,11 @@ def resend_queued_members(store: Store, older_than: datetime, send: Callable[[in
     return ids
 
 
-def redispatch_evaluations(store: Store, send: Callable[[str], None],
+def redispatch_evaluations(store: Store, send: Callable[[str, str], None],
                            queue_empty_since: datetime | None = None) -> list[str]:
-    """Evaluations taken by a worker that died (lease lapsed), or dispatched and never taken: sent
-    again. "Never taken" means longer than the dispatch grace, or, when the caller has seen the
+    """Evaluations (and reports: a report job's one task is leased the same way) taken by a
+    worker that died (lease lapsed), or dispatched and never taken: sent again, as
+    ``send(job_id, kind)``. "Never taken" means longer than the dispatch grace, or, when the caller has seen the
     training queue empty (``queue_empty_since``: dispatched before this), since before then."""
     now = utcnow()
     dispatched_before = now - EVAL_DISPATCH_GRACE if queue_empty_since is None else queue_empty_since
@@ -116,12 +117,12 @@ def redispatch_evaluations(store: Store, send: Callable[[str], None],
             return []
         job.eval_state, job.eval_lease_owner = EvalState.DISPATCHED.value, None
         job.eval_lease_expires_at = now + EVAL_DISPATCH_GRACE
-        return [job.id]
+        return [(job.id, job.kind)]
 
-    ids = each_job_locked(store, job_ids, mark)
-    for job_id in ids:
-        send(job_id)
-    return ids
+    marked = each_job_locked(store, job_ids, mark)
+    for job_id, kind in marked:
+        send(job_id, kind)
+    return [job_id for job_id, _ in marked]
 
 
 def close_stalled_jobs(store: Store, send_evaluation: Callable[[str], None]) -> list[str]:

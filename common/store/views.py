@@ -69,9 +69,10 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
         by_subject = {r.subject: r.metrics for r in job.results}
         artifacts = {a.name: a.path for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         epochs = history.job_history(s, job_id)
+        outputs = by_subject.get(subjects.REPORT, {})  # a report job: html, pdf, as_of, jobs
         return {
             "job_id": job.id, "kind": job.kind, "state": job.state, "error": job.error,
-            "evaluation": job.eval_state,
+            "evaluation": job.eval_state, **outputs,
             "members": [
                 {"seed": m.seed, "state": m.state, "error": m.error, "attempts": m.attempts,
                  "checkpoint": artifacts.get(subjects.artifact(m.seed, "best")),

@@ -161,7 +161,7 @@ def test_an_evaluation_whose_worker_died_is_sent_again_after_its_lease_not_ten(s
     assert jobs.finish_member(store, members[0], f"o{members[0]}", jobs.State.SUCCEEDED)
     assert evaluation.claim_evaluation(store, job_id, "dead", lease_seconds=-1) is not None
     sent: list[str] = []
-    assert recovery.redispatch_evaluations(store, sent.append) == [job_id]
+    assert recovery.redispatch_evaluations(store, lambda job_id, kind: sent.append(job_id)) == [job_id]
     assert evaluation.claim_evaluation(store, job_id, "alive", 60) is not None
     assert not evaluation.renew_evaluation_lease(store, job_id, "dead", 60)  # the dead one's lease is gone
     assert evaluation.record_results(store, job_id, "alive", {"seed-0": {"mean_error_px": 1.0}})
@@ -171,8 +171,8 @@ def test_a_dispatched_evaluation_missing_from_an_empty_queue_is_sent_again(store
     job_id, members = _running_job(store, seeds=1)
     jobs.finish_member(store, members[0], f"o{members[0]}", jobs.State.SUCCEEDED)
     sent: list[str] = []
-    assert recovery.redispatch_evaluations(store, sent.append) == []  # within the grace: it may be on its way
-    assert recovery.redispatch_evaluations(store, sent.append, queue_empty_since=utcnow() + timedelta(seconds=1)) \
+    assert recovery.redispatch_evaluations(store, lambda job_id, kind: sent.append(job_id)) == []  # within the grace: it may be on its way
+    assert recovery.redispatch_evaluations(store, lambda job_id, kind: sent.append(job_id), queue_empty_since=utcnow() + timedelta(seconds=1)) \
         == [job_id]
 
 

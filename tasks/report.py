@@ -1,0 +1,59 @@
+"""The thin task of a report job: claim it (the evaluation lease, renewed by a heartbeat), build
+and write the page (common/report/job.py), record the paths, or fail the job with the reason.
+
+A report job has no members; its one task runs on the report queue, which every worker
+consumes before training, so a report never waits behind hours of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from medq.common import subjects
+from medq.common.errors import JobError
+from medq.common.store import evaluation, open_store
+from medq.tasks import names
+from medq.tasks.app import app
+from medq.tasks.runtime import Heartbeat, interrupted
+from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
+
+log = logging.getLogger("medq.worker")
+
+
+@app.task(name=names.RENDER_REPORT, bind=True)
+def render_report(self, job_id: str) -> str:
+    settings = app.conf.medq_settings
+    store, owner = open_store(settings), uuid.uuid4().hex
+    try:
+        claim = retrying(f"claim report {job_id}",
+                         lambda: evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds))
+    except StoreUnavailable as exc:
+        return retry_later(self, exc)
+    if claim is None:
+        return "skipped: not ours"
+    evaluation.start_report(store, job_id)
+    beat = Heartbeat(settings, f"report {job_id}", cancelled=lambda: False,
+                     renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
+    with beat:
+        try:
+            from medq.common.report.job import render_job
+
+            outputs = render_job(store, claim.spec, claim.job_id)
+        except Exception as exc:
+            if interrupted(exc):
+                raise
+            if not isinstance(exc, JobError):
+                log.exception("report %s failed", job_id)
+            reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+            return _record(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason, what="report"))
+    if beat.lease_lost.is_set():
+        return "stood down: the report's lease was lost"
+    return _record(job_id, lambda: evaluation.record_results(store, job_id, owner, {subjects.REPORT: outputs}))
+
+
+def _record(job_id: str, write) -> str:
+    written = recorded(f"record report {job_id}", write, "its lease will lapse and it will be rendered again")
+    if written is None:
+        return "stood down: store unavailable"
+    return "done" if written else "stood down: the report's lease was lost"
