@@ -34,7 +34,7 @@ def headline_table(kind, jobs: list[JobData]) -> Table:
             better = diff is not None and diff != 0 and ((diff < 0) == metric.lower_is_better)
             cells.append(Cell(diff, metric.digits, bold=better))
         rows.append(tuple(cells))
-    return Table(f"Headline metrics on the shared test split", tuple(columns), tuple(rows),
+    return Table("Headline metrics on the shared test split", tuple(columns), tuple(rows),
                  note="Differences are each job minus the first; bold: better than the first "
                       "(lower errors, higher Dice / SDR).")
 
