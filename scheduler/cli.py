@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 
-from medq.common.specs import INFER_KIND
+from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.errors import MedqError
 from medq.common.settings import load_settings
 from medq.scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
@@ -95,6 +95,12 @@ def status(job, as_json, limit) -> None:
             return
         if as_json:
             click.echo(json.dumps(view, indent=2))
+            return
+        if view["kind"] == REPORT_KIND:  # no members: where its page is, or why not yet
+            from medq.common.store.views import job_results
+            from medq.scheduler.render import console, print_results
+
+            print_results(console(), job_results(store, view["job_id"]))
             return
         from medq.scheduler.render import console, members_table
 

@@ -110,6 +110,8 @@ class Curve:
     label: str
     x: tuple[float, ...]
     y: tuple[float, ...]
+    style: str = "-"  # matplotlib line style: "-" solid, "--" dashed
+    color: str | None = None  # "C0".."C9" ties lines of one member together; None: the next colour
 
 
 @dataclass(frozen=True)

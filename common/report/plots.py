@@ -39,7 +39,8 @@ def curves(plot: CurvePlot, *, logy: bool = False, ylim: tuple[float, float] | N
     """Lines (x, y) with a legend: learning curves, CED, SDR."""
     fig, ax = plt.subplots(figsize=size)
     for line in plot.curves:
-        ax.plot(line.x, line.y, label=line.label, marker="o" if markers or len(line.x) == 1 else None, markersize=3)
+        ax.plot(line.x, line.y, line.style, label=line.label, color=line.color,
+                marker="o" if markers or len(line.x) == 1 else None, markersize=3)
     ax.set_xlabel(plot.xlabel)
     ax.set_ylabel(plot.ylabel)
     if logy:
@@ -53,17 +54,18 @@ def curves(plot: CurvePlot, *, logy: bool = False, ylim: tuple[float, float] | N
 
 def panels(title: str, plots: Sequence[CurvePlot], caption: str = "", *, logy: Sequence[bool] = ()) -> Figure:
     """Several small line plots side by side (a member's loss, metric and learning rate)."""
-    fig, axes = plt.subplots(1, len(plots), figsize=(3.3 * len(plots), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(plots), figsize=(3.4 * len(plots), 3.0), squeeze=False)
     for i, (ax, plot) in enumerate(zip(axes[0], plots)):
         for line in plot.curves:
-            ax.plot(line.x, line.y, label=line.label, marker="o" if len(line.x) <= 2 else None, markersize=3)
+            ax.plot(line.x, line.y, line.style, label=line.label, color=line.color,
+                    marker="o" if len(line.x) <= 2 else None, markersize=3)
         ax.set_title(plot.title, fontsize=9)
         ax.set_xlabel(plot.xlabel)
         ax.set_ylabel(plot.ylabel)
         if i < len(logy) and logy[i]:
             ax.set_yscale("log")
         if len(plot.curves) > 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6.5, ncol=2 if len(plot.curves) > 6 else 1)
     fig.tight_layout()
     return _finish(fig, title, caption)
 

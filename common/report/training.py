@@ -89,39 +89,53 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _line(history: list[dict], values, label: str, style: str = "-", color: str | None = None) -> Curve | None:
+    points = [(float(e["epoch"]), v) for e, v in zip(history, values) if v is not None]
+    if not points:
+        return None
+    return Curve(label, tuple(p[0] for p in points), tuple(p[1] for p in points), style, color)
+
+
 def learning_curves(data: JobData) -> list:
-    """Per member: train and validation loss, the validation metric(s), the learning rate(s)."""
-    blocks = []
-    for i, member in enumerate(data.results.get("members", [])):
-        history = member.get("history") or []
-        if not history:
-            blocks.append(Note(f"seed {member['seed']}: no epoch finished yet"))
-            continue
-        epochs = tuple(float(e["epoch"]) for e in history)
-
-        def line(label, values):
-            points = [(x, v) for x, v in zip(epochs, values) if v is not None]
-            return Curve(label, tuple(p[0] for p in points), tuple(p[1] for p in points)) if points else None
-
-        losses = [c for c in (line("train", [e["train_loss"] for e in history]),
-                              line("validation", [e["val_loss"] for e in history])) if c]
-        names = sorted({name for e in history for name in (e["metrics"] or {})})
-        metric_lines = [c for c in (line(METRIC_LABELS.get(n, n), [(e["metrics"] or {}).get(n) for e in history])
-                                    for n in names) if c]
+    """Every member in one figure, one colour per seed: training (solid) and validation (dashed)
+    loss, each validation metric, and the learning rate of each parameter group."""
+    members = [(m["seed"], m.get("history") or []) for m in data.results.get("members", [])]
+    blocks = [Note(f"seed {seed}: no epoch finished yet") for seed, history in members if not history]
+    members = [(seed, history) for seed, history in members if history]
+    if not members:
+        return blocks
+    losses, metrics, rates = [], {}, []
+    for i, (seed, history) in enumerate(members):
+        color = f"C{i % 10}"
+        losses += [_line(history, [e["train_loss"] for e in history], f"seed {seed} train", "-", color),
+                   _line(history, [e["val_loss"] for e in history], f"seed {seed} val", "--", color)]
+        for name in sorted({n for e in history for n in (e["metrics"] or {})}):
+            metrics.setdefault(name, []).append(
+                _line(history, [(e["metrics"] or {}).get(name) for e in history], f"seed {seed}", "-", color))
         groups = sorted({g for e in history for g in (e["lrs"] or {})}, key=int)
-        lr_lines = [c for c in (line(f"group {g}", [(e["lrs"] or {}).get(g) for e in history]) for g in groups) if c]
-        phases = sorted({e["phase"] for e in history if e["phase"]}, key=[e["phase"] for e in history].index)
-        panels = [CurvePlot("loss", "epoch", "loss", tuple(losses))]
-        if metric_lines:
-            panels.append(CurvePlot("validation metric", "epoch", "value", tuple(metric_lines)))
-        if lr_lines:
-            panels.append(CurvePlot("learning rate", "epoch", "lr", tuple(lr_lines)))
-        blocks.append(plots.panels(
-            f"Seed {member['seed']}: learning curves", panels,
-            f"Per finished epoch ({len(history)}; phases {', '.join(phases) or '–'}). Loss: the training objective "
-            "on the training split (mean over the epoch) and on the validation split; the validation metric is "
-            "what model selection used; learning rate per optimiser parameter group at the end of the epoch.",
-            logy=(False, False, True)))
+        if i == 0 or [e["lrs"] for e in history] != [e["lrs"] for e in members[0][1]][:len(history)]:
+            rates += [_line(history, [(e["lrs"] or {}).get(g) for e in history],
+                            f"seed {seed} group {g}" if i else f"group {g}", ("-", "--", ":")[j % 3],
+                            color) for j, g in enumerate(groups)]
+    panels = [CurvePlot("loss (solid: train, dashed: validation)", "epoch", "loss", tuple(c for c in losses if c))]
+    panels += [CurvePlot(METRIC_LABELS.get(name, name), "epoch", METRIC_LABELS.get(name, name),
+                         tuple(c for c in lines if c)) for name, lines in metrics.items()]
+    if any(rates):
+        panels.append(CurvePlot("learning rate", "epoch", "learning rate", tuple(c for c in rates if c)))
+    n_epochs = max(len(history) for _, history in members)
+    phases: list[str] = []
+    for _, history in members:
+        for e in history:
+            if e["phase"] and e["phase"] not in phases:
+                phases.append(e["phase"])
+    blocks.append(plots.panels(
+        "Learning curves", panels,
+        f"Every finished epoch of every member (up to {n_epochs}; phases: {', '.join(phases) or '–'}), one colour "
+        "per seed. Loss is the training objective: mean over the epoch's training batches (solid) and on the "
+        "validation split after the epoch (dashed). The validation metric is the one model selection used. "
+        "Learning rate per optimiser parameter group at the end of each epoch (log scale; drawn once when every "
+        "seed shares it).",
+        logy=(False, *(False,) * len(metrics), True)))
     return blocks
 
 
