@@ -102,9 +102,11 @@ def status(job, as_json, limit) -> None:
 
             print_results(console(), job_results(store, view["job_id"]))
             return
+        from medq.common.store.views import job_results
         from medq.scheduler.render import console, members_table
 
-        console().print(members_table(view))
+        curves = {m["seed"]: [e["val_loss"] for e in m["history"]] for m in job_results(store, view["job_id"])["members"]}
+        console().print(members_table(view, curves if any(curves.values()) else None))
         if view["error"]:
             click.echo(f"error: {view['error']}")
         return

@@ -57,20 +57,39 @@ def jobs_table(jobs: list[dict]) -> Table:
     return table
 
 
-def members_table(job: dict) -> Table:
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 16) -> str:
+    """The last ``width`` values as block characters, lowest to highest (a gap for None)."""
+    values = values[-width:]
+    known = [v for v in values if v is not None]
+    if not known:
+        return ""
+    low, high = min(known), max(known)
+    scale = (len(SPARKS) - 1) / (high - low) if high > low else 0
+    return "".join(" " if v is None else SPARKS[round((v - low) * scale)] for v in values)
+
+
+def members_table(job: dict, curves: dict[int, list[float | None]] | None = None) -> Table:
+    """``curves``: seed -> its validation loss per finished epoch (drawn as a sparkline)."""
     title = f"job {job['job_id']} ({job['kind']}): {job['state']}"
     if job.get("cancel_requested") and job["state"] == "running":
         title += " (cancelling)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     metric = _family(job["kind"]).member_metric  # the family's validation figure: px, Dice, ...
-    for col in ("seed", "state", "epoch", "loss", "val loss", metric.label, "img/s", "try", "worker", "device"):
-        table.add_column(col, justify="left" if col in ("state", "worker", "device") else "right", no_wrap=True)
+    columns = ("seed", "state", "epoch", "loss", "val loss", *(("val loss curve",) if curves else ()), metric.label,
+               "img/s", "try", "worker", "device")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("state", "worker", "device", "val loss curve") else "right",
+                         no_wrap=True)
     for m in job["members"]:
         epoch = f"{m['epoch']}/{m['total_epochs']}"
         if m["state"] == "running" and m["phase"] == "head":
             epoch += " head"
+        spark = (sparkline(curves.get(m["seed"], [])),) if curves else ()
         table.add_row(str(m["seed"]), _state(m["state"]), epoch, _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
-                      _fmt(m.get(metric.column), metric.digits), _fmt(m["images_per_s"], 1), str(m["attempt"]),
+                      *spark, _fmt(m.get(metric.column), metric.digits), _fmt(m["images_per_s"], 1), str(m["attempt"]),
                       _worker(m["worker"]), _fmt(m["device"]))
     return table
 
