@@ -199,3 +199,18 @@ def test_two_losses_side_by_side_with_a_paired_test_over_the_test_images(lab):
     for c in (c for c in page.cells if c.get("data-path")):
         value = at_path(results[c["data-job"]], c["data-path"])
         assert c["text"] == (f"{value:.{int(c['data-digits'])}f}" if isinstance(value, float) else str(value))
+
+
+def test_results_evaluated_before_per_image_data_still_render(lab):
+    data = load_job(lab["store"], lab["job"])
+
+    def old(metrics):
+        return {k: v for k, v in metrics.items() if k not in ("per_image", "quality_buckets")} if metrics else metrics
+
+    results = {**data.results, "members": [{**m, "metrics": old(m["metrics"])} for m in data.results["members"]],
+               "ensemble": [{**e, "metrics": old(e["metrics"])} for e in data.results["ensemble"]]}
+    sections = {s.title: s for s in report.sections(dataclasses.replace(data, results=results))}
+    assert "Cumulative error distribution" not in sections and "Quality buckets" in sections
+    (note,) = sections["Worst test images"].blocks
+    assert "evaluate the job again" in note.text
+    assert FAMILY.report_errors(results) is None and FAMILY.report_curves(results) is None

@@ -94,7 +94,8 @@ def gain_table(results: dict[str, Any]) -> Table | None:
         mean, sd = stats.mean_sd([m.get(key) for _, _, m in seeds])
         value = ensemble.get(key)
         gain = None if mean is None or value is None else mean - value
-        rows.append((Cell(label), Cell(mean), Cell(sd), Cell(value, 2, f"{path}.{key}"), Cell(gain, bold=bool(gain and gain > 0)),
+        rows.append((Cell(label), Cell(mean), Cell(sd), Cell(value, 2, f"{path}.{key}"),
+                     Cell(gain, bold=bool(gain and gain > 0)),
                      Cell(None if gain is None or not mean else 100.0 * gain / mean, 1)))
     return Table(f"Ensemble ({HEADLINE}) against its {len(seeds)} seeds",
                  ("metric", "mean over seeds", "SD over seeds", f"ensemble ({HEADLINE})", "gain (px)", "gain (%)"),
@@ -137,7 +138,8 @@ def landmark_table(path: str, metrics: dict) -> Table:
              *(Cell(row.get(key), 2, f"{path}.per_landmark.{i}.{key}" if key in row else None) for key, _ in keys))
             for i, row in enumerate(metrics["per_landmark"])]
     return Table(f"Per landmark, ensemble ({HEADLINE})", ("landmark", *(label for _, label in keys)), tuple(rows),
-                 note=f"Over the {metrics['n_images']} test images; SD over images (ddof 0). {_landmark_groups()}.")
+                 note=f"Over the {metrics['n_images']} test images; SD over images (ddof 0). "
+                      f"Landmarks: {_landmark_groups()}.")
 
 
 def category_table(results: dict[str, Any]) -> Table | None:
@@ -146,7 +148,8 @@ def category_table(results: dict[str, Any]) -> Table | None:
     if head is None or not head[1].get("per_category"):
         return None
     path, metrics = head
-    columns = ["category", "images", *(f"{label}: mean px" for label, _, _ in found), f"ensemble ({HEADLINE}): mean px@224"]
+    columns = ["category", "images", *(f"{label}: mean px" for label, _, _ in found),
+               f"ensemble ({HEADLINE}): mean px@224"]
     rows = []
     for name in sorted(metrics["per_category"]):
         def at(where: str, key: str) -> str | None:  # a category whose name holds a dot has no path
@@ -213,7 +216,8 @@ def gallery(data, path: str, metrics: dict) -> list:
         errors = per["errors_px"][k]
         j = int(np.argmax(errors))
         stem = per["stems"][k]
-        rows.append((Cell(f"#{rank}"), Cell(stem), Cell(per["mean_error_px"][k], 2, f"{path}.per_image.mean_error_px.{k}"),
+        rows.append((Cell(f"#{rank}"), Cell(stem),
+                     Cell(per["mean_error_px"][k], 2, f"{path}.per_image.mean_error_px.{k}"),
                      Cell(landmark_name(j)), Cell(errors[j], 2, f"{path}.per_image.errors_px.{k}.{j}")))
     table = Table(f"The {len(rows)} test images with the largest mean error, ensemble ({HEADLINE})",
                   ("rank", "image", "mean px", "worst landmark", "its error px"), tuple(rows),
