@@ -20,7 +20,7 @@ from medq.common.families.chest.dataset import (
     split_records,
     to_original_pixels,
 )
-from medq.common.families.chest.metrics import aggregate_predictions, landmark_report
+from medq.common.families.chest.metrics import aggregate_predictions, landmark_report, per_image
 from medq.common.families.chest.model import build_model
 from medq.common.families.chest.schema import N_LANDMARKS
 from medq.common.training.checkpoint import load_checkpoint
@@ -85,7 +85,10 @@ def evaluate_ensemble(
 
     Every member predicts the test images; the ensemble combines them by each of
     ``AGGREGATIONS`` ("weighted" uses 1 / validation loss). Reports are ``landmark_report``
-    dicts (errors in original pixels and at 224 px).
+    dicts (errors in original pixels and at 224 px), each with "per_image": the test images'
+    stems in the split's order, their mean and per-landmark errors in px and, for the "mean"
+    ensemble, the predicted points (``metrics.per_image``): what a report's CED, paired test
+    and gallery of worst images read.
     """
     if not members:
         raise JobError("evaluate_ensemble needs at least one member")
@@ -94,16 +97,19 @@ def evaluate_ensemble(
     truth = np.stack([np.asarray(record.points, dtype=np.float64) for record in records])
     sizes = np.array([(images[r.stem].shape[1], images[r.stem].shape[0]) for r in records], dtype=np.float64)
     categories = [record.category for record in records]
+    stems = [record.stem for record in records]
 
     preds, reports = [], {}
     for seed, checkpoint, _ in members:
         member_pred = predict(checkpoint, records, dataset_paths(data_dir)[1], spec.image_size, images)
-        reports[str(seed)] = landmark_report(member_pred, truth, sizes, categories)
+        reports[str(seed)] = {**landmark_report(member_pred, truth, sizes, categories),
+                              "per_image": per_image(member_pred, truth, stems)}
         preds.append(member_pred)
     stacked = np.stack(preds)
     val_losses = [loss for _, _, loss in members]
-    ensemble = {
-        how: landmark_report(aggregate_predictions(stacked, how, val_losses), truth, sizes, categories)
-        for how in AGGREGATIONS
-    }
+    ensemble = {}
+    for how in AGGREGATIONS:
+        combined = aggregate_predictions(stacked, how, val_losses)
+        ensemble[how] = {**landmark_report(combined, truth, sizes, categories),
+                         "per_image": per_image(combined, truth, stems, with_points=how == "mean")}
     return {"members": reports, "ensemble": ensemble}

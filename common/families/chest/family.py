@@ -82,6 +82,26 @@ class ChestFamily(Family):
                 categories)))
         return sections
 
+    # -- reports (chest/report.py) ---------------------------------------------------------------
+    def report_sections(self, data) -> list:
+        from medq.common.families.chest.report import sections
+
+        return sections(data)
+
+    def report_headline(self, results: dict[str, Any]) -> list:
+        from medq.common.families.chest.report import headline_metrics
+
+        return headline_metrics(results)
+
+    def report_errors(self, results: dict[str, Any]):
+        from medq.common.families.chest.report import paired_errors
+
+        return paired_errors(results)
+
+    def report_curves(self, results: dict[str, Any]) -> list | None:
+        from medq.common.families.chest.report import curves
+
+        return curves(results)
 
     def example(self, folder: Path) -> Example:
         import shutil

@@ -65,7 +65,8 @@ def landmark_report(
     landmark errors: median and p95 by numpy's linear interpolation, std with ddof=0.
     "_224" keys are at ``model_scale`` (224 px by default). normalised_error is the mean of
     px error / that image's width. quality: fraction of the N*L errors (original px) per
-    bucket of schema.QUALITY_EDGES_PX.
+    bucket of schema.QUALITY_EDGES_PX, as a dict ("quality") and as a list of {bucket, fraction}
+    ("quality_buckets").
     """
     errors = radial_errors(pred_px, true_px)
     n, n_landmarks = errors.shape
@@ -84,6 +85,7 @@ def landmark_report(
             "landmark": i,
             "mean_error_px": float(errors[:, i].mean()),
             "median_error_px": float(np.median(errors[:, i])),
+            "std_error_px": float(errors[:, i].std()),
             "mean_error_px_224": float(scaled[:, i].mean()),
         }
         for i in range(n_landmarks)
@@ -108,7 +110,30 @@ def landmark_report(
         "per_landmark": per_landmark,
         "per_category": per_category,
         "quality": quality_buckets(errors),
+        # the same buckets as a list: their names hold dots, which paths into results cannot
+        "quality_buckets": [{"bucket": label, "fraction": fraction}
+                            for label, fraction in quality_buckets(errors).items()],
     }
+
+
+PER_IMAGE_DIGITS = 3  # px: a thousandth of a pixel, far below any annotation's precision
+
+
+def per_image(pred_px: np.ndarray, true_px: np.ndarray, stems: Sequence[str], *, with_points: bool = False,
+              digits: int = PER_IMAGE_DIGITS) -> dict:
+    """Per test image, in the order of ``stems``: its mean radial error and its L errors in
+    original px, and (``with_points``) the predicted points [[x, y] x L]; rounded to ``digits``
+    so that 300 images x 15 landmarks stay a few tens of kB of JSON. The mean is taken before
+    rounding. Feeds the report's CED, paired test and gallery."""
+    errors = radial_errors(pred_px, true_px)
+    if len(stems) != errors.shape[0]:
+        raise ValueError(f"{len(stems)} stems for {errors.shape[0]} images")
+    out = {"stems": [str(s) for s in stems],
+           "mean_error_px": np.round(errors.mean(axis=1), digits).tolist(),
+           "errors_px": np.round(errors, digits).tolist()}
+    if with_points:
+        out["pred_px"] = np.round(np.asarray(pred_px, dtype=float), digits).tolist()
+    return out
 
 
 # --- ensemble aggregation ------------------------------------------------------------------
