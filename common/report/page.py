@@ -98,7 +98,7 @@ class Metric:
 
     label: str
     value: float | None
-    path: str  # in `medq results JOB --json`
+    path: str | None  # in `medq results JOB --json` (None: worked out by the report)
     digits: int = 2
     lower_is_better: bool = True
 

@@ -39,9 +39,14 @@ def _duration(seconds: float | None) -> str:
 
 def spec_table(data: JobData) -> Table:
     spec = data.job["spec"] or {}
-    rows = [(key, ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else
-             (", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value))
-            for key, value in sorted(spec.items())]
+    def text(value):  # as given: 2e-05 stays 2e-05, never rounded to 0.00
+        if isinstance(value, (list, tuple)):
+            return ", ".join(map(text, value))
+        if isinstance(value, dict):
+            return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+        return "–" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+    rows = [(key, text(value)) for key, value in sorted(spec.items())]
     return Table.of("Spec (as stored on the job and in every checkpoint)", ("field", "value"), rows)
 
 
