@@ -34,6 +34,14 @@ def _finish(fig, title: str, caption: str, alt: str = "") -> Figure:
     return Figure(title, data_uri(buffer.getvalue()), caption, alt or title)
 
 
+def _integer_epochs(ax, xlabel: str) -> None:
+    """Epochs are whole numbers: no tick at epoch 1.2."""
+    if xlabel == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def curves(plot: CurvePlot, *, logy: bool = False, ylim: tuple[float, float] | None = None,
            markers: bool = False, size: tuple[float, float] = SIZE) -> Figure:
     """Lines (x, y) with a legend: learning curves, CED, SDR."""
@@ -43,6 +51,7 @@ def curves(plot: CurvePlot, *, logy: bool = False, ylim: tuple[float, float] | N
                 marker="o" if markers or len(line.x) == 1 else None, markersize=3)
     ax.set_xlabel(plot.xlabel)
     ax.set_ylabel(plot.ylabel)
+    _integer_epochs(ax, plot.xlabel)
     if logy:
         ax.set_yscale("log")
     if ylim:
@@ -62,6 +71,7 @@ def panels(title: str, plots: Sequence[CurvePlot], caption: str = "", *, logy: S
         ax.set_title(plot.title, fontsize=9)
         ax.set_xlabel(plot.xlabel)
         ax.set_ylabel(plot.ylabel)
+        _integer_epochs(ax, plot.xlabel)
         if i < len(logy) and logy[i]:
             ax.set_yscale("log")
         if len(plot.curves) > 1:
