@@ -14,9 +14,9 @@ from medq.common import subjects
 from medq.common.families.base import (
     Column, Example, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
 )
+from medq.common.families.ceph.schema import UNTRAINED
 
 SDR_KEYS = ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")
-UNTRAINED = "test-untrained"
 
 
 class CephFamily(Family):
@@ -70,7 +70,7 @@ class CephFamily(Family):
         results = {subjects.evaluation_set("test"): evaluate_hrnet(checkpoints, test)}
         untrained = member.best.parent / INIT_NAME
         if untrained.is_file():
-            results[subjects.evaluation_set(UNTRAINED)] = evaluate_hrnet([untrained], test)
+            results[subjects.evaluation_set(UNTRAINED)] = evaluate_hrnet([untrained], test, cases=0)
         for path in plan.get("test_dirs", []):
             records = list(read_test_set(Path(path), spec.format, spec.annotator).records)
             results[subjects.evaluation_set(Path(path).name)] = evaluate_hrnet(checkpoints, records)
@@ -81,6 +81,26 @@ class CephFamily(Family):
         evaluation averages them."""
         return sorted(Path(best[0]).parent.glob("best-*.pt")) or [Path(p) for p in best]
 
+    # -- reports (report.py: MRE and SDR per set, SDR curves, per landmark, best and worst images) --
+    def report_sections(self, data) -> list:
+        from medq.common.families.ceph import report
+
+        return report.sections(data)
+
+    def report_headline(self, results: dict[str, Any]) -> list:
+        from medq.common.families.ceph import report
+
+        return report.headline(results)
+
+    def report_errors(self, results: dict[str, Any]):
+        from medq.common.families.ceph import report
+
+        return report.paired_errors(results)
+
+    def report_curves(self, results: dict[str, Any]):
+        from medq.common.families.ceph import report
+
+        return report.curves(results)
 
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         if not results["sets"]:

@@ -4,7 +4,11 @@
   (mm/px; isotropic spacing, as ISBI 2015 and the generic CSV give one value per image);
 - MRE ± SD: mean and standard deviation (population, ddof=0) of every radial error of the set;
 - SDR at r mm: the fraction of radial errors <= r (the challenge's "within r mm");
-- per landmark: the same three over the images.
+- per landmark: the same three over the images;
+- ``sdr``: the SDR again as a list ``[{"mm": r, "percent": 100 * SDR}]`` (a report cites it by a
+  path without the dot of "2.5");
+- ``image_results``: per image, its mean and its radial error of every landmark (rounded), and
+  the predicted and true points of the best and the worst few images, for the report.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ def radial_errors_mm(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequ
 
 
 def _summary(errors: np.ndarray, radii: Sequence[float], unit: str) -> dict:
+    radii = radii if unit == "mm" else ()
+    rates = [float((errors <= r).mean()) for r in radii]
     return {f"mre_{unit}": float(errors.mean()), f"sd_{unit}": float(errors.std()),
-            **{f"sdr_{r:g}mm": float((errors <= r).mean()) for r in (radii if unit == "mm" else ())}}
+            **{f"sdr_{r:g}mm": rate for r, rate in zip(radii, rates)},
+            **({"sdr": [{"mm": float(r), "percent": 100 * rate} for r, rate in zip(radii, rates)]} if radii else {})}
 
 
 def ceph_metrics(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequence[float] | None,
@@ -46,3 +53,35 @@ def ceph_metrics(pred_px: np.ndarray, truth_px: np.ndarray, spacing_mm: Sequence
     return {"unit": unit, **_summary(errors, radii, unit), "n_images": int(errors.shape[0]),
             "per_landmark": [{"landmark": name, **_summary(errors[:, k], radii, unit)}
                              for k, name in enumerate(names)]}
+
+
+CASES = 3  # best and worst images kept with their points
+ERROR_DIGITS, POINT_DIGITS = 2, 1  # radial errors to 0.01 mm (or px), points to 0.1 px
+
+
+def _case_counts(n: int, cases: int) -> tuple[int, int]:
+    """(best, worst): ``cases`` each when there are enough images, otherwise split between them."""
+    best = min(cases, n // 2)
+    return best, min(cases, n - best)
+
+
+def image_results(errors: np.ndarray, stems: Sequence[str], pred_px: np.ndarray, truth_px: np.ndarray,
+                  images: Sequence[str], unit: str, cases: int = CASES) -> dict:
+    """``per_image``: stems, each image's mean radial error and its (K,) errors (columns, rounded),
+    in the order given; ``cases``: the ``best`` and ``worst`` images by mean radial error (worst
+    first), each with its image file, its truth and predicted points (px of the original)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    means = errors.mean(axis=1)
+    per_image = {"stems": list(stems), f"mre_{unit}": [round(float(m), 3) for m in means],
+                 f"errors_{unit}": np.round(errors, ERROR_DIGITS).tolist()}
+    order = np.argsort(means, kind="stable")
+    n_best, n_worst = _case_counts(len(order), cases)
+
+    def case(i: int) -> dict:
+        return {"stem": stems[i], f"mre_{unit}": round(float(means[i]), 3), "image": str(images[i]),
+                "truth": np.round(np.asarray(truth_px[i], dtype=np.float64), POINT_DIGITS).tolist(),
+                "pred": np.round(np.asarray(pred_px[i], dtype=np.float64), POINT_DIGITS).tolist()}
+
+    chosen = {"best": [case(int(i)) for i in order[:n_best]],
+              "worst": [case(int(i)) for i in order[::-1][:n_worst]]} if cases else {}
+    return {"per_image": per_image, **({"cases": chosen} if cases else {})}

@@ -21,3 +21,6 @@ ISBI_ANNOTATORS = {"senior": "400_senior", "junior": "400_junior"}
 ISBI_TRAIN = "TrainingData"
 ISBI_TESTS = ("Test1Data", "Test2Data")
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# the evaluation set of the model before training, beside the test split ("test") and extra test sets
+UNTRAINED = "test-untrained"

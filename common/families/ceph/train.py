@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from medq.common.families.ceph.codec import HeatmapCodec
-from medq.common.families.ceph.metrics import ceph_metrics, radial_errors_mm
+from medq.common.families.ceph.metrics import CASES, ceph_metrics, image_results, radial_errors_mm
 from medq.common.families.ceph.model import HEATMAP_STRIDE, build_hrnet
 from medq.common.families.ceph.readers import CephRecord
 from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
@@ -295,9 +295,10 @@ def load_hrnet(path: Path) -> tuple[torch.nn.Module, HRNetSpec]:
     return model, spec
 
 
-def evaluate_hrnet(checkpoints: Sequence[Path], records: Sequence[CephRecord]) -> dict:
+def evaluate_hrnet(checkpoints: Sequence[Path], records: Sequence[CephRecord], cases: int = CASES) -> dict:
     """MRE ± SD and SDR (mm, each image's own spacing) of the checkpoints' mean heatmaps; in pixels
-    only (``unit``: "px") when an image's spacing is unknown."""
+    only (``unit``: "px") when an image's spacing is unknown. With them, every image's radial
+    errors and the points of the ``cases`` best and worst images (none when 0)."""
     loaded = [load_hrnet(p) for p in checkpoints]
     spec = loaded[0][1]
     device = pick_device()
@@ -308,7 +309,11 @@ def evaluate_hrnet(checkpoints: Sequence[Path], records: Sequence[CephRecord]) -
     points = to_original(dataset.codec.decode(maps)[0], records, spec.image_size)
     truth = np.stack([r.points for r in records])
     known = all(r.spacing_mm is not None for r in records)
-    metrics = ceph_metrics(points, truth, [r.spacing_mm for r in records] if known else None, LANDMARKS)
+    spacing = [r.spacing_mm for r in records] if known else None
+    metrics = ceph_metrics(points, truth, spacing, LANDMARKS)
+    errors = radial_errors_mm(points, truth, spacing if known else np.ones(len(records)))
+    metrics.update(image_results(errors, [r.stem for r in records], points, truth, [str(r.image) for r in records],
+                                 metrics["unit"], cases))
     metrics["checkpoints"] = len(checkpoints)
     metrics["flip_test"] = bool(spec.flip_pairs)
     return metrics

@@ -14,11 +14,10 @@ from medq.common import subjects
 from medq.common.families.base import (
     Column, Example, Family, MemberCheckpoint, MemberMetric, ResultSection, ResultTable, Row, Trained,
 )
+from medq.common.families.ct_lesions.schema import LESION_CLASSES, UNTRAINED
 
 COLUMNS = (("dice_per_image", "Dice (per slice)"), ("dice_pooled", "Dice (pooled)"),
            ("iou_per_image", "IoU (per slice)"), ("iou_pooled", "IoU (pooled)"))
-LESION_CLASSES = ("ground_glass", "consolidation")
-UNTRAINED = "test-untrained"
 
 
 class LesionFamily(Family):
@@ -87,6 +86,27 @@ class LesionFamily(Family):
             sections.append(ResultSection(note=f"  review overlays (slice | truth | prediction | lesion TP yellow, "
                                                f"FP red, FN green): {first['overlays']}"))
         return sections
+
+    # -- reports (report.py: Dice and IoU per class, distributions, the baseline, the overlays) ----
+    def report_sections(self, data) -> list:
+        from medq.common.families.ct_lesions import report
+
+        return report.sections(data)
+
+    def report_headline(self, results: dict[str, Any]) -> list:
+        from medq.common.families.ct_lesions import report
+
+        return report.headline(results)
+
+    def report_errors(self, results: dict[str, Any]):
+        from medq.common.families.ct_lesions import report
+
+        return report.paired_errors(results)
+
+    def report_curves(self, results: dict[str, Any]):
+        from medq.common.families.ct_lesions import report
+
+        return report.curves(results)
 
     def example(self, folder: Path) -> Example:
         import numpy as np

@@ -291,7 +291,7 @@ def evaluate_segmenter(checkpoint: Path, sources: Sequence[SegSource], indices: 
     model.to(device)
     pred, truth, _ = predict_split(model, sources, indices, normaliser, spec, device,
                                    spec.amp and device.type == "cuda")
-    report = seg_report(pred, truth, CLASSES, LESIONS, spec.empty)
+    report = seg_report(pred, truth, CLASSES, LESIONS, spec.empty, ids=indices)
     report["checkpoint_epoch"] = int(load_checkpoint(Path(checkpoint)).get("epoch", 0))
     if overlay_dir is not None:
         from medq.common.families.ct_lesions.overlay import write_review_overlays
