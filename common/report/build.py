@@ -39,8 +39,8 @@ def build_page(store: Store, job_ids: list[str], now: datetime) -> tuple[Page, l
             sections += compare_sections(kind, jobs)
         for data in jobs:
             sections += job_sections(kind, data, prefix=len(jobs) > 1)
-        title = (f"{kind.title.capitalize()} {jobs[0].id}" if len(jobs) == 1 else
-                 f"{kind.title.capitalize()}: {len(jobs)} jobs side by side")
+        name = kind.title[:1].upper() + kind.title[1:]  # "CT lesion ...", not "Ct lesion ..."
+        title = f"{name} {jobs[0].id}" if len(jobs) == 1 else f"{name}: {len(jobs)} jobs side by side"
         subtitle = "training, validation and test results from the medq store"
     facts = (("jobs", ", ".join(job_ids)), ("rendered", f"{as_of} UTC"), ("medq", __version__))
     return Page(title, subtitle, now.isoformat(), banners, tuple(sections), facts), running

@@ -51,17 +51,20 @@ def paired_tests(kind, jobs: list[JobData]) -> Table | Note:
         b = [other.values[k] for k in keys]
         test = stats.wilcoxon_paired(a, b)
         better = (test.median_difference < 0) == base.lower_is_better and test.median_difference != 0
-        rows.append((Cell(f"{data.id} vs {jobs[0].id}"), Cell(test.n), Cell(stats.mean_sd(a)[0], 3),
-                     Cell(stats.mean_sd(b)[0], 3), Cell(test.median_difference, 3), Cell(test.statistic, 1),
-                     Cell(test.p_value, 4),
-                     Cell("–" if test.p_value is None else
-                          (("better" if better else "worse") + (" (p < 0.05)" if test.p_value < 0.05 else
-                                                               ", not significant at 0.05")))))
+        mean_a, mean_b = stats.mean_sd(a)[0], stats.mean_sd(b)[0]
+        reading = "–" if test.p_value is None else (
+            f"{data.id} {'better' if better else 'worse'} on the typical image"
+            + (" (p < 0.05)" if test.p_value < 0.05 else "; not significant at 0.05"))
+        rows.append((Cell(f"{data.id} vs {jobs[0].id}"), Cell(test.n), Cell(mean_a, 3), Cell(mean_b, 3),
+                     Cell(None if mean_a is None or mean_b is None else mean_b - mean_a, 3),
+                     Cell(test.median_difference, 3), Cell(test.statistic, 1), Cell(test.p_value, 4), Cell(reading)))
     return Table(f"Paired test: {base.label}",
-                 ("comparison", "n", "mean (first)", "mean (other)", "median difference", "W", "p", "reading"),
-                 tuple(rows),
+                 ("comparison", "n", "mean (first)", "mean (other)", "mean difference", "median difference", "W", "p",
+                  "reading"), tuple(rows),
                  note="Wilcoxon signed-rank test, two-sided, on the per-image figures of the images both jobs "
-                      "evaluated (scipy.stats.wilcoxon); difference = other − first.")
+                      "evaluated (scipy.stats.wilcoxon); differences are other − first, per image. The test and the "
+                      "reading follow the median of the per-image differences (the typical image), which can point "
+                      "the other way from the difference of the means when a few images differ a lot.")
 
 
 def overlaid_curves(kind, jobs: list[JobData]) -> list:

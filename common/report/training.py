@@ -125,8 +125,10 @@ def learning_curves(data: JobData) -> list:
     panels = [CurvePlot("loss (solid: train, dashed: validation)", "epoch", "loss", tuple(c for c in losses if c))]
     panels += [CurvePlot(METRIC_LABELS.get(name, name), "epoch", METRIC_LABELS.get(name, name),
                          tuple(c for c in lines if c)) for name, lines in metrics.items()]
-    if any(rates):
-        panels.append(CurvePlot("learning rate", "epoch", "learning rate", tuple(c for c in rates if c)))
+    rates = [Curve(c.label, *zip(*[(x, y) for x, y in zip(c.x, c.y) if y > 0]), c.style, c.color)
+             for c in rates if c and any(y > 0 for y in c.y)]  # a log axis: a schedule that ends at 0 loses that point
+    if rates:
+        panels.append(CurvePlot("learning rate", "epoch", "learning rate", tuple(rates)))
     n_epochs = max(len(history) for _, history in members)
     phases: list[str] = []
     for _, history in members:
@@ -140,7 +142,7 @@ def learning_curves(data: JobData) -> list:
         "validation split after the epoch (dashed). The validation metric is the one model selection used. "
         "Learning rate per optimiser parameter group at the end of each epoch (log scale; drawn once when every "
         "seed shares it).",
-        logy=(False, *(False,) * len(metrics), True)))
+        logy=(False, *(False,) * len(metrics), bool(rates))))
     return blocks
 
 
