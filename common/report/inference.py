@@ -4,8 +4,8 @@ failed, which need a human look, how fast it ran, and what the model measured.
 Everything is aggregated by the database, in constant memory whatever the archive's size:
 counts with GROUP BY, throughput in time buckets grouped in SQL, each distribution a fixed-bin
 histogram computed in SQL from its min and max; only the first few flagged studies are read as
-rows. SQLite and PostgreSQL write timestamps and integer division differently: the two small
-SQL constructs below say how. Figures that ``medq results JOB --json`` also gives
+rows. SQLite and PostgreSQL spell epoch seconds, the floor and a JSON list's largest value
+differently: the small SQL constructs below say how. Figures that ``medq results JOB --json`` also gives
 (``views.infer_view``) are Cells with their paths. Studies are named by key (the hash of their
 archive path) and DICOM UIDs only: a file path may name a patient and never appears.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import Float, Integer, case, func, select
+from sqlalchemy import Float, Integer, func, literal, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -75,22 +75,25 @@ def _floor_postgres(element, compiler, **kw) -> str:  # a plain CAST would round
     return f"CAST(floor({compiler.process(element.clauses, **kw)}) AS INTEGER)"
 
 
-class greatest(FunctionElement):
-    """The largest of several numbers of one row."""
+class json_list_max(FunctionElement):
+    """The largest number of the JSON list under a key of a JSON column: one parse per row."""
 
     type = Float()
     inherit_cache = True
-    name = "greatest"
+    name = "json_list_max"
 
 
-@compiles(greatest)
-def _greatest_sqlite(element, compiler, **kw) -> str:  # max() of several arguments is scalar
-    return f"max({compiler.process(element.clauses, **kw)})"
+@compiles(json_list_max)
+def _list_max_sqlite(element, compiler, **kw) -> str:
+    column, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(SELECT max(value) FROM json_each({column}, '$.' || {key}))"
 
 
-@compiles(greatest, "postgresql")
-def _greatest_postgres(element, compiler, **kw) -> str:
-    return f"greatest({compiler.process(element.clauses, **kw)})"
+@compiles(json_list_max, "postgresql")
+def _list_max_postgres(element, compiler, **kw) -> str:
+    column, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return (f"(SELECT max(CAST(item AS double precision)) "
+            f"FROM json_array_elements_text({column} -> CAST({key} AS TEXT)) AS item)")
 
 
 @dataclass(frozen=True)
@@ -106,31 +109,34 @@ class Histogram:
 def histogram(s, x: ColumnElement, where: Sequence[Any], bins: int = BINS) -> Histogram | None:
     """Equal-width bins of ``x`` from its min to its max over the rows of ``where`` (the max goes
     in the last bin, as in numpy's histogram): two queries, no row read. None: no value."""
-    n, low, high, mean = s.execute(select(func.count(x), func.min(x), func.max(x), func.avg(x)).where(*where)).one()
+    # OFFSET 0 keeps both databases from merging the subquery into the outer query, where x (a
+    # JSON parse) would be computed once per aggregate; the subquery streams, nothing is stored
+    values = select(x.label("v")).where(*where).offset(0).subquery()
+    v = values.c.v
+    n, low, high, mean = s.execute(select(func.count(v), func.min(v), func.max(v), func.avg(v))).one()
     if not n:
         return None
     low, high, mean = float(low), float(high), float(mean)
     if high <= low:  # one value: one bin around it
         return Histogram((low - 0.5, low + 0.5), (int(n),), int(n), mean, low, high)
     width = (high - low) / bins
-    index = case((x >= high, bins - 1), (x <= low, 0), else_=floor_int((x - low) / width))
-    inner = select(index.label("bin")).where(*where, x.is_not(None)).subquery()
+    # v - low >= 0 for every row; the max (index == bins) goes in the last bin
+    inner = select(floor_int((v - low) / width).label("bin")).where(v.is_not(None)).subquery()
     counts = [0] * bins
     for b, c in s.execute(select(inner.c.bin, func.count()).group_by(inner.c.bin)):
-        counts[min(max(int(b), 0), bins - 1)] += int(c)
+        counts[min(int(b), bins - 1)] += int(c)
     return Histogram(tuple(low + i * width for i in range(bins + 1)), tuple(counts), int(n), mean, low, high)
 
 
 def study_value(s, job_id: str, key: str) -> ColumnElement | None:
     """The SQL value of ``key`` in a done study's result: the number, or the largest of a list of
-    numbers (one look at one study tells which, and the list's length); None: no such value."""
+    numbers (one look at one study tells which); None: no such value."""
     done = (Study.job_id == job_id, Study.state == "done")
     sample = s.scalar(select(Study.result[key]).where(*done, Study.result[key].as_string().is_not(None)).limit(1))
     if isinstance(sample, (int, float)) and not isinstance(sample, bool):
         return Study.result[key].as_float()
     if isinstance(sample, list) and sample and all(isinstance(v, (int, float)) for v in sample):
-        values = [Study.result[(key, i)].as_float() for i in range(len(sample))]
-        return values[0] if len(values) == 1 else greatest(*values)
+        return json_list_max(Study.result, literal(key))
     return None
 
 
