@@ -5,9 +5,9 @@ Everything is aggregated by the database, in constant memory whatever the archiv
 counts with GROUP BY, throughput in time buckets grouped in SQL, each distribution a fixed-bin
 histogram computed in SQL from its min and max; only the first few flagged studies are read as
 rows. SQLite and PostgreSQL spell epoch seconds, the floor and a JSON list's largest value
-differently: the small SQL constructs below say how. Figures that ``medq results JOB --json`` also gives
-(``views.infer_view``) are Cells with their paths. Studies are named by key (the hash of their
-archive path) and DICOM UIDs only: a file path may name a patient and never appears.
+differently: the small SQL constructs below say how. Figures that ``medq results JOB --json``
+also gives (``views.infer_view``) are Cells with their paths. Studies are named by key (the hash
+of their archive path) and DICOM UIDs only: a file path may name a patient and never appears.
 """
 
 from __future__ import annotations
