@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (not tests): queue overhead, training throughput, ensemble scaling."""
+    """Benchmarks (not tests): queue overhead, training throughput, ensemble scaling, reports."""
 
 
 def _timed_noops(send, n: int) -> dict:
@@ -34,6 +34,22 @@ def _timed_noops(send, n: int) -> dict:
         p.get(timeout=120)
     burst = n / (time.perf_counter() - start)
     return {"round_trip_ms": round(sequential, 2), "burst_tasks_per_s": round(burst, 1)}
+
+
+@bench.command("report")
+@click.option("--studies", "sizes", multiple=True, type=int, default=(10_000, 100_000), show_default=True,
+              help="an inference job of this many study records (repeat the option)")
+@click.option("--seeds", default=5, show_default=True, help="members of the training job")
+@click.option("--test-images", default=300, show_default=True, help="test images of the training job")
+@click.option("--database-url", default="", help="an empty store to fill  [default: a new SQLite file]")
+def bench_report(sizes: tuple[int, ...], seeds: int, test_images: int, database_url: str) -> None:
+    """Render time of a training report vs bare matplotlib drawing as many figures, and of
+    inference reports vs their SQL alone, with each render's peak RSS (a fresh process each)."""
+    from medq.scheduler.bench_report import run
+
+    root = Path(tempfile.mkdtemp(prefix="medq-bench-report-"))
+    url = database_url or f"sqlite:///{root / 'store.sqlite'}"
+    click.echo(json.dumps(run(url, root, tuple(sizes), seeds, test_images), indent=2))
 
 
 @bench.command("queue")

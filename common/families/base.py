@@ -205,6 +205,10 @@ class FamilyInference:
     default_chunk: ClassVar[int] = 256  # studies per chunk task
     needs_out_dir: ClassVar[bool] = False  # it writes files per study (masks): --out is required
     model_name: ClassVar[str] = "this"  # in messages: "an HRNet model supports ..."
+    # What the inference report draws as histograms of the done studies: (key in a study's
+    # ``result`` JSON, axis label with its unit). A key naming a list of numbers (a landmark
+    # model's spread per landmark) is drawn as each study's largest value.
+    report_distributions: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
         """Refuse, with a SpecError naming the option, what this family cannot honour."""

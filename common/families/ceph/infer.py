@@ -18,6 +18,7 @@ class CephInference(FamilyInference):
     ttas = ("none", "flip")  # flip only for a model trained with left/right pairs
     default_chunk = 256
     model_name = "an HRNet"
+    report_distributions = (("spread_px", "largest landmark spread of the study: checkpoints' disagreement (px)"),)
 
     def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
         super().check(options, checkpoints)

@@ -19,6 +19,7 @@ class ChestInference(FamilyInference):
     ttas = ("none", "flip")
     default_chunk = 256
     model_name = "a chest-landmark ensemble"
+    report_distributions = (("spread_px", "largest landmark spread of the study: members' disagreement (px)"),)
 
     def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
         super().check(options, checkpoints)

@@ -24,6 +24,8 @@ class LesionInference(FamilyInference):
     default_chunk = 4  # CT volumes per chunk task
     needs_out_dir = True  # a mask file per study
     model_name = "a segmentation"
+    report_distributions = (("lesion_total_ml", "lesion volume, ground glass + consolidation (ml)"),
+                            ("lung_involvement_pct", "lung involved: lesion / (lesion + other lung) voxels (%)"))
 
     def studies(self, archive: Any) -> Iterator[Any]:
         from medq.common.families.ct_lesions.volumes import plan_ct_studies
