@@ -13,7 +13,9 @@ from sqlalchemy import select
 from medq.common import subjects
 from medq.common.store import history
 from medq.common.store.db import Store
-from medq.common.store.models import Artifact, Job
+from medq.common.store.models import ENDED, Artifact, Job
+
+ENDED_STATES = {state.value for state in ENDED}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -123,7 +125,7 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
     remaining = studies.get("pending", 0)
     throughput = None
     if ran[0] and job.started_at:
-        end = ran[2] if remaining == 0 else utcnow()
+        end = ran[2] if remaining == 0 or job.state in ENDED_STATES else utcnow()  # an ended job's rate stops at its end
         seconds = max((end - job.started_at).total_seconds(), 1e-3)
         throughput = ran[0] / seconds
     view.update({
