@@ -12,7 +12,6 @@ of their archive path) and DICOM UIDs only: a file path may name a patient and n
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,8 +23,7 @@ from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from medq.common.report import plots
 from medq.common.report.data import JobData
-from medq.common.report.page import Cell, Figure, Note, Section, Table
-from medq.common.report.training import _duration, _time, _wall
+from medq.common.report.page import Cell, Figure, Note, Section, Table, clock, duration, seconds_between
 from medq.common.store.db import Store
 from medq.common.store.models import Chunk, Study
 
@@ -224,9 +222,9 @@ def overview(view: dict[str, Any], family_title: str) -> list[Table | Note]:
         (Cell("priority"), Cell(view.get("priority"), path="priority")),
         (Cell("window (local time)"), Cell(window or "none: runs at once", path="window" if window else None)),
         (Cell("window lifted by medq resume"), Cell(view.get("window_lifted"), path="window_lifted")),
-        (Cell("created"), Cell(_time(view.get("created_at")))), (Cell("started"), Cell(_time(view.get("started_at")))),
-        (Cell("finished"), Cell(_time(view["finished_at"]) if view.get("finished_at") else "not yet")),
-        (Cell("wall time"), Cell(_duration(_wall(view.get("started_at"), view.get("finished_at"))))),
+        (Cell("created"), Cell(clock(view.get("created_at")))), (Cell("started"), Cell(clock(view.get("started_at")))),
+        (Cell("finished"), Cell(clock(view["finished_at"]) if view.get("finished_at") else "not yet")),
+        (Cell("wall time"), Cell(duration(seconds_between(view.get("started_at"), view.get("finished_at"))))),
         (Cell("throughput (studies / s, since it last started)"), Cell(view.get("studies_per_s"), 2, "studies_per_s")),
         (Cell("time left (s)"), Cell(view.get("eta_s"), 0, "eta_s"))))
     chunks = view.get("chunks") or {}
@@ -274,13 +272,6 @@ def review(view: dict[str, Any], flagged: list[tuple[Any, ...]]) -> list[Table |
                               "study's archive path (the path itself may name a patient and is not shown).")]
 
 
-def _png(fig, title: str, caption: str) -> Figure:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=plots.DPI)
-    plots.plt.close(fig)
-    return Figure(title, plots.data_uri(buffer.getvalue()), caption, title)
-
-
 def rate_figure(rate: Rate) -> Figure:
     import matplotlib.dates as mdates
     import numpy as np
@@ -299,7 +290,7 @@ def rate_figure(rate: Rate) -> Figure:
     done = rate.per_state.get("done", ())
     busy = sum(1 for i in range(len(rate.starts)) if any(counts[i] for counts in rate.per_state.values()))
     bucket = "minute" if rate.width_s == 60 else f"{rate.width_s // 60} minutes"
-    return _png(fig, "Throughput over the night",
+    return plots.finish(fig, "Throughput over the night",
                 f"Studies recorded by the workers per {bucket} (shown per minute), by how they ended: "
                 f"{sum(done) * per_minute / max(busy, 1):.0f} done per minute on average while it ran, "
                 f"{max(done, default=0) * per_minute:.0f} at the peak. A gap is a closed window, a stopped worker "

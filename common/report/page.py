@@ -8,6 +8,7 @@ figure on the page is the figure the store holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Sequence
 
 
@@ -36,6 +37,32 @@ def format_value(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def clock(value: Any) -> str:
+    """A stored time (ISO text or datetime) as YYYY-MM-DD HH:MM:SS (UTC)."""
+    if value is None:
+        return "–"
+    value = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    """Seconds from ``start`` to ``end`` (None when either is missing)."""
+    if not start or not end:
+        return None
+    start = datetime.fromisoformat(start) if isinstance(start, str) else start
+    end = datetime.fromisoformat(end) if isinstance(end, str) else end
+    return (end - start).total_seconds()
+
+
+def duration(seconds: float | None) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def cell(value: Any, digits: int = 2, path: str | None = None, job: str | None = None, bold: bool = False) -> Cell:

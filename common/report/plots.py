@@ -27,7 +27,8 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _finish(fig, title: str, caption: str, alt: str = "") -> Figure:
+def finish(fig, title: str, caption: str, alt: str = "") -> Figure:
+    """A drawn matplotlib figure as a page Figure (PNG data URI); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
@@ -58,7 +59,7 @@ def curves(plot: CurvePlot, *, logy: bool = False, ylim: tuple[float, float] | N
         ax.set_ylim(*ylim)
     if len(plot.curves) > 1 or (plot.curves and plot.curves[0].label):
         ax.legend(fontsize=8, loc="best")
-    return _finish(fig, plot.title, plot.caption)
+    return finish(fig, plot.title, plot.caption)
 
 
 def panels(title: str, plots: Sequence[CurvePlot], caption: str = "", *, logy: Sequence[bool] = ()) -> Figure:
@@ -77,7 +78,7 @@ def panels(title: str, plots: Sequence[CurvePlot], caption: str = "", *, logy: S
         if len(plot.curves) > 1:
             ax.legend(fontsize=6.5, ncol=2 if len(plot.curves) > 6 else 1)
     fig.tight_layout()
-    return _finish(fig, title, caption)
+    return finish(fig, title, caption)
 
 
 def bars(title: str, labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None = None, *,
@@ -94,7 +95,7 @@ def bars(title: str, labels: Sequence[str], values: Sequence[float], errors: Seq
         ax.bar(positions, values, yerr=errors, capsize=2, color="#4a7ab5")
         ax.set_xticks(positions, labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
         ax.set_ylabel(ylabel)
-    return _finish(fig, title, caption)
+    return finish(fig, title, caption)
 
 
 def boxes(title: str, groups: dict[str, Sequence[float]], *, ylabel: str, caption: str = "") -> Figure:
@@ -104,7 +105,7 @@ def boxes(title: str, groups: dict[str, Sequence[float]], *, ylabel: str, captio
     ax.boxplot([np.asarray(groups[name], dtype=float) for name in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set_ylabel(ylabel)
-    return _finish(fig, title, caption)
+    return finish(fig, title, caption)
 
 
 def histogram(title: str, edges: Sequence[float], counts: Sequence[float], *, xlabel: str, ylabel: str = "studies",
@@ -115,7 +116,7 @@ def histogram(title: str, edges: Sequence[float], counts: Sequence[float], *, xl
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4a7ab5", edgecolor="white")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _finish(fig, title, caption)
+    return finish(fig, title, caption)
 
 
 def image_with_points(title: str, image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, *, caption: str = "",
@@ -131,7 +132,7 @@ def image_with_points(title: str, image: np.ndarray, truth: np.ndarray | None, p
     ax.scatter(pred[:, 0], pred[:, 1], s=14, c="red", marker="x", linewidths=1.0, label="prediction")
     ax.set_axis_off()
     ax.grid(False)
-    return _finish(fig, title, caption)
+    return finish(fig, title, caption)
 
 
 def png_file(title: str, path, caption: str = "") -> Figure | None:

@@ -4,37 +4,13 @@ attempts, resumes), its learning curves from the history table, and its throughp
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from medq.common.report import plots
 from medq.common.report.data import JobData
-from medq.common.report.page import Cell, Curve, CurvePlot, Figure, Note, Section, Table
+from medq.common.report.page import (
+    Cell, Curve, CurvePlot, Figure, Note, Section, Table, clock, duration, seconds_between,
+)
 
 METRIC_LABELS = {"val_error_px": "val error (px)", "val_mre_mm": "val MRE (mm)", "val_lesion_dice": "val lesion Dice"}
-
-
-def _time(value: Any) -> str:
-    if value is None:
-        return "–"
-    value = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _wall(start: Any, end: Any) -> float | None:
-    if not start or not end:
-        return None
-    start = datetime.fromisoformat(start) if isinstance(start, str) else start
-    end = datetime.fromisoformat(end) if isinstance(end, str) else end
-    return (end - start).total_seconds()
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def spec_table(data: JobData) -> Table:
@@ -59,9 +35,9 @@ def facts_table(data: JobData, title: str) -> Table:
             ("data folder", plan.get("data_dir", "–")), ("images", plan.get("n_images", "–")),
             ("split", sizes or "–"), *([("split by", plan["split_by"])] if "split_by" in plan else []), *extra,
             ("code version", plan.get("code_version", "not recorded (submitted by medq < 0.1.0 of this report)")),
-            ("created", _time(job["created_at"])), ("started", _time(job["started_at"])),
-            ("finished", _time(job["finished_at"]) if job["finished_at"] else "still running"),
-            ("wall time", _duration(_wall(job["started_at"], job["finished_at"])))]
+            ("created", clock(job["created_at"])), ("started", clock(job["started_at"])),
+            ("finished", clock(job["finished_at"]) if job["finished_at"] else "still running"),
+            ("wall time", duration(seconds_between(job["started_at"], job["finished_at"])))]
     if job.get("error"):
         rows.append(("error", job["error"]))
     return Table.of("Job", ("", ""), rows)
@@ -77,8 +53,8 @@ def members_table(data: JobData, metric_column: str, metric_label: str) -> Table
         history = data.results["members"][i]["history"] if i < len(data.results.get("members", [])) else []
         rows.append((
             Cell(member["seed"]), Cell(member["state"]), Cell(", ".join(workers) or "–"), Cell(", ".join(devices) or "–"),
-            Cell(_time(member["started_at"])), Cell(_time(member["finished_at"])),
-            Cell(_duration(_wall(member["started_at"], member["finished_at"]))),
+            Cell(clock(member["started_at"])), Cell(clock(member["finished_at"])),
+            Cell(duration(seconds_between(member["started_at"], member["finished_at"]))),
             Cell(data.results["members"][i]["attempts"], path=f"members.{i}.attempts"), Cell(resumes),
             Cell(len(history), path=None), Cell(member.get(metric_column), 3),
             Cell(_mean([e["images_per_s"] for e in history]), 1)))
