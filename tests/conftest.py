@@ -21,7 +21,7 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 def unavailable(reason: str):
     if IN_CI:
-        pytest.fail(f"{reason} (CI=true: servers are required)")
+        pytest.fail(f"{reason} (CI=true: the servers and tools the tests use are required)")
     pytest.skip(reason)
 
 
