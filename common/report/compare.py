@@ -50,21 +50,24 @@ def paired_tests(kind, jobs: list[JobData]) -> Table | Note:
         a = [base.values[k] for k in keys]
         b = [other.values[k] for k in keys]
         test = stats.wilcoxon_paired(a, b)
-        better = (test.median_difference < 0) == base.lower_is_better and test.median_difference != 0
         mean_a, mean_b = stats.mean_sd(a)[0], stats.mean_sd(b)[0]
-        reading = "–" if test.p_value is None else (
-            f"{data.id} {'better' if better else 'worse'} on the typical image"
-            + (" (p < 0.05)" if test.p_value < 0.05 else "; not significant at 0.05"))
-        rows.append((Cell(f"{data.id} vs {jobs[0].id}"), Cell(test.n), Cell(mean_a, 3), Cell(mean_b, 3),
-                     Cell(None if mean_a is None or mean_b is None else mean_b - mean_a, 3),
+        if test.p_value is None:
+            reading = "no image differs" if test.n and not test.n_changed else "–"
+        else:
+            better = test.direction != 0 and (test.direction < 0) == base.lower_is_better
+            reading = (f"{data.id} {'better' if better else 'worse'}" if test.direction else "no shift either way")
+            reading += " (p < 0.05)" if test.p_value < 0.05 else "; not significant at 0.05"
+        rows.append((Cell(f"{data.id} vs {jobs[0].id}"), Cell(test.n), Cell(test.n_changed), Cell(mean_a, 3),
+                     Cell(mean_b, 3), Cell(None if mean_a is None or mean_b is None else mean_b - mean_a, 3),
                      Cell(test.median_difference, 3), Cell(test.statistic, 1), Cell(test.p_value, 4), Cell(reading)))
     return Table(f"Paired test: {base.label}",
-                 ("comparison", "n", "mean (first)", "mean (other)", "mean difference", "median difference", "W", "p",
-                  "reading"), tuple(rows),
+                 ("comparison", "n", "n differing", "mean (first)", "mean (other)", "mean difference",
+                  "median difference", "W", "p", "reading"), tuple(rows),
                  note="Wilcoxon signed-rank test, two-sided, on the per-image figures of the images both jobs "
-                      "evaluated (scipy.stats.wilcoxon); differences are other − first, per image. The test and the "
-                      "reading follow the median of the per-image differences (the typical image), which can point "
-                      "the other way from the difference of the means when a few images differ a lot.")
+                      "evaluated (scipy.stats.wilcoxon); differences are other − first, per image. Images whose values do "
+                      "not differ are left out of the ranks (n differing is what the test ranks). The reading follows "
+                      "the test: which way the ranked differences lean (R+ against R−), which can differ from the "
+                      "difference of the means when a few images differ a lot.")
 
 
 def overlaid_curves(kind, jobs: list[JobData]) -> list:

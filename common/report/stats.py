@@ -30,19 +30,28 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
 @dataclass(frozen=True)
 class PairedTest:
     n: int  # pairs compared (images in both jobs' test results)
-    median_difference: float  # median of (b - a): negative means b has the lower value
+    n_changed: int  # pairs whose values differ: the ones the signed-rank test ranks
+    median_difference: float  # median of (b - a) over all pairs
+    direction: int  # -1: b lower, +1: b higher, 0: no shift (sign of the signed-rank sums R+ - R-)
     statistic: float | None
-    p_value: float | None  # two-sided; None when every difference is zero or n < 2
+    p_value: float | None  # two-sided; None when no pair differs or n < 2
 
 
 def wilcoxon_paired(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """The Wilcoxon signed-rank test of paired per-image values (two-sided, SciPy)."""
-    from scipy.stats import wilcoxon
+    """The Wilcoxon signed-rank test of paired per-image values (two-sided, SciPy's default
+    "wilcox" zero method: pairs that do not differ are left out of the ranks). The direction is
+    the one the test weighs, the sign of R+ - R- over the ranked differences, not the median of
+    the differences, which is 0 whenever most images score alike (CT slices empty in both)."""
+    from scipy.stats import rankdata, wilcoxon
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     difference = b - a
     n = int(difference.size)
-    if n < 2 or not np.any(difference):
-        return PairedTest(n, float(np.median(difference)) if n else 0.0, None, None)
+    changed = difference[difference != 0]
+    median = float(np.median(difference)) if n else 0.0
+    if n < 2 or changed.size == 0:
+        return PairedTest(n, int(changed.size), median, 0, None, None)
+    ranks = rankdata(np.abs(changed))
+    direction = int(np.sign(ranks[changed > 0].sum() - ranks[changed < 0].sum()))
     result = wilcoxon(a, b, alternative="two-sided")
-    return PairedTest(n, float(np.median(difference)), float(result.statistic), float(result.pvalue))
+    return PairedTest(n, int(changed.size), median, direction, float(result.statistic), float(result.pvalue))
