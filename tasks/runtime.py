@@ -133,6 +133,12 @@ class MemberRun:
 
     def __exit__(self, *exc) -> None:
         self.heartbeat.stop()
+        with self._epochs_lock:
+            epochs, self._epochs = list(self._epochs), []
+        if epochs:  # the lease was lost, or the end was not recorded: the history keeps them anyway
+            recorded(f"record the history of member {self.member_id}",
+                     lambda: jobs.record_epochs(self.store, self.member_id, epochs),
+                     f"epochs {epochs[0]['epoch']}-{epochs[-1]['epoch']} stay out of its training history")
 
     def progress(self, p) -> None:
         """TrainHooks.progress: remember the latest numbers; send a Celery event now and then."""

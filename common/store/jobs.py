@@ -142,6 +142,18 @@ def renew_lease(store: Store, member_id: int, owner: str, lease_seconds: int,
         return ours
 
 
+def record_epochs(store: Store, member_id: int, epochs: Iterable[dict[str, Any]]) -> int:
+    """Epochs a member attempt finished (their checkpoints written) that its heartbeat or end did
+    not get into the store: written whoever holds the lease now, since the attempt that resumes
+    from those checkpoints will not run them again. An upsert: written twice, stored once."""
+    epochs = list(epochs)
+    if not epochs:
+        return 0
+    with store.session() as s:
+        job_id = s.scalar(select(Member.job_id).where(Member.id == member_id))
+        return history.write_epochs(s, member_id, job_id, epochs) if job_id else 0
+
+
 def cancel_requested(store: Store, job_id: str) -> bool:
     with store.session() as s:
         return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

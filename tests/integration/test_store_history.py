@@ -44,3 +44,12 @@ def test_a_member_given_back_keeps_the_epochs_it_finished(store):
     job_id, member_id = _claimed(store)
     assert jobs.release_member(store, member_id, "owner-a", "transient", epochs=[_epoch(1, 0.9)])
     assert [e["epoch"] for e in views.job_results(store, job_id)["members"][0]["history"]] == [1]
+
+
+def test_epochs_of_an_attempt_that_lost_its_lease_are_kept_once(store):
+    """The attempt checkpointed epoch 1 and then lost its lease: the next attempt resumes after
+    epoch 1 and will not run it again, so the stale attempt's record is the history's."""
+    job_id, member_id = _claimed(store)
+    assert jobs.record_epochs(store, member_id, [_epoch(1, 0.9)]) == 1
+    assert jobs.record_epochs(store, member_id, [_epoch(1, 0.9)]) == 1  # its exit writes it again: still one row
+    assert [e["epoch"] for e in views.job_results(store, job_id)["members"][0]["history"]] == [1]
