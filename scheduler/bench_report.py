@@ -118,9 +118,9 @@ def _history(rng, seed: int, spec) -> list[dict[str, Any]]:
         head = epoch <= spec.epochs_head
         t = (epoch - spec.epochs_head) / max(spec.epochs, 1)
         decay = np.exp(-epoch / 8.0)
-        lrs = ({"0": spec.lr_head} if head else
-               {"0": spec.lr_finetune_backbone * (0.1 + 0.9 * (1 + np.cos(np.pi * t)) / 2),
-                "1": spec.lr_finetune_head * (0.1 + 0.9 * (1 + np.cos(np.pi * t)) / 2)})
+        lrs = ({"head": spec.lr_head} if head else
+               {"backbone": spec.lr_finetune_backbone * (0.1 + 0.9 * (1 + np.cos(np.pi * t)) / 2),
+                "head": spec.lr_finetune_head * (0.1 + 0.9 * (1 + np.cos(np.pi * t)) / 2)})
         epochs.append({"epoch": epoch, "phase": "head" if head else "finetune",
                        "train_loss": float(0.05 + decay * (1 + 0.05 * rng.standard_normal())),
                        "val_loss": float(0.07 + decay * (1.1 + 0.08 * rng.standard_normal())),

@@ -188,7 +188,7 @@ def epoch_record(p, attempt: int) -> dict[str, Any]:
     """A finished epoch (a Progress with epoch_done) as the history stores it."""
     return {"epoch": p.epoch, "phase": p.phase, "train_loss": _finite(p.train_loss), "val_loss": _finite(p.val_loss),
             "metrics": {name: _finite(value) for name, value in (p.metrics or {}).items()},
-            "lrs": {str(i): _finite(lr) for i, lr in enumerate(p.lrs or ())},
+            "lrs": {str(name): _finite(lr) for name, lr in (p.lrs or {}).items()},
             "images_per_s": _finite(p.images_per_s), "wall_s": _finite(p.wall_s), "attempt": attempt}
 
 

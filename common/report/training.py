@@ -77,6 +77,10 @@ def _line(history: list[dict], values, label: str, style: str = "-", color: str 
     return Curve(label, tuple(p[0] for p in points), tuple(p[1] for p in points), style, color)
 
 
+def _group(name: str) -> str:
+    return f"group {name}" if name.isdigit() else name
+
+
 def learning_curves(data: JobData) -> list:
     """Every member in one figure, one colour per seed: training (solid) and validation (dashed)
     loss, each validation metric, and the learning rate of each parameter group."""
@@ -93,10 +97,10 @@ def learning_curves(data: JobData) -> list:
         for name in sorted({n for e in history for n in (e["metrics"] or {})}):
             metrics.setdefault(name, []).append(
                 _line(history, [(e["metrics"] or {}).get(name) for e in history], f"seed {seed}", "-", color))
-        groups = sorted({g for e in history for g in (e["lrs"] or {})}, key=int)
+        groups = sorted({g for e in history for g in (e["lrs"] or {})}, key=lambda g: (not g.isdigit(), g.zfill(4)))
         if i == 0 or [e["lrs"] for e in history] != [e["lrs"] for e in members[0][1]][:len(history)]:
             rates += [_line(history, [(e["lrs"] or {}).get(g) for e in history],
-                            f"seed {seed} group {g}" if i else f"group {g}", ("-", "--", ":")[j % 3],
+                            f"seed {seed} {_group(g)}" if i else _group(g), ("-", "--", ":")[j % 3],
                             color) for j, g in enumerate(groups)]
     panels = [CurvePlot("loss (solid: train, dashed: validation)", "epoch", "loss", tuple(c for c in losses if c))]
     panels += [CurvePlot(METRIC_LABELS.get(name, name), "epoch", METRIC_LABELS.get(name, name),
@@ -116,7 +120,8 @@ def learning_curves(data: JobData) -> list:
         f"Every finished epoch of every member (up to {n_epochs}; phases: {', '.join(phases) or '–'}), one colour "
         "per seed. Loss is the training objective: mean over the epoch's training batches (solid) and on the "
         "validation split after the epoch (dashed). The validation metric is the one model selection used. "
-        "Learning rate per optimiser parameter group at the end of each epoch (log scale; drawn once when every "
+        "Learning rate per optimiser parameter group (by the family's name for it, e.g. head and backbone) at the end "
+        "of each epoch (log scale; drawn once when every "
         "seed shares it).",
         logy=(False, *(False,) * len(metrics), bool(rates))))
     return blocks

@@ -170,7 +170,7 @@ class EpochRecord(Base):
     train_loss: Mapped[float | None]
     val_loss: Mapped[float | None]
     metrics: Mapped[dict[str, Any]]  # the family's validation metrics by name: {"val_error_px": 7.9}
-    lrs: Mapped[dict[str, Any]]  # learning rate per optimiser parameter group: {"0": 2e-5, "1": 2e-4}
+    lrs: Mapped[dict[str, Any]]  # learning rate per parameter group, by name or index: {"backbone": 2e-5, "head": 2e-4}
     images_per_s: Mapped[float | None]
     wall_s: Mapped[float | None]  # the epoch's wall time: training and validation
     attempt: Mapped[int] = mapped_column(default=1)

@@ -41,13 +41,15 @@ class Progress:
     # Set when epoch_done, for the training history: the family's validation metrics by name,
     # the learning rate of each optimiser parameter group, and the epoch's wall time.
     metrics: dict[str, float] = field(default_factory=dict)
-    lrs: tuple[float, ...] = ()
+    lrs: dict[str, float] = field(default_factory=dict)  # by parameter group name ("head"), else its index
     wall_s: float | None = None
 
 
-def learning_rates(optimizer: torch.optim.Optimizer) -> tuple[float, ...]:
-    """The learning rate of each parameter group, as the history records them."""
-    return tuple(float(group["lr"]) for group in optimizer.param_groups)
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate of each parameter group, as the history records them: by the group's
+    ``name`` when the family gives one (a group's index means different parameters in two
+    phases), else by its index."""
+    return {str(group.get("name", i)): float(group["lr"]) for i, group in enumerate(optimizer.param_groups)}
 
 
 def _no_progress(progress: Progress) -> None:

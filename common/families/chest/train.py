@@ -99,11 +99,11 @@ def make_optimizer(model: torch.nn.Module, spec: EnsembleSpec, phase: str) -> to
     for parameter in backbone_parameters(model):
         parameter.requires_grad_(not frozen)
     if frozen:
-        groups = [{"params": list(head_parameters(model)), "lr": spec.lr_head}]
+        groups = [{"params": list(head_parameters(model)), "lr": spec.lr_head, "name": "head"}]
     else:
         groups = [
-            {"params": list(backbone_parameters(model)), "lr": spec.lr_finetune_backbone},
-            {"params": list(head_parameters(model)), "lr": spec.lr_finetune_head},
+            {"params": list(backbone_parameters(model)), "lr": spec.lr_finetune_backbone, "name": "backbone"},
+            {"params": list(head_parameters(model)), "lr": spec.lr_finetune_head, "name": "head"},
         ]
     return torch.optim.Adam(groups, weight_decay=spec.weight_decay)
 
