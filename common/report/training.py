@@ -62,7 +62,8 @@ def members_table(data: JobData, metric_column: str, metric_label: str) -> Table
                     ("seed", "state", "worker", "device", "started", "finished", "wall", "attempts", "resumes",
                      "epochs", f"best {metric_label}", "images/s"), rows,
                     note="images/s: training images per second, mean over the member's epochs (the history table). "
-                         "A resume is an attempt that started from a checkpoint.")
+                         "A resume is an attempt that started from a checkpoint. Best: the validation figure of the "
+                         "epoch model selection kept (while a member runs: its latest epoch's).")
 
 
 def _mean(values) -> float | None:

@@ -49,8 +49,10 @@ class LesionFamily(Family):
         checkpoints = {"last": outcome.last_checkpoint}
         if outcome.best_epoch:
             checkpoints["best"] = outcome.best_checkpoint
-        # val_loss stays the latest epoch's validation loss (set by the progress reports)
-        fields = {"epoch": outcome.epochs_run, "device": outcome.device, "images_per_s": outcome.train_slices_per_s}
+        # val_loss stays the latest epoch's validation loss (set by the progress reports); val_score
+        # is the best epoch's lesion Dice, the figure model selection kept
+        fields = {"epoch": outcome.epochs_run, "device": outcome.device, "images_per_s": outcome.train_slices_per_s,
+                  **({"val_score": outcome.best_val_dice} if outcome.best_val_dice is not None else {})}
         return Trained(outcome.cancelled, fields, checkpoints, outcome.resumed_from_epoch)
 
     def evaluate(self, spec, plan: dict[str, Any], members: Sequence[MemberCheckpoint]) -> dict[str, dict]:
