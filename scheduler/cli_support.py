@@ -95,8 +95,9 @@ def wait_and_report(job_id: str) -> int:
     state = watch_job(store, job_id, console(stderr=True))
     from medq.common.store.views import job_results
 
-    print_results(out, job_results(store, job_id))
-    return 0 if state == "succeeded" else 1
+    results = job_results(store, job_id)
+    print_results(out, results)
+    return 0 if state == "succeeded" and not results.get("pdf_error") else 1
 
 
 def announce(job_id: str, wait: bool) -> None:

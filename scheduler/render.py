@@ -140,6 +140,8 @@ def _print_report(console: Console, results: dict) -> None:
         console.print(f"  html  {escape(results['html'])}")
         if results.get("pdf"):
             console.print(f"  pdf   {escape(results['pdf'])}")
+        if results.get("pdf_error"):
+            console.print(f"[red]  no pdf: {escape(results['pdf_error'])}[/]")
         if results.get("running"):
             console.print(f"[yellow]rendered while {', '.join(results['running'])} still ran[/]")
     else:

@@ -49,8 +49,12 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
         if members:
             log.warning("%d queued member(s) were not on the broker; sent again", len(members))
         for job_id in recovery.redispatch_evaluations(store, lambda job_id, kind: send_evaluation(app, job_id, kind),
-                                                      queue_empty_since=older_than):
+                                                      queue_empty_since=older_than, reports=False):
             log.warning("job %s: its evaluation was not on the broker; sent again", job_id)
+    if queue_depth(app, names.REPORT_QUEUE) == 0:
+        for job_id in recovery.redispatch_evaluations(store, lambda job_id, kind: send_evaluation(app, job_id, kind),
+                                                      queue_empty_since=older_than, reports=True):
+            log.warning("report %s was not on the broker; sent again", job_id)
     chunks: list[int] = []
     for priority, queue in names.INFER_QUEUES.items():
         if queue_depth(app, queue) == 0:

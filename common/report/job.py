@@ -26,6 +26,11 @@ def render_job(store: Store, spec_data: dict[str, Any], report_id: str | None = 
     render.write_html(page, html_path)
     outputs = {"html": str(html_path), "pdf": None, "as_of": now.isoformat(), "jobs": list(spec.jobs),
                "running": running}
-    if spec.pdf:
-        outputs["pdf"] = str(render.write_pdf(html_path, pdf_path))
+    if spec.pdf:  # the page stays, and says why there is no PDF, if printing fails
+        from medq.common.errors import JobError
+
+        try:
+            outputs["pdf"] = str(render.write_pdf(html_path, pdf_path))
+        except JobError as exc:
+            outputs["pdf_error"] = str(exc)
     return outputs

@@ -66,9 +66,11 @@ def _has_something(s, job: Job) -> None:
 
 
 def _test_split(job: Job) -> tuple:
+    """What names a job's test images: its test keys (stems, slice indexes) in its data folder,
+    and any extra test folders the plan lists, by their full paths."""
     plan = job.plan or {}
-    return (tuple(sorted((plan.get("split") or {}).get("test", []))),
-            tuple(sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in plan.get("test_dirs", []))))
+    return (tuple(sorted((plan.get("split") or {}).get("test", []))), plan.get("data_dir"),
+            tuple(sorted(plan.get("test_dirs", []))))
 
 
 def _same_test_split(jobs: list[Job]) -> None:
@@ -80,5 +82,6 @@ def _same_test_split(jobs: list[Job]) -> None:
             raise SpecError(
                 f"jobs {jobs[0].id} and {job.id} have different test splits ({len(first[0])} and {len(other[0])} "
                 f"images, {len(only_a)} only in the first, {len(only_b)} only in the second"
-                + (", different extra test sets" if first[1] != other[1] else "")
+                + (f", data folders {first[1]} and {other[1]}" if first[1] != other[1] else "")
+                + (", different extra test sets" if first[2] != other[2] else "")
                 + "): a side-by-side comparison needs the same test images (the same data and split seed)")

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import func, select, update
 
-from medq.common.specs import INFER_KIND
+from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.locking import locked_job, row_and_locked_job
@@ -265,6 +265,10 @@ def request_cancel(store: Store, job_id: str) -> Job | None:
         if job is None or State(job.state).ended:
             return job
         job.cancel_requested = True
+        if job.kind == REPORT_KIND:  # no members: it ends now; a render under way finds its lease gone
+            job.state, job.finished_at, job.error = State.CANCELLED.value, now, "cancelled"
+            job.eval_state, job.eval_lease_owner, job.eval_lease_expires_at = EvalState.SKIPPED.value, None, None
+            return job
         if job.kind == INFER_KIND:
             from medq.common.store.inference import cancel_chunks
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from sqlalchemy import and_, exists, or_, select, update
 
-from medq.common.specs import INFER_KIND
+from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.store.db import Store
 from medq.common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
 from medq.common.store.locking import each_job_locked
@@ -99,16 +99,19 @@ def resend_queued_members(store: Store, older_than: datetime, send: Callable[[in
 
 
 def redispatch_evaluations(store: Store, send: Callable[[str, str], None],
-                           queue_empty_since: datetime | None = None) -> list[str]:
+                           queue_empty_since: datetime | None = None, reports: bool | None = None) -> list[str]:
     """Evaluations (and reports: a report job's one task is leased the same way) taken by a
     worker that died (lease lapsed), or dispatched and never taken: sent again, as
-    ``send(job_id, kind)``. "Never taken" means longer than the dispatch grace, or, when the caller has seen the
+    ``send(job_id, kind)``. ``reports``: True for report jobs only, False for training jobs only
+    (each has its own queue to look at), None for both. "Never taken" means longer than the dispatch grace, or, when the caller has seen the
     training queue empty (``queue_empty_since``: dispatched before this), since before then."""
     now = utcnow()
     dispatched_before = now - EVAL_DISPATCH_GRACE if queue_empty_since is None else queue_empty_since
     lost = or_(and_(Job.eval_state == EvalState.RUNNING.value, Job.eval_lease_expires_at < now),
                and_(Job.eval_state == EvalState.DISPATCHED.value,
                     Job.eval_lease_expires_at < dispatched_before + EVAL_DISPATCH_GRACE))
+    if reports is not None:
+        lost = and_(lost, (Job.kind == REPORT_KIND) if reports else (Job.kind != REPORT_KIND))
     with store.session() as s:
         job_ids = list(s.scalars(select(Job.id).where(lost)))
 

@@ -43,3 +43,25 @@ def test_a_failed_report_says_why(store):
     assert evaluation.fail_evaluation(store, report_id, "w", "--pdf needs headless Chromium", what="report")
     view = views.job_results(store, report_id)
     assert view["state"] == "failed" and view["error"] == "report failed: --pdf needs headless Chromium"
+
+
+def test_a_report_not_on_the_broker_is_sent_again_only_when_the_report_queue_is_empty(store):
+    report_id = evaluation.create_report_job(store, {"jobs": ["abc"], "out_dir": "/r", "pdf": False}, {})
+    later = utcnow() + timedelta(seconds=1)  # a queue seen empty since after it was dispatched
+    sent = []
+    assert recovery.redispatch_evaluations(store, lambda job_id, kind: sent.append(job_id),
+                                           queue_empty_since=later, reports=False) == []  # the training queue
+    assert recovery.redispatch_evaluations(store, lambda job_id, kind: sent.append(job_id),
+                                           queue_empty_since=later, reports=True) == [report_id]
+    assert sent == [report_id]
+
+
+def test_cancelling_a_report_ends_it_and_a_render_under_way_stands_down(store):
+    from medq.common.store import jobs
+
+    report_id = evaluation.create_report_job(store, {"jobs": ["abc"], "out_dir": "/r", "pdf": False}, {})
+    assert evaluation.claim_evaluation(store, report_id, "w", 60)
+    jobs.request_cancel(store, report_id)
+    assert not evaluation.record_results(store, report_id, "w", {subjects.REPORT: {"html": "/r/x.html"}})
+    view = views.job_results(store, report_id)
+    assert view["state"] == "cancelled" and "html" not in view
