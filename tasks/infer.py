@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from medq.common.errors import JobError, is_transient, transient_reason
+from medq.common.errors import JobError, describe, is_transient, transient_reason
 from medq.common.store import open_store
 from medq.common.store import inference as store_ops
 from medq.common.store.jobs import cancel_requested
@@ -64,7 +64,7 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) 
         if is_transient(exc):
             return _retry(self, store, chunk_id, owner, claim, faults, exc)
         log.exception("chunk %s of job %s crashed", claim.index, claim.job_id)
-        return _finish(store, chunk_id, owner, "failed", f"{type(exc).__name__}: {exc}")
+        return _finish(store, chunk_id, owner, "failed", describe(exc))  # the text may name a patient's file
     if beat.lease_lost.is_set():
         return "stood down: lease lost"
     state = _finish(store, chunk_id, owner, "cancelled" if beat.cancelled.is_set() else "succeeded")

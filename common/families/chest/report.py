@@ -231,7 +231,9 @@ def _tiles(data, per: dict, worst) -> list:
     from medq.common.families.chest.csvio import CSV_NAME, IMAGES_DIR, read_landmark_csv
     from medq.common.errors import DataError
 
-    folder = Path(data.plan.get("data_dir") or "")
+    if not data.plan.get("data_dir"):
+        return [Note("No images: the job does not record its data folder.", "warn")]
+    folder = Path(data.plan["data_dir"])
     try:
         truth = {r.stem: np.asarray(r.points, dtype=float) for r in read_landmark_csv(folder / CSV_NAME)}
     except (OSError, DataError) as exc:

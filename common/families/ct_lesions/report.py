@@ -179,7 +179,8 @@ def overlay_blocks(results: dict[str, Any], plan: dict[str, Any]) -> list:
         return []
     i, m = found
     folder = m.get("overlays")
-    files = sorted(Path(folder).glob("slice-*.png"), key=lambda f: int(f.stem.split("-")[1])) if folder else []
+    files = sorted((f for f in Path(folder).glob("slice-*.png") if f.stem.split("-", 1)[1].isdigit()),
+                   key=lambda f: int(f.stem.split("-", 1)[1])) if folder else []  # a stray file is not a slice
     if not files:
         why = f"the folder {folder} is gone or empty" if folder else "the evaluation wrote none"
         return [Note(f"No review overlays: {why} (they are written beside the checkpoint; a moved or cleaned "
@@ -189,7 +190,7 @@ def overlay_blocks(results: dict[str, Any], plan: dict[str, Any]) -> list:
     p = f"sets.{i}.metrics.per_slice"
     rows, figures = [], []
     for file in files:
-        index = int(file.stem.split("-")[1])
+        index = int(file.stem.split("-", 1)[1])
         cells = [Cell(index), Cell(names.get(index, "–"))]
         if index in ids:
             k = ids.index(index)
