@@ -102,11 +102,12 @@ def status(job, as_json, limit) -> None:
 
             print_results(console(), job_results(store, view["job_id"]))
             return
-        from medq.common.store.views import job_results
+        from medq.common.store.history import validation_curves
         from medq.scheduler.render import console, members_table
 
-        curves = {m["seed"]: [e["val_loss"] for e in m["history"]] for m in job_results(store, view["job_id"])["members"]}
-        console().print(members_table(view, curves if any(curves.values()) else None))
+        with store.session() as s:
+            curves = validation_curves(s, view["job_id"])
+        console().print(members_table(view, curves or None))
         if view["error"]:
             click.echo(f"error: {view['error']}")
         return

@@ -106,6 +106,9 @@ class Family:
     kind: ClassVar[str]  # the job kind: the word of `medq submit <kind>`, stored on every job row
     title: ClassVar[str]  # for people: "chest-landmark ensemble"
     member_metric: ClassVar[MemberMetric] = MemberMetric("val_error_px", "val px")
+    # the validation metrics its loop reports by name each epoch (Progress.metrics), for people:
+    # the training history's curves are labelled with these
+    history_metrics: ClassVar[dict[str, str]] = {}
     # imported by every worker pool process at start-up, so a first task does not wait on them
     engine_modules: ClassVar[tuple[str, ...]] = ()
 

@@ -47,7 +47,8 @@ def build_page(store: Store, job_ids: list[str], now: datetime) -> tuple[Page, l
 
 
 def job_sections(kind, data: JobData, prefix: bool = False) -> list[Section]:
-    sections = training.sections(data, kind.title, kind.member_metric.column, kind.member_metric.label)
+    sections = training.sections(data, kind.title, kind.member_metric.column, kind.member_metric.label,
+                                 kind.history_metrics)
     sections += kind.report_sections(data)
     if prefix:  # several jobs: say whose section it is
         sections = [Section(f"{data.id}: {s.title}" if data.id not in s.title else s.title, s.blocks, s.job)

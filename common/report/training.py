@@ -10,7 +10,6 @@ from medq.common.report.page import (
     Cell, Curve, CurvePlot, Figure, Note, Section, Table, clock, duration, seconds_between,
 )
 
-METRIC_LABELS = {"val_error_px": "val error (px)", "val_mre_mm": "val MRE (mm)", "val_lesion_dice": "val lesion Dice"}
 
 
 def spec_table(data: JobData) -> Table:
@@ -82,7 +81,7 @@ def _group(name: str) -> str:
     return f"group {name}" if name.isdigit() else name
 
 
-def learning_curves(data: JobData) -> list:
+def learning_curves(data: JobData, labels: dict[str, str] | None = None) -> list:
     """Every member in one figure, one colour per seed: training (solid) and validation (dashed)
     loss, each validation metric, and the learning rate of each parameter group."""
     members = [(m["seed"], m.get("history") or []) for m in data.results.get("members", [])]
@@ -104,7 +103,8 @@ def learning_curves(data: JobData) -> list:
                             f"seed {seed} {_group(g)}" if i else _group(g), ("-", "--", ":")[j % 3],
                             color) for j, g in enumerate(groups)]
     panels = [CurvePlot("loss (solid: train, dashed: validation)", "epoch", "loss", tuple(c for c in losses if c))]
-    panels += [CurvePlot(METRIC_LABELS.get(name, name), "epoch", METRIC_LABELS.get(name, name),
+    labels = labels or {}
+    panels += [CurvePlot(labels.get(name, name), "epoch", labels.get(name, name),
                          tuple(c for c in lines if c)) for name, lines in metrics.items()]
     rates = [Curve(c.label, *zip(*[(x, y) for x, y in zip(c.x, c.y) if y > 0]), c.style, c.color)
              for c in rates if c and any(y > 0 for y in c.y)]  # a log axis: a schedule that ends at 0 loses that point
@@ -142,10 +142,11 @@ def throughput(data: JobData) -> Figure | None:
                                   "per member; a drop marks a slower device or a shared host."), markers=True)
 
 
-def sections(data: JobData, title: str, metric_column: str, metric_label: str) -> list[Section]:
+def sections(data: JobData, title: str, metric_column: str, metric_label: str,
+             history_labels: dict[str, str] | None = None) -> list[Section]:
     return [
         Section.of(f"Training job {data.id}", [facts_table(data, title), members_table(data, metric_column, metric_label),
                                               spec_table(data)], data.id),
-        Section.of("Learning curves and throughput", [*learning_curves(data), throughput(data)], data.id),
+        Section.of("Learning curves and throughput", [*learning_curves(data, history_labels), throughput(data)], data.id),
     ]
 

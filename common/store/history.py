@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from medq.common.store.models import EpochRecord, utcnow
+from medq.common.store.models import EpochRecord, Member, utcnow
 
 FIELDS = ("phase", "train_loss", "val_loss", "metrics", "lrs", "images_per_s", "wall_s", "attempt")
 _INSERT = {"postgresql": pg_insert, "sqlite": sqlite_insert}
@@ -60,3 +60,13 @@ def job_history(s, job_id: str) -> dict[int, list[dict[str, Any]]]:
                          .order_by(EpochRecord.member_id, EpochRecord.epoch)):
         history.setdefault(row.member_id, []).append(epoch_view(row))
     return history
+
+
+def validation_curves(s, job_id: str) -> dict[int, list[float | None]]:
+    """seed -> its validation loss per finished epoch, in order (what `medq status JOB` draws)."""
+    curves: dict[int, list[float | None]] = {}
+    for seed, val_loss in s.execute(select(Member.seed, EpochRecord.val_loss)
+                                    .join(EpochRecord, EpochRecord.member_id == Member.id)
+                                    .where(EpochRecord.job_id == job_id).order_by(Member.seed, EpochRecord.epoch)):
+        curves.setdefault(seed, []).append(val_loss)
+    return curves

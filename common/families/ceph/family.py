@@ -23,6 +23,7 @@ class CephFamily(Family):
     kind = "hrnet"
     title = "cephalometric HRNet"
     member_metric = MemberMetric("val_score", "val MRE")  # mm, or px when the spacing is unknown
+    history_metrics = {"val_mre_mm": "val MRE (mm)", "val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.ceph.infer:INFERENCE"
     engine_modules = ("medq.common.families.ceph.train",)
 

@@ -22,6 +22,7 @@ class ChestFamily(Family):
     kind = "ensemble"
     title = "chest-landmark ensemble"
     member_metric = MemberMetric("val_error_px", "val px")
+    history_metrics = {"val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.chest.infer:INFERENCE"
     engine_modules = ("medq.common.families.chest.train", "medq.common.families.chest.evaluate")
 

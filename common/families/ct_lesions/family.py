@@ -24,6 +24,7 @@ class LesionFamily(Family):
     kind = "segment"
     title = "CT lesion segmentation"
     member_metric = MemberMetric("val_score", "val Dice", 3)  # the validation split's lesion Dice
+    history_metrics = {"val_lesion_dice": "val lesion Dice"}
     inference_ref = "medq.common.families.ct_lesions.infer:INFERENCE"
     engine_modules = ("medq.common.families.ct_lesions.train",)
 
