@@ -161,10 +161,21 @@ class Family:
         return []
 
     # -- reports (common/report/) --------------------------------------------------------------------
+    # "package.module" of its report functions, imported when a report is built (they draw with
+    # matplotlib): sections(data), headline(results), paired_errors(results), curves(results)
+    report_ref: ClassVar[str] = ""
+
+    def _report(self, name: str):
+        import importlib
+
+        return getattr(importlib.import_module(self.report_ref), name) if self.report_ref else None
+
     def report_sections(self, data: Any) -> list[Any]:
         """This family's sections of a job's report (``report.page.Section``), after the part
         every training job has (spec, members, learning curves). ``data``: report.data.JobData.
-        By default its result tables, as `medq results` prints them."""
+        Without a report module: its result tables, as `medq results` prints them."""
+        if self.report_ref:
+            return self._report("sections")(data)
         from medq.common.report.page import Note, Section, Table
 
         if not data.results.get("members") and not data.results.get("sets"):
@@ -181,17 +192,17 @@ class Family:
     def report_headline(self, results: dict[str, Any]) -> list[Any]:
         """The figures a side-by-side report compares (``report.page.Metric``, each with its
         path in the results), in the same order for every job of the family."""
-        return []
+        return self._report("headline")(results) if self.report_ref else []
 
     def report_errors(self, results: dict[str, Any]) -> Any:
         """Per test image figures of the job's headline model (``report.page.PairedErrors``) for
         the paired test of a side-by-side report; None when there are none."""
-        return None
+        return self._report("paired_errors")(results) if self.report_ref else None
 
     def report_curves(self, results: dict[str, Any]) -> list[Any] | None:
         """Plots every job of the family draws alike (``report.page.CurvePlot``: CED, SDR,
         Dice), overlaid in a side-by-side report."""
-        return None
+        return self._report("curves")(results) if self.report_ref else None
 
     # -- a smoke run -------------------------------------------------------------------------------------
     def example(self, folder: Path) -> Example:

@@ -106,8 +106,8 @@ def test_results_hold_each_test_images_errors_for_every_seed_and_ensemble(lab):
         np.testing.assert_allclose(per["mean_error_px"], np.mean(per["errors_px"], axis=1), atol=1e-3)
         # the pooled mean the tables show is the mean of the per-image errors
         assert metrics["mean_error_px"] == pytest.approx(np.mean(per["errors_px"]), abs=1e-3)
-        assert ("pred_px" in per) == (metrics is report.headline(results)[1])
-    assert np.asarray(report.headline(results)[1]["per_image"]["pred_px"]).shape == (len(test_stems), 15, 2)
+        assert ("pred_px" in per) == (metrics is report.headline_model(results)[1])
+    assert np.asarray(report.headline_model(results)[1]["per_image"]["pred_px"]).shape == (len(test_stems), 15, 2)
 
 
 def test_per_image_data_of_300_images_and_8_subjects_stays_small():
@@ -152,7 +152,7 @@ def test_every_number_with_a_path_is_the_number_in_the_results(lab):
 
 
 def test_the_gallery_draws_the_worst_test_images_in_order(lab):
-    per = report.headline(lab["results"])[1]["per_image"]
+    per = report.headline_model(lab["results"])[1]["per_image"]
     order = sorted(range(len(per["stems"])), key=lambda k: -per["mean_error_px"][k])[:report.GALLERY_SIZE]
     expected = [f"#{rank} {per['stems'][k]}" for rank, k in enumerate(order, start=1)]
     tiles = [f for f in lab["page"].figures if f.get("title", "").startswith("#")]

@@ -25,6 +25,7 @@ class CephFamily(Family):
     member_metric = MemberMetric("val_score", "val MRE")  # mm, or px when the spacing is unknown
     history_metrics = {"val_mre_mm": "val MRE (mm)", "val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.ceph.infer:INFERENCE"
+    report_ref = "medq.common.families.ceph.report"
     engine_modules = ("medq.common.families.ceph.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -83,26 +84,6 @@ class CephFamily(Family):
         return sorted(Path(best[0]).parent.glob("best-*.pt")) or [Path(p) for p in best]
 
     # -- reports (report.py: MRE and SDR per set, SDR curves, per landmark, best and worst images) --
-    def report_sections(self, data) -> list:
-        from medq.common.families.ceph import report
-
-        return report.sections(data)
-
-    def report_headline(self, results: dict[str, Any]) -> list:
-        from medq.common.families.ceph import report
-
-        return report.headline(results)
-
-    def report_errors(self, results: dict[str, Any]):
-        from medq.common.families.ceph import report
-
-        return report.paired_errors(results)
-
-    def report_curves(self, results: dict[str, Any]):
-        from medq.common.families.ceph import report
-
-        return report.curves(results)
-
     def result_sections(self, results: dict[str, Any]) -> list[ResultSection]:
         if not results["sets"]:
             return []

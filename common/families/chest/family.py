@@ -24,6 +24,7 @@ class ChestFamily(Family):
     member_metric = MemberMetric("val_error_px", "val px")
     history_metrics = {"val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.chest.infer:INFERENCE"
+    report_ref = "medq.common.families.chest.report"
     engine_modules = ("medq.common.families.chest.train", "medq.common.families.chest.evaluate")
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -84,26 +85,6 @@ class ChestFamily(Family):
         return sections
 
     # -- reports (chest/report.py) ---------------------------------------------------------------
-    def report_sections(self, data) -> list:
-        from medq.common.families.chest.report import sections
-
-        return sections(data)
-
-    def report_headline(self, results: dict[str, Any]) -> list:
-        from medq.common.families.chest.report import headline_metrics
-
-        return headline_metrics(results)
-
-    def report_errors(self, results: dict[str, Any]):
-        from medq.common.families.chest.report import paired_errors
-
-        return paired_errors(results)
-
-    def report_curves(self, results: dict[str, Any]) -> list | None:
-        from medq.common.families.chest.report import curves
-
-        return curves(results)
-
     def example(self, folder: Path) -> Example:
         import shutil
 

@@ -57,7 +57,7 @@ def subjects(results: dict[str, Any]) -> list[tuple[str, str, dict]]:
     return found
 
 
-def headline(results: dict[str, Any]) -> tuple[str, dict] | None:
+def headline_model(results: dict[str, Any]) -> tuple[str, dict] | None:
     """(path, metrics) of the ensemble (mean), or None before the evaluation."""
     for j, entry in enumerate(results.get("ensemble") or []):
         if entry.get("aggregation") == HEADLINE and entry.get("metrics"):
@@ -84,7 +84,7 @@ def summary_table(results: dict[str, Any]) -> Table:
 
 
 def gain_table(results: dict[str, Any]) -> Table | None:
-    found = headline(results)
+    found = headline_model(results)
     seeds = _seeds(results)
     if found is None or not seeds:
         return None
@@ -144,7 +144,7 @@ def landmark_table(path: str, metrics: dict) -> Table:
 
 def category_table(results: dict[str, Any]) -> Table | None:
     found = subjects(results)
-    head = headline(results)
+    head = headline_model(results)
     if head is None or not head[1].get("per_category"):
         return None
     path, metrics = head
@@ -277,7 +277,7 @@ def sections(data) -> list[Section]:
                                                  "learning curves so far.")], data.id)]
     blocks: list = [summary_table(results), gain_table(results)]
     ced = ced_plot(results)
-    found = headline(results)
+    found = headline_model(results)
     out = [Section.of("Test results: seeds and ensemble", blocks, data.id)]
     if ced is not None:
         out.append(Section.of("Cumulative error distribution",
@@ -293,8 +293,8 @@ def sections(data) -> list[Section]:
     return out
 
 
-def headline_metrics(results: dict[str, Any]) -> list[Metric]:
-    found = headline(results or {})
+def headline(results: dict[str, Any]) -> list[Metric]:
+    found = headline_model(results or {})
     path, metrics = found if found else (None, {})
     label = f"ensemble ({HEADLINE})"
     out = [Metric(f"{label}: {name} error (px)", metrics.get(key), f"{path}.{key}" if key in metrics else None)
@@ -308,7 +308,7 @@ def headline_metrics(results: dict[str, Any]) -> list[Metric]:
 
 
 def paired_errors(results: dict[str, Any]) -> PairedErrors | None:
-    found = headline(results or {})
+    found = headline_model(results or {})
     per = (found[1].get("per_image") if found else None) or {}
     if not per.get("stems"):
         return None

@@ -26,6 +26,7 @@ class LesionFamily(Family):
     member_metric = MemberMetric("val_score", "val Dice", 3)  # the validation split's lesion Dice
     history_metrics = {"val_lesion_dice": "val lesion Dice"}
     inference_ref = "medq.common.families.ct_lesions.infer:INFERENCE"
+    report_ref = "medq.common.families.ct_lesions.report"
     engine_modules = ("medq.common.families.ct_lesions.train",)
 
     def spec_from_dict(self, data: dict[str, Any]):
@@ -91,26 +92,6 @@ class LesionFamily(Family):
         return sections
 
     # -- reports (report.py: Dice and IoU per class, distributions, the baseline, the overlays) ----
-    def report_sections(self, data) -> list:
-        from medq.common.families.ct_lesions import report
-
-        return report.sections(data)
-
-    def report_headline(self, results: dict[str, Any]) -> list:
-        from medq.common.families.ct_lesions import report
-
-        return report.headline(results)
-
-    def report_errors(self, results: dict[str, Any]):
-        from medq.common.families.ct_lesions import report
-
-        return report.paired_errors(results)
-
-    def report_curves(self, results: dict[str, Any]):
-        from medq.common.families.ct_lesions import report
-
-        return report.curves(results)
-
     def example(self, folder: Path) -> Example:
         import numpy as np
 
