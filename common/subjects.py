@@ -10,7 +10,8 @@ A member's files are artifacts named ``seed-3/best`` and ``seed-3/last``; its wo
 from __future__ import annotations
 
 MEMBER, COMBINED, EVALUATION_SET = "seed-", "ensemble-", "set-"
-REPORT = "report"  # a report job's one result: the paths of its HTML (and PDF)
+REPORT = "report"
+TEST_SET, UNTRAINED_SET = "test", "test-untrained"  # a single-model job's held-out split, and its model untrained  # a report job's one result: the paths of its HTML (and PDF)
 
 
 def member(seed: int) -> str:

@@ -36,6 +36,11 @@ class JobData:
         return self.job.get("plan") or {}
 
 
+def find_set(results: dict[str, Any], name: str) -> tuple[int, dict[str, Any]] | None:
+    """(index, entry) of the evaluation set ``name`` in `medq results --json`'s ``sets``."""
+    return next(((i, e) for i, e in enumerate(results.get("sets") or []) if e["name"] == name), None)
+
+
 def resolve_job_id(store: Store, job_id: str) -> str | None:
     """A job id, or a unique prefix of one, to the full id (None when none or several match)."""
     found = views.find_job(store, job_id)

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from medq.common import subjects
 from medq.common.families.ceph.schema import UNTRAINED
 from medq.common.report import plots, stats
+from medq.common.report.data import find_set
 from medq.common.report.page import Cell, Curve, CurvePlot, Figure, Metric, Note, PairedErrors, Section, Table
 
-TEST = "test"
+TEST = subjects.TEST_SET
 SDR_CURVE_MM = tuple(float(r) for r in np.round(np.arange(0.0, 10.0001, 0.1), 1))
 SDR_LABELS = ("SDR 2 mm", "2.5 mm", "3 mm", "4 mm")
 FEW_IMAGES = 10  # below this many test images, say that SD, SDR and the paired test are rough
@@ -45,7 +47,7 @@ def _label(name: str) -> str:
 
 
 def _find(results: dict[str, Any], name: str = TEST) -> tuple[int, dict] | None:
-    return next(((i, e) for i, e in enumerate(results.get("sets") or []) if e["name"] == name), None)
+    return find_set(results, name)
 
 
 def _unit(metrics: dict) -> str:

@@ -5,6 +5,8 @@ Lateral cephalograms face the image right; x to the right, y down, pixels of the
 
 from __future__ import annotations
 
+from medq.common import subjects
+
 LANDMARKS = (
     "Sella", "Nasion", "Orbitale", "Porion", "Subspinale", "Supramentale", "Pogonion", "Menton",
     "Gnathion", "Gonion", "Lower incisal incision", "Upper incisal incision", "Upper lip", "Lower lip",
@@ -23,4 +25,4 @@ ISBI_TESTS = ("Test1Data", "Test2Data")
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # the evaluation set of the model before training, beside the test split ("test") and extra test sets
-UNTRAINED = "test-untrained"
+UNTRAINED = subjects.UNTRAINED_SET  # the evaluation set of the model before training, beside "test"

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from medq.common import subjects
 from medq.common.families.ct_lesions.schema import LESION_CLASSES, UNTRAINED
 from medq.common.report import plots
+from medq.common.report.data import find_set
 from medq.common.report.page import Cell, Curve, CurvePlot, Figure, Metric, Note, PairedErrors, Section, Table
 
-TEST = "test"
+TEST = subjects.TEST_SET
 THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 101), 2))
 REDUCTIONS = (("dice_per_image", "Dice, per-slice mean"), ("dice_pooled", "Dice, pooled"),
               ("iou_per_image", "IoU, per-slice mean"), ("iou_pooled", "IoU, pooled"))
@@ -28,7 +30,8 @@ RULES = {"one": "counts as Dice 1 and IoU 1 (a correct \u201cnothing here\u201d)
 
 
 def _find(results: dict[str, Any], name: str) -> tuple[int, dict] | None:
-    return next(((i, e["metrics"]) for i, e in enumerate(results.get("sets") or []) if e["name"] == name), None)
+    found = find_set(results, name)
+    return None if found is None else (found[0], found[1]["metrics"])
 
 
 def _classes(metrics: dict) -> list[str]:
