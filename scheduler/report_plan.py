@@ -3,8 +3,10 @@ its one task to the report queue. Nothing is created when a check fails."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from medq.common.errors import SpecError
 from medq.common.report.plan import check_report
 from medq.common.settings import Settings
 from medq.common.specs import REPORT_KIND, ReportSpec
@@ -19,6 +21,13 @@ def submit_report(settings: Settings, job_ids: list[str], out_dir: Path | None, 
     resolved, kind = check_report(store, job_ids)
     job_id = jobs.new_job_id()
     folder = (Path(out_dir) if out_dir else settings.artifacts / job_id).resolve()
+    if out_dir:  # the worker writes there: say now, not after the queue, when it cannot
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpecError(f"--out {out_dir}: cannot create it ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise SpecError(f"--out {out_dir}: not writable")
     spec = ReportSpec(tuple(resolved), str(folder), pdf)
     evaluation.create_report_job(store, spec.to_dict(), {"kind": kind, "out_dir": str(folder)}, job_id=job_id)
     from medq.tasks.app import app_for

@@ -32,7 +32,8 @@ def render_report(self, job_id: str) -> str:
         return retry_later(self, exc)
     if claim is None:
         return "skipped: not ours"
-    evaluation.start_report(store, job_id)
+    recorded(f"mark report {job_id} running", lambda: evaluation.start_report(store, job_id),
+             "it shows as queued until its result is written")
     beat = Heartbeat(settings, f"report {job_id}", cancelled=lambda: False,
                      renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
     with beat:

@@ -106,8 +106,9 @@ def sdr_figure(results: dict[str, Any]) -> Figure | Note:
     return plots.curves(CurvePlot(
         "SDR curve per evaluation set", "radius r (mm)", "landmarks within r of the truth (%)", tuple(lines),
         "Each line: the percentage of all landmarks of that set (19 per image) predicted within r mm of the truth, "
-        "for r from 0 to 10 mm. Higher and further left is better; the values at 2, 2.5, 3 and 4 mm are the SDR "
-        "columns of the table. The untrained model's line is the chance level."), ylim=(0, 100))
+        "for r from 0 to 10 mm. Higher and further left is better. Drawn from the per-image errors as stored (to "
+        "0.01 mm), so at 2, 2.5, 3 and 4 mm a line can differ from the table's SDR columns (from unrounded errors) "
+        "by a landmark or two. The untrained model's line is the floor the trained model must clear."), ylim=(0, 100))
 
 
 def landmark_blocks(results: dict[str, Any]) -> list:

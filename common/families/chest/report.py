@@ -272,7 +272,8 @@ def sections(data) -> list[Section]:
     if not subjects(results):
         state = results.get("evaluation") or "pending"
         why = ("it was skipped: no member succeeded or the job was cancelled" if state == "skipped" else
-               f"evaluation not run yet (evaluation: {state}); it runs once every seed has ended")
+               f"the evaluation ended without them ({results.get('error') or 'no reason recorded'})"
+               if state == "done" else f"evaluation not run yet (evaluation: {state}); it runs once every seed has ended")
         return [Section.of("Test results", [Note(f"No test results: {why}. The training part above shows the "
                                                  "learning curves so far.")], data.id)]
     blocks: list = [summary_table(results), gain_table(results)]
