@@ -94,6 +94,7 @@ def test_bad_report_requests_are_refused_with_nothing_enqueued(cluster, dataset,
         "several": [chest, ceph],
         "different test splits": [chest, other_split],
         "nothing to show yet": [empty],
+        "cannot create it": [chest, "--out", "/dev/null/reports"],
     }
     for expected, args in cases.items():
         done = c.medq("submit", "report", *args)
