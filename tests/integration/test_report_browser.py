@@ -21,22 +21,38 @@ from tests.report_jobs import finished_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SEEDS = {"ensemble": (0, 1), "segment": (0,)}  # a chest ensemble of two seeds, one CT segmentation model
+SEEDS = {"ensemble": (0, 1), "hrnet": (0,), "segment": (0,)}  # a chest ensemble of two seeds, one model each
+PAGES = (*SEEDS, "side-by-side", "inference")
 EXTERNAL = "http://example.com/x.png"
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    """kind -> (job id, report HTML) for one finished job of each kind, rendered once."""
+    """page -> (expected title, report HTML, job ids): one finished job of each family, two chest jobs of
+    different losses side by side, and an inference night; rendered once."""
+    import dataclasses
+
+    from tests.integration.test_report_inference import night_job
+
     browser_path()  # skip (or fail under CI) before training anything
     root = tmp_path_factory.mktemp("browser")
     store = Store(f"sqlite:///{root / 'store.sqlite'}")
     store.ensure_schema()
-    made = {}
+    made, ids = {}, {}
+
+    def render(page: str, job_ids: list[str], title: str) -> None:
+        html = render_job(store, {"jobs": job_ids, "out_dir": str(root / "reports")}, f"r-{page}")["html"]
+        made[page] = (title, Path(html), job_ids)
+
     for kind, seeds in SEEDS.items():
-        job_id = finished_job(store, kind, root / kind, seeds=seeds)
-        html = render_job(store, {"jobs": [job_id], "out_dir": str(root / "reports")}, f"r-{kind}")["html"]
-        made[kind] = (job_id, Path(html))
+        ids[kind] = finished_job(store, kind, root / kind, seeds=seeds)
+        render(kind, [ids[kind]], f"{family(kind).title} {ids[kind]}")
+    example = family("ensemble").example(root / "ensemble" / "example")  # the same data again (a fixed seed)
+    wing = finished_job(store, "ensemble", root / "wing", spec=dataclasses.replace(example.spec, loss="wing"),
+                        data_dir=example.data_dir, seeds=(0, 1))
+    render("side-by-side", [ids["ensemble"], wing], f"{family('ensemble').title}: 2 jobs side by side")
+    night_job(store, "night0000001")
+    render("inference", ["night0000001"], "Bulk inference night0000001")
     yield store, root, made
     store.dispose()
 
@@ -47,15 +63,15 @@ def picture(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-@pytest.mark.parametrize("kind", sorted(SEEDS))
+@pytest.mark.parametrize("kind", PAGES)
 def test_report_opens_offline_with_every_figure_shown(reports, kind, tmp_path):
     _, _, made = reports
-    job_id, html_path = made[kind]
+    title, html_path, _ = made[kind]
     check = open_page(html_path, tmp_path / f"report-{kind}.png")
     assert check.violations == []  # no request left the machine
     assert check.broken_images == []
     assert check.console_errors == []
-    assert check.title.lower() == f"{family(kind).title} {job_id}".lower()  # the family and the job (case aside)
+    assert check.title.lower() == title.lower()  # the family (or bulk inference) and the job
     shot = picture(check.screenshot)
     height, width, _ = shot.shape
     assert width == 1200 and height > 1800  # the whole page, well past the first screen
@@ -68,7 +84,7 @@ def test_report_opens_offline_with_every_figure_shown(reports, kind, tmp_path):
 def test_an_external_image_is_caught(reports, tmp_path):
     """The check can fail: the same report with one picture from the network."""
     _, _, made = reports
-    _, html_path = made["ensemble"]
+    _, html_path, _ = made["ensemble"]
     tampered = tmp_path / "tampered.html"
     tampered.write_text(html_path.read_text().replace("</body>", f'<img src="{EXTERNAL}" alt="external"></body>'))
     check = open_page(tampered, tmp_path / "tampered.png")
@@ -80,7 +96,7 @@ def test_pdf_is_the_same_page_without_browser_furniture(reports):
     from pypdf import PdfReader
 
     store, root, made = reports
-    job_id, _ = made["ensemble"]
+    _, _, (job_id,) = made["ensemble"]
     outputs = render_job(store, {"jobs": [job_id], "out_dir": str(root / "pdf"), "pdf": True}, "r-pdf")
     pdf = Path(outputs["pdf"])
     assert pdf.read_bytes().startswith(b"%PDF-")
