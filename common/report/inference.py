@@ -278,8 +278,12 @@ def rate_figure(rate: Rate) -> Figure:
 
     fig, ax = plots.plt.subplots(figsize=plots.SIZE)
     per_minute = 60.0 / rate.width_s
+    from datetime import timedelta
+
+    edges = [*rate.starts, rate.starts[-1] + timedelta(seconds=rate.width_s)]  # each bucket drawn to its end
     for state, counts in rate.per_state.items():
-        ax.step(rate.starts, np.asarray(counts) * per_minute, where="post", label=state)
+        ax.step(edges, np.append(counts, counts[-1]) * per_minute, where="post", label=state)
+    ax.set_xlim(edges[0], edges[-1])
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -304,7 +308,7 @@ def chunk_figure(h: Histogram, chunk_size: Any) -> Figure:
         "Chunk durations", [e / scale for e in h.edges], h.counts, xlabel=f"wall time of a chunk ({unit})",
         ylabel="chunks",
         caption=f"{h.n} chunks that succeeded (of up to {chunk_size} studies each), from the first start on a "
-                f"worker to the end, retries included: mean {h.mean / scale:.1f} {unit}, longest {h.high / scale:.1f} "
+                f"worker to the end, retries included: mean {h.mean / scale:.3g} {unit}, longest {h.high / scale:.3g} "
                 f"{unit}. A long tail is a chunk that was retried or ran on a slower worker.")
 
 

@@ -116,6 +116,9 @@ def histogram(title: str, edges: Sequence[float], counts: Sequence[float], *, xl
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4a7ab5", edgecolor="white")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.25 of a study
     return finish(fig, title, caption)
 
 
