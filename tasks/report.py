@@ -8,34 +8,26 @@ consumes before training, so a report never waits behind hours of training.
 from __future__ import annotations
 
 import logging
-import uuid
 
 from medq.common import subjects
 from medq.common.errors import JobError
-from medq.common.store import evaluation, open_store
+from medq.common.store import evaluation
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import Heartbeat, interrupted
-from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
+from medq.tasks.runtime import claim_job_task, interrupted
+from medq.tasks.store_retry import recorded
 
 log = logging.getLogger("medq.worker")
 
 
 @app.task(name=names.RENDER_REPORT, bind=True)
 def render_report(self, job_id: str) -> str:
-    settings = app.conf.medq_settings
-    store, owner = open_store(settings), uuid.uuid4().hex
-    try:
-        claim = retrying(f"claim report {job_id}",
-                         lambda: evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds))
-    except StoreUnavailable as exc:
-        return retry_later(self, exc)
-    if claim is None:
-        return "skipped: not ours"
+    taken = claim_job_task(self, job_id, f"report {job_id}")
+    if isinstance(taken, str):
+        return taken
+    store, owner, claim, beat = taken
     recorded(f"mark report {job_id} running", lambda: evaluation.start_report(store, job_id),
              "it shows as queued until its result is written")
-    beat = Heartbeat(settings, f"report {job_id}", cancelled=lambda: False,
-                     renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
     with beat:
         try:
             from medq.common.report.job import render_job

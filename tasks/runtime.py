@@ -184,6 +184,27 @@ class MemberRun:
             self.store, self.member_id, self.owner, reason, epochs=epochs), "its lease will lapse and the reaper will send it again")
 
 
+def claim_job_task(task, job_id: str, what: str):
+    """Take a job's one task (its evaluation, or a report's rendering) under the job's evaluation
+    lease, with a heartbeat that renews it. Returns (store, owner, claim, heartbeat), or the
+    string the task returns when the claim is not ours (or the store is away: a retry later)."""
+    from medq.common.store import evaluation
+    from medq.tasks.store_retry import StoreUnavailable, retry_later
+
+    settings = task.app.conf.medq_settings
+    store, owner = open_store(settings), uuid.uuid4().hex
+    try:
+        claim = retrying(f"claim {what}",
+                         lambda: evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds))
+    except StoreUnavailable as exc:
+        return retry_later(task, exc)
+    if claim is None:
+        return "skipped: not ours"
+    beat = Heartbeat(settings, what, cancelled=lambda: False,
+                     renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
+    return store, owner, claim, beat
+
+
 def epoch_record(p, attempt: int) -> dict[str, Any]:
     """A finished epoch (a Progress with epoch_done) as the history stores it."""
     return {"epoch": p.epoch, "phase": p.phase, "train_loss": _finite(p.train_loss), "val_loss": _finite(p.val_loss),

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import uuid
 from pathlib import Path
 
 from medq.common import subjects
 from medq.common.errors import JobError, brief, describe, is_transient, transient_reason
 from medq.common.families.base import MemberCheckpoint
 from medq.common.families.registry import family
-from medq.common.store import State, evaluation, open_store
+from medq.common.store import State, evaluation
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import Heartbeat, MemberRun, interrupted
+from medq.tasks.runtime import MemberRun, claim_job_task, interrupted
 from medq.tasks.send import send_evaluation
-from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
+from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later
 
 log = logging.getLogger("medq.worker")
 TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds between the retries of a member after a transient fault
@@ -89,17 +88,10 @@ def _transient(task, run: MemberRun, member_id: int, exc: BaseException) -> str:
 
 
 def _evaluate(self, job_id: str) -> str:
-    settings = app.conf.medq_settings
-    store, owner = open_store(settings), uuid.uuid4().hex
-    try:
-        claim = retrying(f"claim the evaluation of job {job_id}",
-                         lambda: evaluation.claim_evaluation(store, job_id, owner, settings.lease_seconds))
-    except StoreUnavailable as exc:
-        return retry_later(self, exc)
-    if claim is None:
-        return "skipped: not ours"
-    beat = Heartbeat(settings, f"evaluation of job {job_id}", cancelled=lambda: False,
-                     renew=lambda: evaluation.renew_evaluation_lease(store, job_id, owner, settings.lease_seconds))
+    taken = claim_job_task(self, job_id, f"the evaluation of job {job_id}")
+    if isinstance(taken, str):
+        return taken
+    store, owner, claim, beat = taken
     members = [MemberCheckpoint(member_id, seed, val_loss, Path(best))
                for member_id, seed, val_loss, best in claim.members]
     with beat:
