@@ -1,6 +1,6 @@
 """Bulk inference with a segmentation job: what it accepts at submit, its predictor, its CSV
-(torch-free at import). A study is a volume: a .npy file or a DICOM series grouped from the
-headers."""
+(torch-free at import). A study is a volume: a .npy file, a NIfTI file or a DICOM series grouped
+from the headers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from medq.common.families.base import FamilyInference
 LESION_COLUMNS = ("ground_glass", "consolidation")
 CLASS_COLUMNS = (*LESION_COLUMNS, "other_lung", "background")
 CSV_COLUMNS = (["path", "key", "state", "reason", "study_uid", "series_uid", "format", "slices", "width", "height",
-                "spacing_slice_mm", "spacing_row_mm", "spacing_column_mm", "mask"]
+                "spacing_slice_mm", "spacing_row_mm", "spacing_column_mm", "mask", "mask_nifti"]
                + [f"{name}_ml" for name in LESION_COLUMNS] + ["lesion_total_ml", "lung_involvement_pct"]
                + [f"{name}_voxels" for name in CLASS_COLUMNS])
 
@@ -50,7 +50,7 @@ class LesionInference(FamilyInference):
         ml, voxels = m.get("lesion_ml") or {}, m.get("voxels") or {}
         return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
                  study.series_uid or "", study.source_format or "", _cell(m.get("slices")), _cell(study.width),
-                 _cell(study.height), *(_cell(v) for v in spacing), m.get("mask", "")]
+                 _cell(study.height), *(_cell(v) for v in spacing), m.get("mask", ""), m.get("mask_nifti", "")]
                 + [_cell(ml.get(name)) for name in LESION_COLUMNS]
                 + [_cell(m.get("lesion_total_ml")), _cell(m.get("lung_involvement_pct"))]
                 + [_cell(voxels.get(name)) for name in CLASS_COLUMNS])

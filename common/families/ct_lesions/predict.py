@@ -136,6 +136,11 @@ def _done(study_id: int, volume: CTVolume, labels: np.ndarray, out_dir: Path) ->
     prediction_panel(volume.hu[shown], labels[shown], Path(out_dir) / "overlays" / f"{int(study_id)}.png")
     measures = measure(labels, volume.spacing_mm)
     measures["mask"] = str(path.relative_to(out_dir))
+    if volume.grid is not None:  # a NIfTI source: the mask also in its own grid, with its affine
+        from medq.common.families.ct_lesions.nifti import write_mask
+
+        nifti = write_mask(Path(out_dir) / "masks" / f"{int(study_id)}.nii.gz", labels, volume.grid)
+        measures["mask_nifti"] = str(nifti.relative_to(out_dir))
     height, width = labels.shape[1:]
     return StudyOutcome(study_id, "done", result=measures, image_size=(int(width), int(height)), uids=volume.uids,
                         source_format=volume.source_format)

@@ -1,7 +1,9 @@
 """CT studies of an inference archive: which files make one volume, and the volume in HU.
 
 A study is either
-- one ``.npy`` file: (S, H, W), (S, H, W, 1) or (H, W) float Hounsfield units (no spacing), or
+- one ``.npy`` file: (S, H, W), (S, H, W, 1) or (H, W) float Hounsfield units (no spacing),
+- one NIfTI file (``.nii``, ``.nii.gz``): HU as stored, orientation and spacing from its affine
+  (``nifti.py``), or
 - one DICOM series: every image file of the archive with the same Study and Series Instance
   UIDs, grouped while planning from the headers alone, and sorted into a volume when decoded
   (by the slice position along the plane's normal, else by instance number).
@@ -19,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from medq.common.families.ct_lesions.nifti import is_nifti, read_nifti
 from medq.common.inference.limits import check_image_size
 from medq.common.inference.types import Entry, SkippedEntry, StudyError, StudySkipped
 
@@ -30,9 +33,10 @@ NPY_SUFFIX = ".npy"
 class CTVolume:
     hu: np.ndarray  # (S, H, W) float32, slices in order
     spacing_mm: tuple[float, float, float] | None  # (slice, row, column) mm; None when unknown
-    source_format: str  # "npy" | "dicom"
+    source_format: str  # "npy" | "dicom" | "nifti"
     uids: dict[str, str] = field(default_factory=dict)
     slice_uids: tuple[str, ...] = ()  # a series' SOPInstanceUIDs in the volume's slice order
+    grid: Any = None  # a NIfTI source's voxel grid (nifti.NiftiGrid): its mask is written back into it
 
 
 def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
@@ -44,7 +48,7 @@ def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
     for entry in archive.entries():
         if isinstance(entry, SkippedEntry):
             yield entry
-        elif entry.path.lower().endswith(NPY_SUFFIX):
+        elif entry.path.lower().endswith(NPY_SUFFIX) or is_nifti(entry.path):
             yield entry
         else:
             try:
@@ -54,7 +58,8 @@ def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
                 continue
             except StudyError as exc:
                 if str(exc).startswith("unrecognised file format"):
-                    yield SkippedEntry(entry.path, "not a CT volume (.npy) or a DICOM slice", "skipped")
+                    yield SkippedEntry(entry.path, "not a CT volume (.npy, .nii, .nii.gz) or a DICOM slice",
+                                       "skipped")
                 else:
                     yield SkippedEntry(entry.path, str(exc))
                 continue
@@ -68,6 +73,9 @@ def load_ct_volume(archive: Any, key: str) -> CTVolume:
     """The volume of a study key (see the module). Raises StudyError with a reason free of paths."""
     if key.startswith(SERIES_PREFIX):
         return _dicom_series(archive, json.loads(key[len(SERIES_PREFIX):]))
+    if is_nifti(key):
+        hu, spacing, grid = read_nifti(archive.read(key))
+        return CTVolume(hu, spacing, "nifti", grid=grid)
     return _npy(archive.read(key))
 
 
