@@ -7,17 +7,12 @@ consumes before training, so a report never waits behind hours of training.
 
 from __future__ import annotations
 
-import logging
-
 from medq.common import subjects
-from medq.common.errors import JobError
 from medq.common.store import evaluation
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import claim_job_task, interrupted
+from medq.tasks.runtime import claim_job_task, failure_reason, interrupted
 from medq.tasks.store_retry import recorded
-
-log = logging.getLogger("medq.worker")
 
 
 @app.task(name=names.RENDER_REPORT, bind=True)
@@ -36,9 +31,7 @@ def render_report(self, job_id: str) -> str:
         except Exception as exc:
             if interrupted(exc):
                 raise
-            if not isinstance(exc, JobError):
-                log.exception("report %s failed", job_id)
-            reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc, f"report {job_id}")
             return _record(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason, what="report"))
     if beat.lease_lost.is_set():
         return "stood down: the report's lease was lost"

@@ -205,6 +205,17 @@ def claim_job_task(task, job_id: str, what: str):
     return store, owner, claim, beat
 
 
+def failure_reason(exc: BaseException, what: str) -> str:
+    """Why a job's one task failed, for the store: a JobError in its own words; anything else is
+    a bug or an environment fault, logged with its traceback (call it inside ``except``)."""
+    from medq.common.errors import JobError
+
+    if isinstance(exc, JobError):
+        return str(exc)
+    log.exception("%s failed", what)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def epoch_record(p, attempt: int) -> dict[str, Any]:
     """A finished epoch (a Progress with epoch_done) as the history stores it."""
     return {"epoch": p.epoch, "phase": p.phase, "train_loss": _finite(p.train_loss), "val_loss": _finite(p.val_loss),

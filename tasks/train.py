@@ -22,7 +22,7 @@ from medq.common.families.registry import family
 from medq.common.store import State, evaluation
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import MemberRun, claim_job_task, interrupted
+from medq.tasks.runtime import MemberRun, claim_job_task, failure_reason, interrupted
 from medq.tasks.send import send_evaluation
 from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later
 
@@ -101,9 +101,7 @@ def _evaluate(self, job_id: str) -> str:
         except Exception as exc:
             if interrupted(exc):
                 raise
-            if not isinstance(exc, JobError):
-                log.exception("evaluation of job %s failed", job_id)
-            reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc, f"evaluation of job {job_id}")
             return _record_evaluation(job_id, lambda: evaluation.fail_evaluation(store, job_id, owner, reason))
         finally:
             _release_memory()
