@@ -42,12 +42,19 @@ class Settings:
     device: str = "cpu"  # set by the worker launcher: "cuda:0" (with CUDA_VISIBLE_DEVICES) or "cpu"
     worker_label: str = ""  # set by the worker launcher: "gpu3", "cpu0"
     result_backend: str = ""  # only `medq bench queue` uses results; jobs report through the store
-    redis_password: str = ""
+    redis_password: str = dataclasses.field(default="", repr=False)
     broker_use_ssl: bool = False
     log_level: str = "INFO"
     # Plug-in model families beyond the built-in ones: "package.module:FAMILY,..." (the
     # submitter and every worker need the same list; common/families/registry.py).
     families: str = ""
+    # A PACS over DICOMweb (--pacs, --send-to): HTTP basic credentials, never printed, and patience.
+    pacs_username: str = ""
+    pacs_password: str = dataclasses.field(default="", repr=False)
+    pacs_password_file: str = ""  # a file holding the password (a mounted secret), read when needed
+    pacs_timeout: float = 30.0  # seconds to wait for an answer
+    pacs_attempts: int = 3  # tries of each request (a refused connection, a timeout, 408/429/5xx)
+    pacs_backoff: float = 1.0  # seconds before the second try; doubled for each next one
 
     @property
     def resolved_broker_url(self) -> str:

@@ -18,6 +18,7 @@ from medq.common.spec_checks import Bound, between, check_numbers, positive
 AGGREGATIONS = ("mean", "median", "weighted")
 TTA_MODES = ("none", "flip")
 PRIORITIES = ("high", "normal", "low")
+SEG_TYPES = ("binary", "fractional")
 
 # Bounds shared by the specs: what a real run could use on today's largest GPU hosts.
 EPOCHS, BATCH, LOADERS = between(0, 100_000, "--epochs"), between(1, 4096, "--batch-size"), \
@@ -69,6 +70,10 @@ class InferSpec:
     out_dir: str | None = None  # overlays are written here when set
     skip_done: bool = False
     spread_limit_fraction: float = 0.03  # QC of landmark models: a spread above this fraction of the width
+    query: str | None = None  # with a DICOMweb ``archive`` URL: the QIDO-RS search ("Modality=CT&StudyDate=...")
+    send_to: str | None = None  # a DICOMweb URL that every DICOM output is stored to (STOW-RS)
+    outputs: tuple[str, ...] | None = None  # what is written per study; None: the family's defaults
+    seg_type: str = "binary"  # a DICOM SEG's segments: "binary" or "fractional" (probabilities)
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "chunk": between(1, 1_000_000, "--chunk"), "batch_size": BATCH, "loader_workers": LOADERS,
@@ -93,16 +98,28 @@ class InferSpec:
             raise SpecError(f"loader_workers must be 0 or more, got {self.loader_workers}")
         if not self.checkpoints:
             raise SpecError("no model checkpoints to run")
+        if self.seg_type not in SEG_TYPES:
+            raise unknown_name("seg-type", self.seg_type, SEG_TYPES)
+        if self.send_to and not self.out_dir:
+            raise SpecError("--send-to stores the DICOM outputs written under --out: give --out DIR too")
+
+    def wants(self, output: str, default: bool = True) -> bool:
+        """Whether a study's ``output`` is written: as listed by --outputs, else ``default``."""
+        return default if self.outputs is None else output in self.outputs
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["checkpoints"] = list(self.checkpoints)
+        if self.outputs is not None:
+            data["outputs"] = list(self.outputs)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InferSpec":
         data = dict(data)
         data["checkpoints"] = tuple(data.get("checkpoints", ()))
+        if data.get("outputs") is not None:
+            data["outputs"] = tuple(data["outputs"])
         return from_fields(cls, data)
 
 

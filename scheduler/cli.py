@@ -151,7 +151,9 @@ def results(job, as_json, as_csv, failed) -> None:
 
             spec, plan = inference.job_spec_and_plan(store, job_id)
             studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
-            write_csv(sys.stdout, studies, job_family(spec, plan), plan)
+            from medq.common.store.sends import sends_of
+
+            write_csv(sys.stdout, studies, job_family(spec, plan), plan, lambda ids: sends_of(store, ids))
         elif as_json:
             from medq.common.store.views import infer_view
 

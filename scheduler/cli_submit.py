@@ -266,8 +266,21 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
 
 
 @submit.command("infer")
-@click.option("--archive", required=True, type=click.Path(path_type=Path),
-              help="a folder tree, .zip or .tar[.gz] of DICOM, PNG and JPEG files")
+@click.option("--archive", type=click.Path(path_type=Path), default=None,
+              help="a folder tree, .zip or .tar[.gz] of DICOM, PNG and JPEG files (or CT volumes)")
+@click.option("--pacs", default=None, metavar="URL",
+              help="instead of --archive: a PACS's DICOMweb root (http://pacs:8042/dicom-web); the studies of "
+                   "--query are retrieved one by one by the tasks that process them")
+@click.option("--query", default=None, metavar="QIDO",
+              help="with --pacs: the QIDO-RS search, e.g. 'Modality=CT&StudyDate=20261130-20261201'")
+@click.option("--send-to", default=None, metavar="URL",
+              help="store every DICOM output (SEG, SR) on this DICOMweb root with STOW-RS; each answer is kept "
+                   "per study (credentials: MEDQ_PACS_USERNAME, MEDQ_PACS_PASSWORD[_FILE])")
+@click.option("--outputs", default=None, metavar="NAMES",
+              help="what to write per study under --out, comma-separated: overlay, sr (landmark models); npz, "
+                   "overlay, nifti, seg, sr (a segmentation model)  [default: all that the study's input allows]")
+@click.option("--seg-type", type=click.Choice(["binary", "fractional"]), default="binary", show_default=True,
+              help="a DICOM SEG's segments: class masks, or each class's probability")
 @click.option("--model", required=True, help="a trained job id (ensemble, hrnet, segment) or a checkpoint file")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="write overlay PNGs here (and, for a segmentation model, which needs it, the masks)")
@@ -287,18 +300,28 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
               help="landmark models: flag a study for review when a landmark's spread exceeds this fraction of "
                    "the image width")
 @click.option("--wait", is_flag=True, help="follow progress until the job ends")
-def submit_infer_cmd(archive, model, out_dir, chunk, tta, aggregation, window, priority, batch_size,
-                     loader_workers, skip_done, spread_limit_fraction, wait) -> None:
+def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, out_dir, chunk, tta, aggregation, window,
+                     priority, batch_size, loader_workers, skip_done, spread_limit_fraction, wait) -> None:
     """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
-    archive, with the failures listed. A segmentation model's study is a .npy volume or a DICOM
-    series."""
+    archive or of a PACS query, with the failures listed. A segmentation model's study is a .npy
+    or NIfTI volume or a DICOM series; DICOM studies get DICOM SEG and SR outputs."""
     from medq.scheduler.infer_plan import submit_infer
 
+    if (archive is None) == (pacs is None):
+        raise click.UsageError("give the studies as --archive PATH or as --pacs URL --query ..., one of them")
+    if query and not pacs:
+        raise click.UsageError("--query searches a PACS: give --pacs URL with it")
+    chosen = None if outputs is None else tuple(name.strip() for name in outputs.split(",") if name.strip())
     job_id, n_studies, n_chunks = submit_infer(
-        load_settings(), archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
+        load_settings(), pacs or archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
         priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
-        spread_limit_fraction=spread_limit_fraction, out_dir=str(out_dir.resolve()) if out_dir else None)
+        spread_limit_fraction=spread_limit_fraction, out_dir=str(out_dir.resolve()) if out_dir else None,
+        query=query, send_to=send_to, outputs=chosen, seg_type=seg_type)
     click.echo(job_id)
+    if n_studies == 0:
+        click.echo("0 studies: " + ("the query matched nothing on the PACS" if pacs else "the archive holds no files")
+                   + "; the job has ended", err=True)
+        return
     click.echo(f"{n_studies} studies in {n_chunks} chunk(s)" + (f"; runs {window}" if window else ""), err=True)
     if wait:
         from medq.scheduler.render import console

@@ -12,7 +12,7 @@ from pathlib import Path
 from medq.common.errors import SpecError
 from medq.common.families import registry
 from medq.common.families.base import Family
-from medq.common.inference.archive import open_archive
+from medq.common.inference.sources import open_source
 from medq.common.inference.types import Entry
 from medq.common.settings import Settings
 from medq.common.specs import InferSpec
@@ -46,19 +46,25 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None, Family]:
     return checkpoints, view["job_id"], family
 
 
-def submit_infer(settings: Settings, archive_path: Path, model: str, **options) -> tuple[str, int, int]:
+def submit_infer(settings: Settings, archive_path: Path | str, model: str, **options) -> tuple[str, int, int]:
     """Returns (job id, studies, chunks). The model's family checks the options before any job
-    exists (SpecError naming an option it cannot honour) and says what a study is."""
+    exists (SpecError naming an option it cannot honour) and says what a study is.
+    ``archive_path``: a folder, zip or tar, or a PACS's DICOMweb URL (with ``query``)."""
     store = open_store(settings)
-    archive = open_archive(archive_path, settings.max_study_bytes)  # DataError: missing path, unknown kind
     checkpoints, model_job, family = resolve_model(store, model)
     family.inference.check(options, [Path(c) for c in checkpoints])
+    if options.get("send_to"):
+        from medq.common.inference.dicomweb import check_url
+
+        options["send_to"] = check_url(options["send_to"], "--send-to")
+    # DataError: a missing path, an unknown kind, a PACS that does not answer the query
+    archive = open_source(str(archive_path), settings, options.get("query"))
+    location = getattr(archive, "url", None) or str(Path(archive_path).resolve())
     if options.get("out_dir"):
         check_out_dir(Path(options["out_dir"]), archive)
     if options.get("chunk") is None:
         options["chunk"] = family.inference.default_chunk
-    spec = InferSpec(archive=str(archive_path.resolve()), checkpoints=tuple(checkpoints), model_job=model_job,
-                     **options)
+    spec = InferSpec(archive=location, checkpoints=tuple(checkpoints), model_job=model_job, **options)
     job_id = new_job_id()
     store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family.kind},
                                spec.priority, spec.window)

@@ -17,15 +17,30 @@ def job_family(spec: dict, plan: dict) -> Family:
     return registry.family(kind) if kind else registry.family_of_checkpoint(Path(spec["checkpoints"][0]))
 
 
-def write_csv(out: IO[str], studies: Iterable, family: Family, plan: dict) -> int:
-    """One row per study, in the columns of the model's family (its ``inference.csv_columns``)."""
+def write_csv(out: IO[str], studies: Iterable, family: Family, plan: dict, sends_of=None) -> int:
+    """One row per study, in the columns of the model's family (its ``inference.csv_columns``).
+    ``sends_of(study ids)``: each study's sends to the PACS, attached as ``study.sends``."""
     writer = csv.writer(out)
     writer.writerow(family.inference.csv_columns(plan))
     n = 0
-    for study in studies:
-        writer.writerow(family.inference.csv_row(study))
-        n += 1
+    for batch in _batches(studies, 1000):
+        found = sends_of([study.id for study in batch]) if sends_of else {}
+        for study in batch:
+            study.sends = found.get(study.id, [])
+            writer.writerow(family.inference.csv_row(study))
+            n += 1
     return n
+
+
+def _batches(items: Iterable, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def summary_lines(view: dict) -> list[str]:
@@ -36,6 +51,10 @@ def summary_lines(view: dict) -> list[str]:
              f"studies: {s['total']} total, {s['done']} done, {s['failed']} failed, {s['skipped']} skipped, "
              f"{s['remaining']} remaining; {s['review']} flagged for review",
              "chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(view["chunks"].items()))]
+    if view.get("send_to"):
+        sent = view.get("sends") or {}
+        lines.append(f"sent to {view['send_to']}: {sent.get('accepted', 0)} accepted, {sent.get('failed', 0)} failed, "
+                     f"{sent.get('pending', 0)} pending (DICOM outputs)")
     if view["studies_per_s"]:
         line = f"throughput: {view['studies_per_s']:.1f} studies/s"
         if view["eta_s"] is not None:

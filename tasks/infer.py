@@ -33,7 +33,7 @@ from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retr
 log = logging.getLogger("medq.worker")
 BACKOFF_S = (10, 60, 300)  # seconds before each retry after a transient fault; then the chunk fails
 _PREDICTOR: dict[tuple, object] = {}  # one model set per worker process, kept between chunks
-NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "model_job", "loader_workers")
+NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "loader_workers", "query", "send_to")
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
@@ -74,22 +74,53 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) 
 
 
 def run_claimed_chunk(store, claim, settings, should_stop):
-    """The chunk's pending studies through its family's predictor, each batch recorded."""
-    from medq.common.inference.archive import open_archive
+    """The chunk's pending studies through its family's predictor, each batch recorded (and,
+    with --send-to, its DICOM outputs stored on the PACS after the record)."""
     from medq.common.inference.chunk import run_chunk
+    from medq.common.inference.sources import open_source
     from medq.common.specs import InferSpec
 
     spec = InferSpec.from_dict(claim.spec)
+    pacs = _send_target(spec, settings)
+    if pacs is not None:  # what an earlier attempt recorded but did not send
+        send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
     items = retrying("read the chunk's studies",
                      lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
     predictor = _predictor(spec, claim.plan or {})
-    archive = open_archive(Path(spec.archive), settings.max_study_bytes)
+    archive = open_source(spec.archive, settings, spec.query, check=False)
 
     def record(outcomes) -> None:
         rows = [outcome.to_row() for outcome in outcomes]
-        retrying("record studies", lambda: store_ops.record_studies(store, rows))
+        retrying("record studies", lambda: store_ops.record_studies(
+            store, rows, claim.job_id if pacs is not None else None))
+        if pacs is not None:
+            send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
 
     return run_chunk(items, archive, predictor, spec.loader_workers, record, should_stop)
+
+
+def _send_target(spec, settings):
+    if not spec.send_to:
+        return None
+    from medq.common.inference.dicomweb import PacsAccess, PacsClient, check_url
+
+    return PacsClient(check_url(spec.send_to, "--send-to"), PacsAccess.from_settings(settings))
+
+
+def send_pending(store, pacs, job_id: str, chunk_index: int, out_dir: Path) -> None:
+    """Every pending send of the chunk stored on the PACS, each answer in the ledger."""
+    from medq.common.inference.dicomweb import PacsError
+    from medq.common.inference.stow import store_file
+    from medq.common.store import sends
+
+    for item in retrying("read the chunk's sends", lambda: sends.pending_sends(store, job_id, chunk_index)):
+        try:
+            state, answer = "accepted", store_file(pacs, out_dir / item.path)
+        except PacsError as exc:
+            state, answer = "failed", str(exc)
+            log.warning("job %s: a %s output of study %s was not accepted by the PACS: %s", job_id, item.output,
+                        item.study_id, answer)
+        retrying("record a send", lambda: sends.record_send(store, item.id, state, answer, 1))
 
 
 def _predictor(spec, plan: dict):

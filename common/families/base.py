@@ -223,6 +223,11 @@ class FamilyInference:
     # ``result`` JSON, axis label with its unit). A key naming a list of numbers (a landmark
     # model's spread per landmark) is drawn as each study's largest value.
     report_distributions: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # What it can write per study under --out, by --outputs name (each where the study's input
+    # allows it: a DICOM SR only of a DICOM source), and which of them are DICOM objects that
+    # --send-to stores on a PACS (``common.inference.outputs``).
+    outputs: ClassVar[dict[str, str]] = {}
+    dicom_outputs: ClassVar[tuple[str, ...]] = ()
 
     def check(self, options: dict[str, Any], checkpoints: Sequence[Path]) -> None:
         """Refuse, with a SpecError naming the option, what this family cannot honour."""
@@ -235,6 +240,19 @@ class FamilyInference:
                                 f"{', '.join(valid)} only")
         if self.needs_out_dir and not options.get("out_dir"):
             raise SpecError(f"{self.model_name} model writes a file per study: give --out DIR")
+        chosen = options.get("outputs")
+        if chosen is not None:
+            unknown = [name for name in chosen if name not in self.outputs]
+            if unknown:
+                raise SpecError(f"--outputs {','.join(unknown)}: {self.model_name} model writes "
+                                f"{', '.join(self.outputs) or 'no files'} only")
+            if not options.get("out_dir"):
+                raise SpecError(f"--outputs {','.join(chosen)}: files are written under --out DIR; give it")
+        if options.get("send_to"):
+            dicom = [name for name in self.dicom_outputs if chosen is None or name in chosen]
+            if not dicom:
+                raise SpecError(f"--send-to stores DICOM outputs ({', '.join(self.dicom_outputs) or 'none'} for "
+                                f"{self.model_name} model), and --outputs chooses none of them")
 
     def studies(self, archive: Any) -> Iterator[Any]:
         """The studies of an archive: Entry / SkippedEntry items (one file each by default)."""

@@ -90,7 +90,7 @@ def _decode(data: bytes) -> DecodedImage:
     _check_decoder(ds)
     pixels = to_display(ds, _decode_pixels(ds))
     return DecodedImage(pixels=pixels, source_format="dicom", spacing_mm=spacing_mm(ds), uids=study_uids(ds),
-                        modality=str(ds.get("Modality") or "") or None)
+                        modality=str(ds.get("Modality") or "") or None, header=header)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def decode_ct_slice(data: bytes) -> dict:
             return {"hu": hu, "spacing_mm": spacing_mm(ds), "position": position, "normal": normal,
                     "instance": None if instance in (None, "") else int(instance),
                     "thickness": None if thickness is None or thickness[0] <= 0 else float(thickness[0]),
-                    "uids": study_uids(ds)}
+                    "uids": study_uids(ds), "orientation": orientation, "header": header}
         except StudyError:
             raise
         except Exception as exc:

@@ -10,6 +10,7 @@ is one (B, 1, S, S) uint8 tensor with what each study's record needs beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +30,7 @@ class ImageInfo:
     uids: dict[str, str]
     source_format: str
     pixels: np.ndarray | None  # the original (H, W) uint8, kept only when overlays are drawn
+    header: Any = None  # a DICOM source's dataset without pixels, kept only when a DICOM SR is written
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class ImageBatch:
 
 
 class ImageDecoder(StudyDecoder):
-    def __init__(self, image_size: int, keep_pixels: bool = False):
-        self.image_size, self.keep_pixels = int(image_size), keep_pixels
+    def __init__(self, image_size: int, keep_pixels: bool = False, keep_header: bool = False):
+        self.image_size, self.keep_pixels, self.keep_header = int(image_size), keep_pixels, keep_header
 
     def decode(self, archive, key: str) -> StudyImage:
         decoded = decode_image(archive.read(key))
@@ -62,7 +64,8 @@ class ImageDecoder(StudyDecoder):
         resized = cv2.resize(pixels, (s, s), interpolation=cv2.INTER_LINEAR)
         image = torch.from_numpy(np.ascontiguousarray(resized)).unsqueeze(0)
         return StudyImage(image, ImageInfo(decoded.size, decoded.spacing_mm, dict(decoded.uids), decoded.source_format,
-                                           pixels if self.keep_pixels else None))
+                                           pixels if self.keep_pixels else None,
+                                           decoded.header if self.keep_header else None))
 
     def collate(self, items: list[StudyImage]) -> ImageBatch:
         return ImageBatch(torch.stack([item.image for item in items]), [item.info for item in items])

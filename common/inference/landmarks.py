@@ -5,7 +5,10 @@ model-size images to landmarks and spread in pixels of each original. The rest i
 ``ImageDecoder`` in the loader processes, quality checks (``points.LANDMARK_CHECKS`` plus the
 family's own ``checks``), millimetres from each image's spacing, the stored result, and, with
 an output folder, an overlay per done study at ``<out>/overlays/<study id>.png`` (joining the
-family's ``overlay_pairs`` and ``overlay_axis``).
+family's ``overlay_pairs`` and ``overlay_axis``) and, for a DICOM source, a TID 1500 DICOM SR at
+``<out>/sr/<study id>.dcm``: a point per landmark (the family's ``landmark_names``), the
+distances of its ``sr_distances`` pairs in mm where the image has a spacing, and the review flag
+(``landmark_sr.build_landmark_sr``). ``--outputs`` chooses among them (``outputs.OutputPlan``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from medq.common.inference.chunk import StudyPredictor
 from medq.common.inference.images import ImageBatch, ImageDecoder
 from medq.common.inference.outcome import StudyOutcome
+from medq.common.inference.outputs import OutputPlan, note_missing, note_output
 from medq.common.inference.overlay import write_overlay
 from medq.common.inference.points import (
     DEFAULT_SPREAD_LIMIT_FRACTION, LANDMARK_CHECKS, Check, landmark_result, qc_reasons,
@@ -34,18 +38,23 @@ class LandmarkPredictor(StudyPredictor):
     checks: ClassVar[tuple[Check, ...]] = LANDMARK_CHECKS
     overlay_pairs: ClassVar[tuple[tuple[int, int], ...]] = ()
     overlay_axis: ClassVar[tuple[int, ...]] = ()
+    landmark_names: ClassVar[tuple[str, ...]] = ()  # for the DICOM SR, in landmark order
+    sr_distances: ClassVar[tuple[tuple[int, int], ...]] = ()  # landmark pairs whose distance the SR gives
 
     def __init__(self, image_size: int, device: torch.device, studies_per_batch: int = 32,
                  out_dir: Path | str | None = None,
-                 spread_limit_fraction: float = DEFAULT_SPREAD_LIMIT_FRACTION):
-        """``out_dir``: overlays go to its ``overlays`` folder (none without it);
-        ``spread_limit_fraction``: the spread check's limit, as a fraction of each image's width."""
+                 spread_limit_fraction: float = DEFAULT_SPREAD_LIMIT_FRACTION, outputs: OutputPlan | None = None):
+        """``out_dir``: overlays (and SRs) go under it (none without it); ``outputs``: which files
+        (default: all where the input allows); ``spread_limit_fraction``: the spread check's
+        limit, as a fraction of each image's width."""
         self.image_size = int(image_size)
         self.device = torch.device(device)
         self.studies_per_batch = int(studies_per_batch)
-        self.overlay_dir = Path(out_dir) / "overlays" if out_dir else None
+        self.outputs = outputs or OutputPlan(Path(out_dir) if out_dir else None)
+        self.overlay_dir = self.outputs.out_dir / "overlays" if self.outputs.wants("overlay") else None
         self.spread_limit_fraction = float(spread_limit_fraction)
-        self.decoder = ImageDecoder(self.image_size, keep_pixels=self.overlay_dir is not None)
+        self.decoder = ImageDecoder(self.image_size, keep_pixels=self.overlay_dir is not None,
+                                    keep_header=self.outputs.wants("sr"))
 
     models: list = []  # the family's models on ``device``
 
@@ -76,12 +85,28 @@ class LandmarkPredictor(StudyPredictor):
 
     def _done(self, study_id: int, info, landmarks: np.ndarray, spread: np.ndarray) -> StudyOutcome:
         reasons = self.qc(landmarks, spread, info.size)
+        result = landmark_result(landmarks, spread, info.spacing_mm, reasons)
         if self.overlay_dir is not None and info.pixels is not None:
-            write_overlay(info.pixels, landmarks, bool(reasons), overlay_path(self.overlay_dir, study_id),
-                          self.overlay_pairs, self.overlay_axis)
-        return StudyOutcome(study_id, "done", result=landmark_result(landmarks, spread, info.spacing_mm, reasons),
-                            qc_flag=bool(reasons), image_size=info.size, uids=info.uids,
-                            source_format=info.source_format)
+            path = overlay_path(self.overlay_dir, study_id)
+            write_overlay(info.pixels, landmarks, bool(reasons), path, self.overlay_pairs, self.overlay_axis)
+            note_output(result, self.outputs, "overlay", path)
+        if self.outputs.wants("sr"):
+            self._sr(study_id, info, landmarks, reasons, result)
+        return StudyOutcome(study_id, "done", result=result, qc_flag=bool(reasons), image_size=info.size,
+                            uids=info.uids, source_format=info.source_format)
+
+    def _sr(self, study_id: int, info, landmarks: np.ndarray, reasons: list[str], result: dict) -> None:
+        if info.header is None:
+            return note_missing(result, self.outputs, "sr", f"the source is {info.source_format}, not DICOM")
+        from medq.common.inference.dicom_outputs import write_dicom
+        from medq.common.inference.landmark_sr import build_landmark_sr
+
+        names = self.landmark_names or tuple(f"Landmark {k}" for k in range(1, len(landmarks) + 1))
+        seed = self.outputs.uid_seed(study_id, info.uids.get("SOPInstanceUID", ""))
+        sr = build_landmark_sr(info.header, names, landmarks, info.spacing_mm, self.sr_distances, reasons,
+                               self.outputs.algorithm(), seed)
+        path = write_dicom(self.outputs.path("sr", study_id), sr)
+        note_output(result, self.outputs, "sr", path, sr.SOPInstanceUID)
 
     @staticmethod
     def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:

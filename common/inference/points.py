@@ -87,6 +87,7 @@ def _floats(values: Any) -> Any:
 
 # --- the per-study CSV ---------------------------------------------------------------------------
 
+OUTPUT_FIELDS = ["overlay", "sr", "sent", "output_notes"]  # files relative to --out; the PACS's answers
 STUDY_FIELDS = ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
                 "review", "review_reasons"]
 
@@ -96,11 +97,17 @@ def landmark_csv_columns(n_landmarks: int) -> list[str]:
     return (STUDY_FIELDS
             + [f"{axis}{i}" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
             + [f"{axis}{i}_mm" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
-            + [f"spread{i}_px" for i in range(1, n_landmarks + 1)])
+            + [f"spread{i}_px" for i in range(1, n_landmarks + 1)] + OUTPUT_FIELDS)
 
 
 def _cell(value: Any) -> Any:
     return "" if value is None else (round(value, 2) if isinstance(value, float) else value)
+
+
+def sent_cell(study: Any) -> str:
+    """What the PACS answered per DICOM output ("sr accepted"; "seg failed: HTTP 500 ..."), '' when nothing was sent."""
+    return "; ".join(f"{s['output']} {s['state']}" + (f": {s['answer']}" if s["state"] == "failed" and s["answer"] else "")
+                     for s in getattr(study, "sends", None) or [])
 
 
 def landmark_csv_row(study: Any, n_landmarks: int) -> list[Any]:
@@ -109,9 +116,11 @@ def landmark_csv_row(study: Any, n_landmarks: int) -> list[Any]:
     px = result.get("landmarks_px") or [[None, None]] * n_landmarks
     mm = result.get("landmarks_mm") or [[None, None]] * n_landmarks
     spread = result.get("spread_px") or [None] * n_landmarks
+    files = result.get("outputs") or {}
     return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
              study.series_uid or "", study.sop_uid or "", study.source_format or "", _cell(study.width),
              _cell(study.height), "" if study.qc_flag is None else int(study.qc_flag),
              "; ".join(result.get("qc_reasons") or [])]
             + [_cell(v) for point in px for v in point] + [_cell(v) for point in mm for v in point]
-            + [_cell(v) for v in spread])
+            + [_cell(v) for v in spread] + [files.get("overlay", ""), files.get("sr", ""), sent_cell(study),
+                                             "; ".join(result.get("output_notes") or [])])

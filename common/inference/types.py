@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class DecodedImage:
     spacing_mm: tuple[float, float] | None = None  # (row, column) = (y, x) mm per pixel
     uids: dict[str, str] = field(default_factory=dict)  # StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID
     modality: str | None = None
+    header: Any = None  # a DICOM source's dataset without its pixel data (what DICOM outputs copy)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
 from medq.common.store.models import Chunk, Job, State, Study, utcnow
+from medq.common.store.sends import add_sends, failed_sends, retry_failed
 from medq.common.windows import window_open
 
 BATCH = 1000
@@ -239,17 +240,22 @@ def pending_studies(store: Store, job_id: str, chunk_index: int) -> list[tuple[i
             .order_by(Study.id)).all())
 
 
-def record_studies(store: Store, records: list[dict[str, Any]]) -> int:
-    """One transaction for a batch of outcomes; only studies still pending are written."""
+def record_studies(store: Store, records: list[dict[str, Any]], send_job: str | None = None) -> int:
+    """One transaction for a batch of outcomes; only studies still pending are written. With
+    ``send_job`` (a job with --send-to), each DICOM output of a done study gets its pending
+    send row in the same transaction (``sends.py``)."""
     now = utcnow()
     written = 0
     with store.session() as s:
         for r in records:
-            written += s.execute(update(Study).where(Study.id == r["study_id"], Study.state == "pending").values(
+            wrote = s.execute(update(Study).where(Study.id == r["study_id"], Study.state == "pending").values(
                 state=r["state"], reason=r.get("reason"), study_uid=r.get("study_uid"),
                 series_uid=r.get("series_uid"), sop_uid=r.get("sop_uid"), source_format=r.get("source_format"),
                 width=r.get("width"), height=r.get("height"), result=r.get("result"), qc_flag=r.get("qc_flag"),
                 updated_at=now).execution_options(synchronize_session=False)).rowcount
+            if wrote and send_job and r["state"] == "done":
+                add_sends(s, send_job, r["study_id"], r.get("result"))
+            written += wrote
     return written
 
 
@@ -274,11 +280,16 @@ def close_job(s, job: Job, now: datetime) -> None:
     states = [c for (c,) in s.execute(select(Chunk.state).where(Chunk.job_id == job.id)).all()]
     if not states or any(state not in CHUNK_ENDED for state in states) or State(job.state).ended:
         return
+    unsent, answer = failed_sends(s, job.id)
     if job.cancel_requested:
         job.state = State.CANCELLED.value
     elif "failed" in states:
         job.state = State.FAILED.value
         job.error = f"{states.count('failed')} chunk(s) failed; `medq resume {job.id}` retries their studies"
+    elif unsent:
+        job.state = State.FAILED.value
+        job.error = (f"{unsent} DICOM output(s) not accepted by the PACS (first: {answer}); they are kept under "
+                     f"--out, and `medq resume {job.id}` sends them again")
     else:
         job.state = State.SUCCEEDED.value
     job.finished_at = now
@@ -298,9 +309,11 @@ def resume_job(store: Store, job_id: str) -> int:
         job.window_lifted = True
         pending = {i for (i,) in s.execute(select(Study.chunk_index).where(
             Study.job_id == job_id, Study.state == "pending").distinct()).all()}
+        unsent = retry_failed(s, job_id)  # outputs the PACS did not accept: sent again
         reopened = 0
         for chunk in s.scalars(select(Chunk).where(Chunk.job_id == job_id)):
-            if chunk.index in pending and chunk.state in ("failed", "cancelled", "waiting"):
+            if (chunk.index in pending and chunk.state in ("failed", "cancelled", "waiting")) or \
+                    (chunk.index in unsent and chunk.state in CHUNK_ENDED):
                 chunk.state, chunk.attempts, chunk.error, chunk.finished_at = "waiting", 0, None, None
                 reopened += 1
         if reopened:

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0005"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0006"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -259,4 +259,27 @@ class Study(Base):
     height: Mapped[int | None]
     result: Mapped[dict[str, Any] | None]  # landmarks_px, landmarks_mm, spread_px, qc_reasons
     qc_flag: Mapped[bool | None]
+    updated_at: Mapped[datetime | None]
+
+
+class Send(Base):
+    """One DICOM output of a study for the PACS named by its job's ``--send-to``: what was
+    sent (the file relative to the job's --out, its SOP Instance UID) and the PACS's answer.
+
+    A row is written pending in the same transaction as its study's outcome, so a worker that
+    dies before sending leaves it to the chunk's next run; ``accepted`` is final, and a resumed
+    job sends again only what is not."""
+
+    __tablename__ = "sends"
+    __table_args__ = (UniqueConstraint("study_id", "output"), Index("ix_sends_job_id_state", "job_id", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    output: Mapped[str] = mapped_column(String(16))  # "seg", "sr"
+    path: Mapped[str] = mapped_column(Text)  # relative to the job's --out
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, accepted, failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    answer: Mapped[str | None] = mapped_column(Text)  # the PACS's answer, or why it gave none
     updated_at: Mapped[datetime | None]

@@ -122,6 +122,10 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
             select(Chunk.index, Chunk.n_studies, Chunk.error).where(Chunk.job_id == job_id, Chunk.state == "failed")
             .order_by(Chunk.index).limit(FAILED_CHUNKS_SHOWN))]
         view = job_view(job, with_members=False)
+        from medq.common.store.models import Send
+
+        sends = dict(s.execute(select(Send.state, func.count()).where(Send.job_id == job_id)
+                               .group_by(Send.state)).all())
     remaining = studies.get("pending", 0)
     throughput = None
     if ran[0] and job.started_at:
@@ -134,6 +138,8 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
                     "failed": studies.get("failed", 0), "skipped": studies.get("skipped", 0),
                     "remaining": remaining, "review": flagged},
         "chunks": chunks,
+        "sends": sends,  # DICOM outputs stored on the PACS (--send-to), by state
+        "send_to": (job.spec or {}).get("send_to"),
         "failed_chunks": failed_chunks,  # the first few, with why (their studies stay pending)
         "studies_per_s": throughput,
         "eta_s": remaining / throughput if throughput and remaining and job.state == "running" else None,

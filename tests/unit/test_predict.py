@@ -234,7 +234,8 @@ def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(members, st
     assert stats.studies_per_s > 0
     done = [o for o in outcomes if o.state == "done"]
     for o in done:
-        assert sorted(o.result) == ["landmarks_mm", "landmarks_px", "qc_reasons", "spread_px"]
+        assert sorted(o.result) == ["landmarks_mm", "landmarks_px", "outputs", "qc_reasons", "spread_px"]
+        assert o.result["outputs"] == {"overlay": f"overlays/{o.study_id}.png"}  # a PNG source: no DICOM SR
         assert np.asarray(o.result["landmarks_px"]).shape == (N_LANDMARKS, 2)
         assert np.asarray(o.result["spread_px"]).shape == (N_LANDMARKS,)
         assert o.result["landmarks_mm"] is None  # PNG has no pixel spacing

@@ -127,7 +127,7 @@ def test_a_trained_segmenter_writes_a_nifti_study_s_mask_in_its_grid(tmp_path):
     by_path = {path: o for (k, path), o in zip(sorted(items), sorted(outcomes, key=lambda o: o.study_id))}
     assert "not invertible" in by_path["broken.nii.gz"].reason
     done = by_path["ct.nii.gz"]
-    mask = nib.load(out / done.result["mask_nifti"])
+    mask = nib.load(out / done.result["outputs"]["nifti"])
     assert mask.shape == voxels.shape and np.allclose(mask.affine, LPS)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 3}
     assert done.result["spacing_mm"] == pytest.approx([2.5, 0.8, 0.7])

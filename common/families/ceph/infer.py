@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
+from medq.common.inference.outputs import OutputPlan
 from medq.common.families.ceph.schema import N_LANDMARKS
 
 
@@ -17,6 +18,9 @@ class CephInference(FamilyInference):
     aggregations = ("mean",)  # the checkpoints' heatmaps are averaged, as the job's evaluation does
     ttas = ("none", "flip")  # flip only for a model trained with left/right pairs
     default_chunk = 256
+    outputs = {"overlay": "PNG of the image with its landmarks (red: flagged for review)",
+               "sr": "DICOM SR (TID 1500): a point per landmark, distances in mm, the review flag; DICOM sources"}
+    dicom_outputs = ("sr",)
     model_name = "an HRNet"
     report_distributions = (("spread_px", "largest landmark spread of the study: checkpoints' disagreement (px)"),)
 
@@ -34,7 +38,7 @@ class CephInference(FamilyInference):
 
         return HeatmapPredictor([Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
                                 tta=None if spec.tta == "none" else spec.tta, device=device,
-                                studies_per_batch=spec.batch_size, out_dir=spec.out_dir,
+                                studies_per_batch=spec.batch_size, out_dir=spec.out_dir, outputs=OutputPlan.from_spec(spec, "hrnet", "cephalometric HRNet"),
                                 spread_limit_fraction=spec.spread_limit_fraction)
 
     def csv_columns(self, plan: dict[str, Any]) -> list[str]:

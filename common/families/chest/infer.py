@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
+from medq.common.inference.outputs import OutputPlan
 from medq.common.families.chest.schema import N_LANDMARKS
 
 
@@ -18,6 +19,9 @@ class ChestInference(FamilyInference):
     aggregations = ("mean", "median", "weighted")  # weighted: by each member's validation loss
     ttas = ("none", "flip")
     default_chunk = 256
+    outputs = {"overlay": "PNG of the image with its landmarks (red: flagged for review)",
+               "sr": "DICOM SR (TID 1500): a point per landmark, distances in mm, the review flag; DICOM sources"}
+    dicom_outputs = ("sr",)
     model_name = "a chest-landmark ensemble"
     report_distributions = (("spread_px", "largest landmark spread of the study: members' disagreement (px)"),)
 
@@ -38,7 +42,7 @@ class ChestInference(FamilyInference):
         return EnsemblePredictor.from_checkpoints(
             [Path(p) for p in spec.checkpoints], aggregation=spec.aggregation,
             tta=None if spec.tta == "none" else spec.tta, device=device, studies_per_batch=spec.batch_size,
-            out_dir=spec.out_dir, spread_limit_fraction=spec.spread_limit_fraction)
+            out_dir=spec.out_dir, outputs=OutputPlan.from_spec(spec, "ensemble", "chest-landmark ensemble"), spread_limit_fraction=spec.spread_limit_fraction)
 
     def csv_columns(self, plan: dict[str, Any]) -> list[str]:
         from medq.common.inference.points import landmark_csv_columns

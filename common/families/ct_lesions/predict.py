@@ -8,6 +8,12 @@ size, resizes the logits to each slice's own size and takes the arg-max. It writ
   ``classes``, ``spacing_mm`` (slice, row, column; empty when unknown) and, for a DICOM series,
   ``sop_instance_uids``: the slice each mask slice belongs to;
 - ``<out>/overlays/<study id>.png``: the slice with the most lesion, and its prediction;
+- ``<out>/masks/<study id>.nii.gz`` for a NIfTI source: the mask in its grid, with its affine;
+- ``<out>/seg/<study id>.dcm`` and ``<out>/sr/<study id>.dcm`` for a DICOM series: a DICOM
+  Segmentation (a segment per class, binary or fractional) and a TID 1500 SR of the lesion
+  volumes and the lung involved that references it (``dicom_seg.py``);
+
+``--outputs`` chooses among them (``medq.common.inference.outputs``);
 
 and records per study (its ``result``): voxels per class, the lesion volume per lesion class in
 millilitres (when the series gives a spacing), and the percentage of lung involved,
@@ -35,6 +41,7 @@ from medq.common.families.ct_lesions.volumes import CTVolume, load_ct_volume
 from medq.common.inference.chunk import StudyDecoder, StudyPredictor
 from medq.common.training.kit import pick_device
 from medq.common.inference.outcome import StudyOutcome
+from medq.common.inference.outputs import OutputPlan, note_missing, note_output
 
 NEEDS_OUT = "a segmentation model writes masks: the job needs an output folder (--out)"
 
@@ -79,8 +86,9 @@ class SegPredictor(StudyPredictor):
     studies_per_batch = 1  # a volume is a batch of its own slices
 
     def __init__(self, checkpoint: Path, device: torch.device | str | None = None, out_dir: Path | str | None = None,
-                 slices_per_batch: int = 32):
-        """``out_dir``: where ``predict`` writes masks and overlays (``segment`` needs none)."""
+                 slices_per_batch: int = 32, outputs: OutputPlan | None = None):
+        """``out_dir``: where ``predict`` writes masks and overlays (``segment`` needs none);
+        ``outputs``: which files (default: every one the study's input allows)."""
         from medq.common.families.ct_lesions.train import load_segmenter
 
         model, self.spec, self.normaliser = load_segmenter(Path(checkpoint))
@@ -88,7 +96,8 @@ class SegPredictor(StudyPredictor):
         self.use_amp = self.spec.amp and self.device.type == "cuda"  # as evaluation does
         self.model = model.to(self.device).eval()
         self.image_size = self.spec.image_size
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.outputs = outputs or OutputPlan(Path(out_dir) if out_dir is not None else None)
+        self.out_dir = self.outputs.out_dir
         self.slices_per_batch = int(slices_per_batch)
         self.decoder = VolumeDecoder(self.normaliser, seg_transform(self.spec, train=False))
 
@@ -96,22 +105,30 @@ class SegPredictor(StudyPredictor):
         return model_input(hu, self.normaliser, self.decoder.resize)
 
     @torch.no_grad()
-    def segment(self, inputs: torch.Tensor, out_size: tuple[int, int], batch_size: int | None = None) -> np.ndarray:
-        """Class indices (S, H, W) uint8 of model inputs (S, 1, size, size)."""
+    def segment(self, inputs: torch.Tensor, out_size: tuple[int, int], batch_size: int | None = None,
+                probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Class indices (S, H, W) uint8 of model inputs (S, 1, size, size); with
+        ``probabilities``, also the softmax per class (S, C, H, W) as uint8 (255 = 1.0)."""
         from medq.common.families.ct_lesions.train import predict_logits
 
         step = batch_size or self.slices_per_batch
-        labels = [predict_logits(self.model, inputs[k:k + step], self.device, self.use_amp, out_size)
-                  .argmax(dim=1).to(torch.uint8).cpu().numpy() for k in range(0, len(inputs), step)]
-        return np.concatenate(labels)
+        labels, probs = [], []
+        for k in range(0, len(inputs), step):
+            logits = predict_logits(self.model, inputs[k:k + step], self.device, self.use_amp, out_size)
+            labels.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            if probabilities:
+                probs.append((logits.softmax(dim=1) * 255).round().to(torch.uint8).cpu().numpy())
+        return (np.concatenate(labels), np.concatenate(probs)) if probabilities else np.concatenate(labels)
 
     def predict(self, study_ids: list[int], batch: list[tuple[CTVolume, torch.Tensor]]) -> list[StudyOutcome]:
         if self.out_dir is None:
             raise SpecError(NEEDS_OUT)
+        fractional = self.outputs.seg_type == "fractional" and self.outputs.wants("seg")
         outcomes = []
         for study_id, (volume, inputs) in zip(study_ids, batch):
-            labels = self.segment(inputs, volume.hu.shape[1:])
-            outcomes.append(_done(study_id, volume, labels, self.out_dir))
+            found = self.segment(inputs, volume.hu.shape[1:], probabilities=fractional and bool(volume.headers))
+            labels, probs = found if isinstance(found, tuple) else (found, None)
+            outcomes.append(_done(study_id, volume, labels, self.outputs, probs))
         return outcomes
 
     def close(self) -> None:
@@ -124,23 +141,66 @@ def mask_path(out_dir: Path, study_id: int) -> Path:
     return Path(out_dir) / "masks" / f"{int(study_id)}.npz"
 
 
-def _done(study_id: int, volume: CTVolume, labels: np.ndarray, out_dir: Path) -> StudyOutcome:
-    from medq.common.families.ct_lesions.overlay import prediction_panel
+def _done(study_id: int, volume: CTVolume, labels: np.ndarray, outputs: OutputPlan,
+          probabilities: np.ndarray | None = None) -> StudyOutcome:
+    """The study's measurements, and each output it wants that its input allows."""
+    result = measure(labels, volume.spacing_mm)
+    for name, write in WRITERS.items():
+        if outputs.wants(name):
+            write(study_id, volume, labels, outputs, result, probabilities)
+    height, width = labels.shape[1:]
+    return StudyOutcome(study_id, "done", result=result, image_size=(int(width), int(height)), uids=volume.uids,
+                        source_format=volume.source_format)
 
-    path = mask_path(out_dir, study_id)
+
+def _npz(study_id, volume, labels, outputs, result, probabilities) -> None:
+    path = outputs.path("npz", study_id)
     write_atomic(path, lambda handle: np.savez_compressed(
         handle, labels=labels, classes=np.array(CLASSES), spacing_mm=np.array(volume.spacing_mm or (), dtype=np.float64),
         sop_instance_uids=np.array(volume.slice_uids, dtype=str)))
+    note_output(result, outputs, "npz", path)
+
+
+def _overlay(study_id, volume, labels, outputs, result, probabilities) -> None:
+    from medq.common.families.ct_lesions.overlay import prediction_panel
+
     lesion_per_slice = np.isin(labels, LESIONS).sum(axis=(1, 2))
     shown = int(lesion_per_slice.argmax()) if lesion_per_slice.any() else len(labels) // 2
-    prediction_panel(volume.hu[shown], labels[shown], Path(out_dir) / "overlays" / f"{int(study_id)}.png")
-    measures = measure(labels, volume.spacing_mm)
-    measures["mask"] = str(path.relative_to(out_dir))
-    if volume.grid is not None:  # a NIfTI source: the mask also in its own grid, with its affine
-        from medq.common.families.ct_lesions.nifti import write_mask
+    path = outputs.path("overlay", study_id)
+    prediction_panel(volume.hu[shown], labels[shown], path)
+    note_output(result, outputs, "overlay", path)
 
-        nifti = write_mask(Path(out_dir) / "masks" / f"{int(study_id)}.nii.gz", labels, volume.grid)
-        measures["mask_nifti"] = str(nifti.relative_to(out_dir))
-    height, width = labels.shape[1:]
-    return StudyOutcome(study_id, "done", result=measures, image_size=(int(width), int(height)), uids=volume.uids,
-                        source_format=volume.source_format)
+
+def _nifti(study_id, volume, labels, outputs, result, probabilities) -> None:
+    if volume.grid is None:
+        return note_missing(result, outputs, "nifti", f"the source is {volume.source_format}, not NIfTI")
+    from medq.common.families.ct_lesions.nifti import write_mask
+
+    note_output(result, outputs, "nifti", write_mask(outputs.path("nifti", study_id), labels, volume.grid))
+
+
+def _seg_and_sr(study_id, volume, labels, outputs, result, probabilities) -> None:
+    """The DICOM SEG and, when wanted, the SR of its measurements (which references the SEG)."""
+    if not volume.headers:
+        for name in ("seg", "sr"):
+            note_missing(result, outputs, name, f"the source is {volume.source_format}, not a DICOM series")
+        return
+    from medq.common.families.ct_lesions.dicom_seg import build_lesion_sr, build_seg
+    from medq.common.inference.dicom_outputs import write_dicom
+
+    seed = outputs.uid_seed(study_id, volume.uids.get("SeriesInstanceUID", ""))
+    seg = build_seg(volume.headers, labels, outputs.algorithm(), seed,
+                    fractional=probabilities is not None, probabilities=probabilities)
+    note_output(result, outputs, "seg", write_dicom(outputs.path("seg", study_id), seg), seg.SOPInstanceUID)
+    if outputs.wants("sr"):
+        sr = build_lesion_sr(seg, volume.headers, result, outputs.algorithm(), seed)
+        note_output(result, outputs, "sr", write_dicom(outputs.path("sr", study_id), sr), sr.SOPInstanceUID)
+
+
+def _sr_alone(study_id, volume, labels, outputs, result, probabilities) -> None:
+    if not outputs.wants("seg"):  # the SR references a SEG: without one, there is nothing to reference
+        note_missing(result, outputs, "sr", "the lesion SR references the DICOM SEG; ask for seg too")
+
+
+# in this order: the SR follows its SEG
+WRITERS = {"npz": _npz, "overlay": _overlay, "nifti": _nifti, "seg": _seg_and_sr, "sr": _sr_alone}

@@ -37,6 +37,7 @@ class CTVolume:
     uids: dict[str, str] = field(default_factory=dict)
     slice_uids: tuple[str, ...] = ()  # a series' SOPInstanceUIDs in the volume's slice order
     grid: Any = None  # a NIfTI source's voxel grid (nifti.NiftiGrid): its mask is written back into it
+    headers: tuple[Any, ...] = ()  # a DICOM series' slice datasets without pixels, in slice order (for a SEG)
 
 
 def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
@@ -45,6 +46,7 @@ def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
     series: dict[tuple[str, str], list[str]] = {}
     from medq.common.inference.dicom import series_key
 
+    known = getattr(archive, "series_of", None)  # a PACS names each instance's series: nothing is read
     for entry in archive.entries():
         if isinstance(entry, SkippedEntry):
             yield entry
@@ -52,7 +54,7 @@ def plan_ct_studies(archive: Any) -> Iterator[Entry | SkippedEntry]:
             yield entry
         else:
             try:
-                key = series_key(archive.read(entry.path))
+                key = known(entry.path) if known else series_key(archive.read(entry.path))
             except StudySkipped as exc:
                 yield SkippedEntry(entry.path, str(exc), "skipped")
                 continue
@@ -112,13 +114,26 @@ def _dicom_series(archive: Any, paths: list[str]) -> CTVolume:
     shapes = {s["hu"].shape for s in slices}
     if len(shapes) > 1:
         raise StudyError(f"the series mixes slice sizes {sorted(shapes)}")
+    _check_orientation(slices)
     order, gap = _slice_order(slices)
     spacing = slices[0]["spacing_mm"]
     thickness = gap or slices[0]["thickness"]
     uids = {k: v for k, v in slices[0]["uids"].items() if k != "SOPInstanceUID"}
     return CTVolume(np.stack([slices[k]["hu"] for k in order]),
                     None if spacing is None or thickness is None else (thickness, *spacing), "dicom", uids,
-                    tuple(slices[k]["uids"].get("SOPInstanceUID", "") for k in order))
+                    tuple(slices[k]["uids"].get("SOPInstanceUID", "") for k in order),
+                    headers=tuple(slices[k]["header"] for k in order))
+
+
+def _check_orientation(slices: list[dict]) -> None:
+    """One volume needs one slice plane: a series mixing orientations (a scout in the series, a
+    reformat) cannot be stacked."""
+    planes = [s["orientation"] for s in slices if s.get("orientation") is not None]
+    if planes and any(not np.allclose(p, planes[0], atol=1e-3) for p in planes[1:]):
+        odd = next(k for k, s in enumerate(slices) if s.get("orientation") is not None
+                   and not np.allclose(s["orientation"], planes[0], atol=1e-3))
+        raise StudyError(f"the series mixes slice orientations (slice {odd + 1} of {len(slices)} lies in another "
+                         "plane): cannot build one volume")
 
 
 def _slice_order(slices: list[dict]) -> tuple[list[int], float | None]:
@@ -131,7 +146,13 @@ def _slice_order(slices: list[dict]) -> tuple[list[int], float | None]:
         if len(gaps) and np.isclose(gaps, 0, atol=1e-3).any():
             raise StudyError("two slices of the series share a position (a repeated acquisition?): "
                              "cannot build one volume")
-        return order, (float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None)
+        step = float(np.median(gaps)) if len(gaps) else 0.0
+        holes = np.flatnonzero(gaps > 1.5 * step) if step > 0 else []
+        if len(holes):
+            k = int(holes[0])
+            raise StudyError(f"slices missing from the series: {gaps[k]:.2f} mm between slices {k + 1} and {k + 2} "
+                             f"(sorted by position) where the series steps {step:.2f} mm")
+        return order, (step if step > 0 else None)
     if all(s["instance"] is not None for s in slices):
         return sorted(range(len(slices)), key=lambda k: slices[k]["instance"]), None
     return list(range(len(slices))), None

@@ -1,0 +1,82 @@
+"""What an inference job writes per study, and where (torch-free).
+
+``OutputPlan`` is built once per predictor from the job's spec: the output folder, the outputs
+``--outputs`` chose (None: every output the family writes where the study's input allows it),
+and what DICOM outputs carry (algorithm identification, UIDs derived from the study so that a
+study done again after a crash gets the same objects, never a second copy in the PACS).
+
+A study's ``result`` names each file written, relative to ``--out``: ``outputs`` {name: path},
+``dicom`` {name: SOP Instance UID} for the DICOM ones (what ``--send-to`` stores), and
+``output_notes`` for an output asked for by name that this study's input cannot have.
+Files are named by the study's row id, never by the source's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# an output's folder under --out and its file suffix
+FILES = {"overlay": ("overlays", ".png"), "npz": ("masks", ".npz"), "nifti": ("masks", ".nii.gz"),
+         "seg": ("seg", ".dcm"), "sr": ("sr", ".dcm")}
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    out_dir: Path | None
+    chosen: tuple[str, ...] | None = None  # --outputs; None: the family's defaults
+    family: str = ""
+    title: str = ""
+    model_job: str | None = None
+    checkpoints: tuple[str, ...] = ()
+    seg_type: str = "binary"
+    _algorithm: list = field(default_factory=list, compare=False, repr=False)  # computed once
+
+    @classmethod
+    def from_spec(cls, spec: Any, family: str, title: str) -> "OutputPlan":
+        return cls(Path(spec.out_dir) if spec.out_dir else None, spec.outputs, family, title, spec.model_job,
+                   tuple(spec.checkpoints), spec.seg_type)
+
+    def wants(self, name: str) -> bool:
+        """Whether ``name`` is written (files need --out)."""
+        return self.out_dir is not None and (self.chosen is None or name in self.chosen)
+
+    def asked(self, name: str) -> bool:
+        """Whether ``name`` was listed by --outputs (a study that cannot have it says so)."""
+        return self.chosen is not None and name in self.chosen
+
+    def path(self, name: str, study_id: int) -> Path:
+        folder, suffix = FILES[name]
+        return Path(self.out_dir) / folder / f"{int(study_id)}{suffix}"
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.out_dir))
+
+    def algorithm(self):
+        """The DICOM outputs' algorithm identification (the checkpoints hashed once)."""
+        if not self._algorithm:
+            from medq.common import __version__
+            from medq.common.inference.dicom_outputs import Algorithm, checkpoint_digest
+
+            self._algorithm.append(Algorithm(self.family, self.title, __version__, self.model_job,
+                                             checkpoint_digest([Path(p) for p in self.checkpoints])))
+        return self._algorithm[0]
+
+    def uid_seed(self, study_id: int, source_uid: str) -> str:
+        """The same for the same model, study row and source: a study done again (a killed
+        worker, a resumed job) writes objects with the same UIDs."""
+        return f"medq/{self.algorithm().checkpoint_sha256}/{int(study_id)}/{source_uid}"
+
+
+def note_output(result: dict[str, Any], plan: OutputPlan, name: str, path: Path, sop_uid: str | None = None) -> None:
+    """Record a written file (and, for a DICOM object, its SOP Instance UID) in ``result``."""
+    result.setdefault("outputs", {})[name] = plan.relative(path)
+    if sop_uid:
+        result.setdefault("dicom", {})[name] = str(sop_uid)
+
+
+def note_missing(result: dict[str, Any], plan: OutputPlan, name: str, why: str) -> None:
+    """An output asked for by name that this study cannot have: the reason on the study."""
+    if plan.asked(name):
+        result.setdefault("output_notes", []).append(f"{name} not written: {why}")
