@@ -284,6 +284,34 @@ def bench_segment(arch, encoder, image_size, slices, batch_size, steps, amp, loa
     click.echo(json.dumps(out, indent=2))
 
 
+@bench.command("pacs")
+@click.option("--studies", default=12, show_default=True, help="CT studies (one series each)")
+@click.option("--slices", default=16, show_default=True, help="slices per series (128 x 128, from CT_small)")
+def bench_pacs(studies: int, slices: int) -> None:
+    """Studies/s of `medq submit infer --pacs ... --send-to ...` (retrieve + segment + SEG/SR +
+    send) against the same studies from a local folder, with the time of each PACS part alone.
+    The PACS is a private Orthanc on a free loopback port (Debian: orthanc orthanc-dicomweb)."""
+    from medq import common
+    from medq.common.families.ct_lesions.model import build_segmenter
+    from medq.common.families.ct_lesions.spec import SegmentSpec
+    from medq.common.training.checkpoint import save_atomic
+    from medq.scheduler.bench_pacs import run
+
+    root = Path(tempfile.mkdtemp(prefix="medq-bench-pacs-"))
+    spec = SegmentSpec(arch="unet", encoder="resnet18", image_size=128)
+    checkpoint = root / "best.pt"
+    save_atomic({"model": build_segmenter(spec.arch, spec.encoder, 4).state_dict(), "spec": spec.to_dict(), "epoch": 0,
+                 "hu": {"mean": -500.0, "std": 450.0}, "class_weights": [1.0] * 4,
+                 "code_version": common.__version__}, checkpoint)
+    from medq.scheduler.orthanc import PrivateOrthanc
+
+    pacs = PrivateOrthanc(root / "orthanc").start()
+    try:
+        click.echo(json.dumps(run(root, checkpoint, pacs, studies, slices, _pools("")[0][1]), indent=2))
+    finally:
+        pacs.stop()
+
+
 def _untrained_checkpoint(path: Path, image_size: int) -> Path:
     """A member checkpoint in best.pt's format with random weights (throughput does not care)."""
     from medq import common
