@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from medq.common.store import Store
+from medq.common.store.sends import send_counts
 from tests.integration.harness import ended
 from tests.orthanc import PASSWORD, Orthanc
 from tests.unit.test_seg_volumes import write_series
@@ -25,8 +28,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def pacs(tmp_path):
+def pacs(tmp_path, cluster):
+    """A running Orthanc, and the cluster's settings (submitter and workers) logged in to it."""
     server = Orthanc(tmp_path / "orthanc").start()
+    cluster.env.update({f"MEDQ_{k.upper()}": v for k, v in server.env.items()})
     yield server
     server.stop()
 
@@ -63,7 +68,6 @@ def upload_ct_studies(pacs: Orthanc, folder: Path, n: int, slices: int = 5) -> d
 
 
 def submit(cluster, pacs: Orthanc, *args: str):
-    cluster.env.update({f"MEDQ_{k.upper()}": v for k, v in pacs.env.items()})
     return cluster.medq("submit", "infer", "--pacs", pacs.dicomweb, *args)
 
 
@@ -99,7 +103,7 @@ def _bytes(ds) -> bytes:
 
 def test_studies_from_orthanc_come_back_as_seg_and_sr_once_each_though_the_worker_was_killed(
         cluster, pacs, segmenter, tmp_path):
-    studies = upload_ct_studies(pacs, tmp_path / "src", 4)
+    studies = upload_ct_studies(pacs, tmp_path / "src", 8)
     pacs.upload(Path(get_testdata_file("MR_small.dcm")))  # not CT: skipped with its reason, not segmented
     cluster.env["MEDQ_LEASE_SECONDS"] = "4"
     workers = cluster.start_workers(1, "a")
@@ -108,19 +112,24 @@ def test_studies_from_orthanc_come_back_as_seg_and_sr_once_each_though_the_worke
                   "--chunk", "1")
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.splitlines()[0]
-    assert "5 studies in 4 chunk(s)" in done.stderr
-    cluster.wait(job_id, lambda v: (v.get("sends") or {}).get("accepted", 0) >= 2 or ended(v), timeout=240, poll=0.1)
-    at_kill = cluster.status(job_id)
+    assert "9 studies in 8 chunk(s)" in done.stderr
+    store = Store(cluster.database_url)
+    deadline = time.monotonic() + 240
+    while send_counts(store, job_id).get("accepted", 0) < 1:  # the first object is on the PACS
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
     cluster.kill(workers)  # SIGKILL, mid-job
-    assert not ended(at_kill), "the job ended before the worker could be killed"
+    at_kill = send_counts(store, job_id)
+    store.dispose()
+    assert at_kill.get("accepted", 0) < 16, "the job ended before the worker could be killed"
     cluster.start_workers(1, "b")
     view = cluster.wait(job_id, ended, timeout=240)
     assert view["state"] == "succeeded", view
-    assert view["sends"] == {"accepted": 8}  # a SEG and an SR per CT study, each accepted once
+    assert view["sends"] == {"accepted": 16}  # a SEG and an SR per CT study, each accepted once
     check_seg_and_sr(pacs, studies)
     rows = csv_rows(cluster, job_id)
     done_rows = [r for r in rows if r["state"] == "done"]
-    assert len(done_rows) == 4 and all(r["sent"] == "seg accepted; sr accepted" for r in done_rows)
+    assert len(done_rows) == 8 and all(r["sent"] == "seg accepted; sr accepted" for r in done_rows)
     assert all((out / r["seg"]).is_file() and (out / r["sr"]).is_file() for r in done_rows)
     (mr,) = [r for r in rows if r["state"] != "done"]
     assert (mr["state"], mr["reason"]) == ("skipped", "modality MR, not CT")

@@ -20,12 +20,16 @@ import torch
 from medq.common.errors import SpecError
 from medq.common.families.ceph.codec import HeatmapCodec
 from medq.common.families.ceph.model import HEATMAP_STRIDE
+from medq.common.families.ceph.schema import LANDMARKS, SR_DISTANCES
 from medq.common.families.ceph.train import heatmaps_of, load_hrnet
 from medq.common.training.kit import pick_device
 from medq.common.inference.landmarks import LandmarkPredictor
 
 
 class HeatmapPredictor(LandmarkPredictor):
+    landmark_names = LANDMARKS
+    sr_distances = SR_DISTANCES
+
     def __init__(self, paths: Sequence[Path], aggregation: str = "mean", tta: str | None = None,
                  device: torch.device | str | None = None, **options: Any):
         """``options``: those of ``LandmarkPredictor`` (studies_per_batch, out_dir, spread_limit_fraction)."""

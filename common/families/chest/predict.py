@@ -25,7 +25,9 @@ from medq.common.training.checkpoint import load_checkpoint
 from medq.common.families.chest.evaluate import load_member
 from medq.common.families.chest.metrics import AGGREGATORS, aggregate_predictions
 from medq.common.families.chest.qc import CHEST_CHECKS, MEDIASTINAL_AXIS
-from medq.common.families.chest.schema import FLIP_PAIRS, N_LANDMARKS, flip_permutation
+from medq.common.families.chest.schema import (
+    FLIP_PAIRS, LANDMARK_NAMES, N_LANDMARKS, SR_DISTANCES, flip_permutation,
+)
 from medq.common.training.kit import pick_device
 from medq.common.inference.landmarks import LandmarkPredictor
 from medq.common.registry import Registry
@@ -62,6 +64,8 @@ class EnsemblePredictor(LandmarkPredictor):
     checks = CHEST_CHECKS
     overlay_pairs = FLIP_PAIRS
     overlay_axis = MEDIASTINAL_AXIS
+    landmark_names = LANDMARK_NAMES
+    sr_distances = SR_DISTANCES
 
     def __init__(self, models: Sequence[nn.Module], image_size: int, aggregation: str = "mean",
                  tta: str | None = None, device: torch.device | str | None = None,
