@@ -13,12 +13,14 @@ A folder holds one or more sets ``images_<name>.npy`` + ``masks_<name>.npy`` (+ 
 Every problem is collected first (streamed through memory-mapped arrays, a block of slices at a
 time) and raised as one ``DataError`` naming the file and the slice index.
 
-Torch-free: the CLI checks a dataset with it before enqueueing.
+Torch-free: the CLI checks a dataset with it before enqueueing. ``layouts.py`` picks this reader
+or another layout's (NIfTI pairs) by what a folder holds; every layout ends in ``SegSource``
+arrays that ``SliceReader`` reads the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -35,7 +37,10 @@ MAX_LISTED = 5  # bad slice indices named per problem
 
 @dataclass(frozen=True)
 class SegSource:
-    """One ``images_<name>.npy`` / ``masks_<name>.npy`` pair."""
+    """One set of slices as the trainer reads them: ``images`` (N, H, W[, 1]) HU and ``masks``
+    (N, H, W, 4) one-hot or (N, H, W) class indices, both .npy files memory-mapped on use. A
+    MedSeg pair is read in place; another layout (``kind``, see ``layouts.py``) converts its files
+    into such arrays once and keeps in ``origin`` what it needs to convert them again."""
 
     name: str
     images: Path
@@ -45,17 +50,20 @@ class SegSource:
     height: int
     width: int
     one_hot: bool  # masks (N, H, W, 4); else (N, H, W) indices
+    kind: str = "medseg"  # the layout it was read from (layouts.LAYOUTS)
+    origin: dict | None = field(default=None, compare=False)  # the layout's own record (JSON)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "images": str(self.images), "masks": str(self.masks),
                 "volumes": None if self.volumes is None else str(self.volumes), "n": self.n,
-                "height": self.height, "width": self.width, "one_hot": self.one_hot}
+                "height": self.height, "width": self.width, "one_hot": self.one_hot, "kind": self.kind,
+                "origin": self.origin}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SegSource":
         return cls(data["name"], Path(data["images"]), Path(data["masks"]),
                    None if data["volumes"] is None else Path(data["volumes"]), data["n"], data["height"],
-                   data["width"], data["one_hot"])
+                   data["width"], data["one_hot"], data.get("kind", "medseg"), data.get("origin"))
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class SegData:
     root: Path
     sources: tuple[SegSource, ...]
     volume_ids: tuple[str, ...] | None  # per global slice index, "<set>:<id>"; None: no volumes given
+    layout: str = "medseg"  # the layout the folder holds (layouts.LAYOUTS)
 
     @property
     def n_slices(self) -> int:
@@ -140,6 +149,22 @@ def _check_masks(path: Path, masks: np.ndarray, problems: list[str]) -> bool | N
     return one_hot
 
 
+def check_one_size(root: Path, sources: Sequence[SegSource], what: str) -> None:
+    """DataError unless every source has slices of one size (evaluation batches them)."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for s in sources:
+        by_size.setdefault((s.height, s.width), []).append(s.name)
+    if len(by_size) > 1:
+        sizes = "; ".join(f"{h}x{w}: {_names(names)}"
+                          for (h, w), names in sorted(by_size.items(), key=lambda kv: -len(kv[1])))
+        raise DataError(f"{root}: {what} of different slice sizes ({sizes}); resize them to one size first")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
 def read_medseg(root: Path) -> SegData:
     """Every images/masks pair under ``root``, checked; raises one DataError listing all problems."""
     root = Path(root)
@@ -188,9 +213,7 @@ def read_medseg(root: Path) -> SegData:
     problems.extend(f"{p}: no matching images_{p.stem.removeprefix('masks_')}.npy" for p in orphans)
     if problems:
         raise DataError(problems)
-    if len({(s.height, s.width) for s in sources}) > 1:
-        sizes = ", ".join(f"{s.name}: {s.height}x{s.width}" for s in sources)
-        raise DataError(f"{root}: sets of different slice sizes ({sizes}); resize them to one size first")
+    check_one_size(root, sources, "sets")
     by_volume = all(s.volumes is not None for s in sources)
     return SegData(root.resolve(), tuple(sources), tuple(volume_ids) if by_volume else None)
 

@@ -34,15 +34,17 @@ class LesionFamily(Family):
 
         return SegmentSpec.from_dict(data)
 
-    def plan(self, spec, data_dir: Path, **options: Any) -> dict[str, Any]:
-        """Every images/masks pair checked, and the split fixed: by volume when volume ids are
-        given, by slice otherwise."""
-        from medq.common.families.ct_lesions.data import read_medseg, split_slices
+    def plan(self, spec, data_dir: Path, cache_dir: Path | None = None, **options: Any) -> dict[str, Any]:
+        """Every images/masks pair (MedSeg) or image/label volume (NIfTI, converted into
+        ``cache_dir``, by default under the artifact root) checked, and the split fixed: by volume
+        when volumes are known (every NIfTI case is one), by slice otherwise."""
+        from medq.common.families.ct_lesions.data import split_slices
+        from medq.common.families.ct_lesions.layouts import read_seg_dataset
 
-        data = read_medseg(Path(data_dir))
+        data = read_seg_dataset(Path(data_dir), cache_dir)
         split, split_by = split_slices(data, spec.split)
-        return {"data_dir": str(data.root), "n_images": data.n_slices, "sources": [s.to_dict() for s in data.sources],
-                "split": split, "split_by": split_by}
+        return {"data_dir": str(data.root), "layout": data.layout, "n_images": data.n_slices,
+                "sources": [s.to_dict() for s in data.sources], "split": split, "split_by": split_by}
 
     def train(self, spec, plan: dict[str, Any], seed: int, workdir: Path, hooks) -> Trained:
         from medq.common.families.ct_lesions.train import train_segmenter
@@ -130,9 +132,9 @@ def _set_table(entry: dict) -> ResultTable:
 
 
 def _sources(plan: dict[str, Any]):
-    from medq.common.families.ct_lesions.data import SegSource
+    from medq.common.families.ct_lesions.layouts import ready_sources
 
-    return [SegSource.from_dict(s) for s in plan["sources"]]
+    return ready_sources(plan["sources"])
 
 
 FAMILY = LesionFamily()

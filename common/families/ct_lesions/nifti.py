@@ -6,7 +6,9 @@ orientation (RAS+), then cut into axial slices drawn as DICOM draws them (row 0 
 0 the patient's right; slices inferior to superior), the orientation the model was trained on;
 its spacing is taken from the affine. A mask is turned back to the source's
 voxel order and saved with the source's affine and header, so it overlays the image in any
-viewer (3D Slicer, ITK-SNAP). Reasons name no path.
+viewer (3D Slicer, ITK-SNAP). Training on NIfTI pairs (``nifti_pairs.py``) cuts its slices with
+the same functions (``open_nifti``, ``nifti_grid``, ``canonical_slices``), so a model sees one
+orientation in training and in inference. Reasons name no path.
 """
 
 from __future__ import annotations
@@ -37,16 +39,25 @@ class NiftiGrid:
     shape: tuple[int, int, int]  # the source's voxel shape (i, j, k)
 
 
-def read_nifti(data: bytes) -> tuple[np.ndarray, tuple[float, float, float], NiftiGrid]:
-    """(HU (S, H, W) float32 in canonical slice order, (slice, row, column) spacing mm, grid)."""
+def open_nifti(source: bytes | Path):
+    """The parsed NIfTI image, its voxels not yet decoded: from a file's bytes (gzip or not), or
+    from a path (``.nii.gz`` decompressed as it is read)."""
     import nibabel as nib
-    from nibabel.orientations import apply_orientation, io_orientation
 
     try:
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-        image = nib.Nifti1Image.from_bytes(raw)
+        if isinstance(source, (bytes, bytearray)):
+            raw = gzip.decompress(source) if source[:2] == b"\x1f\x8b" else source
+            return nib.Nifti1Image.from_bytes(raw)
+        return nib.Nifti1Image.from_filename(str(source))
     except Exception as exc:  # nibabel raises several types for a bad header or a short file
         raise StudyError(f"not a readable NIfTI volume ({type(exc).__name__})") from None
+
+
+def nifti_grid(image) -> NiftiGrid:
+    """The voxel grid from the header alone: refused when the affine is not invertible, the volume
+    is not 3-D, or too large."""
+    from nibabel.orientations import io_orientation
+
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise StudyError("the NIfTI affine is not invertible: its voxels have no place in space")
@@ -60,20 +71,51 @@ def read_nifti(data: bytes) -> tuple[np.ndarray, tuple[float, float, float], Nif
     check_image_size(x, y)  # on the header, before a voxel is decoded
     if z > MAX_SLICES:
         raise StudyError(f"{z} slices: more than {MAX_SLICES} in one volume")
+    return NiftiGrid(affine, orientation, tuple(int(n) for n in shape))
+
+
+def canonical_slices(image, grid: NiftiGrid) -> np.ndarray:
+    """The voxels (after the header's scaling) as float32 (S, H, W) axial slices, inferior to
+    superior, each drawn as a DICOM axial image is: row 0 anterior, column 0 the patient's right."""
+    from nibabel.orientations import apply_orientation
+
     try:
-        voxels = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+        voxels = np.asarray(image.dataobj, dtype=np.float32).reshape(grid.shape)
     except Exception as exc:
         raise StudyError(f"the NIfTI voxels cannot be read ({type(exc).__name__})") from None
-    canonical = apply_orientation(voxels, orientation)  # (x R, y A, z S)
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[orientation[:, 0].astype(int).argsort()]
-    # slices along z (inferior to superior), each as a DICOM axial image is drawn: row 0 anterior,
-    # column 0 the patient's right
-    hu = np.ascontiguousarray(np.transpose(canonical, (2, 1, 0))[:, ::-1, ::-1])
-    bad = np.flatnonzero(~np.isfinite(hu).reshape(len(hu), -1).all(axis=1))
+    canonical = apply_orientation(voxels, grid.orientation)  # (x R, y A, z S)
+    return np.ascontiguousarray(np.transpose(canonical, (2, 1, 0))[:, ::-1, ::-1])
+
+
+def slice_spacing(grid: NiftiGrid) -> tuple[float, float, float]:
+    """(slice, row, column) spacing in mm of the canonical slices."""
+    zooms = np.sqrt((grid.affine[:3, :3] ** 2).sum(axis=0))[grid.orientation[:, 0].astype(int).argsort()]
+    return float(zooms[2]), float(zooms[1]), float(zooms[0])
+
+
+def stored_slice_axis(grid: NiftiGrid, slices: np.ndarray) -> tuple[str, np.ndarray]:
+    """The file's own voxel axis ("i", "j" or "k") the canonical slices run along, and the index
+    along it of each canonical slice: how a viewer showing the file's voxels finds a slice."""
+    axis = int(np.flatnonzero(grid.orientation[:, 0] == 2)[0])
+    flipped = grid.orientation[axis, 1] < 0
+    slices = np.asarray(slices)
+    return "ijk"[axis], (grid.shape[axis] - 1 - slices) if flipped else slices
+
+
+def nonfinite_slices(hu: np.ndarray) -> np.ndarray:
+    """Indices of the slices of (S, H, W) holding a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(hu).reshape(len(hu), -1).all(axis=1))
+
+
+def read_nifti(data: bytes) -> tuple[np.ndarray, tuple[float, float, float], NiftiGrid]:
+    """(HU (S, H, W) float32 in canonical slice order, (slice, row, column) spacing mm, grid)."""
+    image = open_nifti(data)
+    grid = nifti_grid(image)
+    hu = canonical_slices(image, grid)
+    bad = nonfinite_slices(hu)
     if len(bad):
         raise StudyError(f"NaN or infinite voxels in slice(s) {', '.join(str(int(i)) for i in bad[:5])}")
-    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
-    return hu, spacing, NiftiGrid(affine, orientation, tuple(int(n) for n in shape))
+    return hu, slice_spacing(grid), grid
 
 
 def to_source_grid(labels: np.ndarray, grid: NiftiGrid) -> np.ndarray:
