@@ -205,7 +205,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
 
 @submit.command("segment")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              help="a folder in the MedSeg layout: images_<name>.npy (HU) + masks_<name>.npy (+ volumes_<name>.npy)")
+              help="a MedSeg folder (images_<name>.npy HU + masks_<name>.npy, + volumes_<name>.npy) or a NIfTI "
+                   "folder (imagesTr/<case>[_0000].nii.gz + labelsTr/<case>.nii.gz, optional dataset.json)")
 @click.option("--arch", default="unetplusplus", show_default=True, help="segmentation-models-pytorch architecture")
 @click.option("--encoder", default="efficientnet-b3", show_default=True,
               help="smp encoder name, or any timm model as tu-<name>")

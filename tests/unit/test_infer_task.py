@@ -84,10 +84,10 @@ def test_a_store_outage_while_recording_is_ridden_out_then_retried(home, job, mo
     monkeypatch.setattr("medq.tasks.store_retry.DELAYS", (0, 0))
     real, failures = store_ops.record_studies, iter(range(3))
 
-    def record_studies(store, rows):
+    def record_studies(store, rows, send_job=None):
         if next(failures, None) is not None:
             raise DB_DOWN
-        return real(store, rows)
+        return real(store, rows, send_job)
 
     monkeypatch.setattr(store_ops, "record_studies", record_studies)
     assert run_chunks(home, job) == ["succeeded"]
