@@ -16,6 +16,17 @@ N_LANDMARKS = len(LANDMARKS)
 (SELLA, NASION, ORBITALE, PORION, SUBSPINALE, SUPRAMENTALE, POGONION, MENTON, GNATHION, GONION, LOWER_INCISOR,
  UPPER_INCISOR, UPPER_LIP, LOWER_LIP, SUBNASALE, SOFT_POGONION, PNS, ANS, ARTICULARE) = range(N_LANDMARKS)
 
+# Standard cephalometric distances a landmark SR reports (in mm, when the image has a spacing).
+SR_DISTANCES: tuple[tuple[int, int], ...] = (
+    (SELLA, NASION),  # anterior cranial base length (S-N)
+    (NASION, MENTON),  # anterior face height (N-Me)
+    (ANS, MENTON),  # lower anterior face height (ANS-Me)
+    (SELLA, GONION),  # posterior face height (S-Go)
+    (ANS, PNS),  # palatal length (ANS-PNS)
+    (ARTICULARE, GONION),  # ramus height (Ar-Go)
+    (GONION, MENTON),  # mandibular body length (Go-Me)
+)
+
 ISBI_SPACING_MM = 0.1  # every ISBI 2015 image: 1935 x 2400 px at 0.1 mm/px
 ISBI_IMAGE_DIR = "RawImage"
 ISBI_ANNOTATION_DIR = "AnnotationsByMD"
