@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 
 from pathlib import Path
@@ -212,3 +213,19 @@ def test_outputs_the_pacs_did_not_accept_stay_on_disk_and_a_resume_sends_only_th
         assert len(pacs.instances_of_modality("SEG")) == 0  # sent where it was told, nowhere else
     finally:
         target.stop()
+
+
+def test_a_study_the_pacs_lost_after_planning_fails_alone_with_the_pacs_answer(cluster, pacs, segmenter, tmp_path):
+    studies = upload_ct_studies(pacs, tmp_path / "src", 2)
+    done = submit(cluster, pacs, "--model", str(segmenter), "--out", str(tmp_path / "out"))  # planned, no worker yet
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0]
+    lost = sorted(studies)[0]
+    found = pacs.session.post(f"{pacs.url}/tools/find", json={
+        "Level": "Instance", "Query": {"SOPInstanceUID": studies[lost][2]}}, timeout=30).json()
+    assert pacs.session.delete(f"{pacs.url}/instances/{found[0]}", timeout=30).ok  # gone before its chunk runs
+    cluster.start_workers(1, "a")
+    view = cluster.wait(job_id, ended, timeout=180)
+    assert view["state"] == "succeeded" and view["studies"]["done"] == 1 and view["studies"]["failed"] == 1
+    (failed,) = [r for r in csv_rows(cluster, job_id) if r["state"] == "failed"]
+    assert re.fullmatch(r"slice \d of 5: retrieving the instance from the PACS: HTTP 404 Not Found", failed["reason"])

@@ -129,3 +129,34 @@ def test_a_series_with_two_slices_at_one_position_fails_alone(tmp_path):
     (series,) = [e for e in plan_ct_studies(archive) if isinstance(e, Entry)]
     with pytest.raises(StudyError, match="two slices of the series share a position"):
         load_ct_volume(archive, series.path)
+
+
+def test_a_series_with_a_missing_slice_fails_alone_saying_where_the_gap_is(tmp_path):
+    paths = write_series(tmp_path, 6, gap_mm=2.5, names=[f"s{k}" for k in range(6)])
+    paths[3].unlink()  # the slice at 7.5 mm never arrived
+    archive = open_archive(tmp_path)
+    (series,) = [e for e in plan_ct_studies(archive) if isinstance(e, Entry)]
+    with pytest.raises(StudyError, match=r"slices missing from the series: 5.00 mm between slices 3 and 4 "
+                                         r"\(sorted by position\) where the series steps 2.50 mm"):
+        load_ct_volume(archive, series.path)
+
+
+def test_a_series_mixing_orientations_fails_alone_naming_the_odd_slice(tmp_path):
+    paths = write_series(tmp_path, 4, gap_mm=2.5, names=[f"s{k}" for k in range(4)])
+    ds = pydicom.dcmread(paths[2])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal slice in an axial series
+    ds.save_as(paths[2])
+    archive = open_archive(tmp_path)
+    (series,) = [e for e in plan_ct_studies(archive) if isinstance(e, Entry)]
+    with pytest.raises(StudyError, match=r"the series mixes slice orientations \(slice 3 of 4 lies in another plane\)"):
+        load_ct_volume(archive, series.path)
+
+
+def test_a_whole_series_keeps_its_headers_in_slice_order_for_its_seg(tmp_path):
+    write_series(tmp_path, 4, gap_mm=2.5)
+    archive = open_archive(tmp_path)
+    (series,) = [e for e in plan_ct_studies(archive) if isinstance(e, Entry)]
+    volume = load_ct_volume(archive, series.path)
+    assert [str(h.SOPInstanceUID) for h in volume.headers] == list(volume.slice_uids)
+    assert all("PixelData" not in h for h in volume.headers)  # headers only: no pixels travel twice
+    assert [float(h.ImagePositionPatient[2]) for h in volume.headers] == [0.0, 2.5, 5.0, 7.5]
