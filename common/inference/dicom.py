@@ -64,6 +64,15 @@ def may_be_preamble_less(head: bytes) -> bool:
     return head[:2] in PREAMBLE_LESS_STARTS and len(head) >= 8
 
 
+def plain_header(read: Dataset) -> Dataset:
+    """A header read without pixels as a plain Dataset with its file meta: what the DICOM
+    outputs copy from their source. pydicom's FileDataset would keep (and pickle, into and out
+    of the loader processes) the whole file's bytes."""
+    header = Dataset(read)
+    header.file_meta = read.file_meta
+    return header
+
+
 def decode_dicom(data: bytes) -> DecodedImage:
     """The first (only) frame of a DICOM file as (H, W) uint8 greyscale, with spacing and UIDs.
 
@@ -90,7 +99,7 @@ def _decode(data: bytes) -> DecodedImage:
     _check_decoder(ds)
     pixels = to_display(ds, _decode_pixels(ds))
     return DecodedImage(pixels=pixels, source_format="dicom", spacing_mm=spacing_mm(ds), uids=study_uids(ds),
-                        modality=str(ds.get("Modality") or "") or None, header=header)
+                        modality=str(ds.get("Modality") or "") or None, header=plain_header(header))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -330,7 +339,7 @@ def decode_ct_slice(data: bytes) -> dict:
             return {"hu": hu, "spacing_mm": spacing_mm(ds), "position": position, "normal": normal,
                     "instance": None if instance in (None, "") else int(instance),
                     "thickness": None if thickness is None or thickness[0] <= 0 else float(thickness[0]),
-                    "uids": study_uids(ds), "orientation": orientation, "header": header}
+                    "uids": study_uids(ds), "orientation": orientation, "header": plain_header(header)}
         except StudyError:
             raise
         except Exception as exc:

@@ -165,13 +165,10 @@ def header_of(data: bytes) -> Dataset:
     """The dataset of one DICOM file without its pixel data (``stop_before_pixels``), file meta
     included; raises StudyError, as decoding does, for a file pydicom cannot read. A plain
     Dataset: pydicom's FileDataset keeps the whole file's bytes (its ``buffer``), and pickles them."""
-    from medq.common.inference.dicom import _quiet, _read
+    from medq.common.inference.dicom import _quiet, _read, plain_header
 
     with _quiet():
-        read = _read(data, stop_before_pixels=True)
-    header = Dataset(read)
-    header.file_meta = read.file_meta
-    return header
+        return plain_header(_read(data, stop_before_pixels=True))
 
 
 def write_dicom(path: Path, dataset: Dataset) -> Path:
