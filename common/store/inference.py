@@ -354,7 +354,8 @@ def iter_studies(store: Store, job_id: str, states: tuple[str, ...] | None = Non
 
 def iter_unsuccessful(store: Store, job_id: str) -> Iterator[Study]:
     """Each failed or skipped study with its reason, then each study left pending by a chunk that
-    failed as a whole, with the chunk's reason (``medq resume`` runs them again)."""
+    failed as a whole, with the chunk's reason (``medq resume`` runs them again), then each done
+    study with an output the PACS did not accept (``medq resume`` sends it again)."""
     yield from iter_studies(store, job_id, ("failed", "skipped"))
     with store.session() as s:
         failed = dict(s.execute(select(Chunk.index, Chunk.error).where(Chunk.job_id == job_id,
@@ -363,6 +364,12 @@ def iter_unsuccessful(store: Store, job_id: str) -> Iterator[Study]:
         if study.chunk_index in failed:
             study.reason = f"not run: its chunk {study.chunk_index} failed ({failed[study.chunk_index]})"
             yield study  # a detached row: the changed reason is for the output only
+    from medq.common.store.models import Send
+
+    with store.session() as s:  # done, but an output the PACS did not accept (its `sent` column says why)
+        unsent = list(s.scalars(select(Study).where(Study.id.in_(
+            select(Send.study_id).where(Send.job_id == job_id, Send.state == "failed"))).order_by(Study.id)))
+    yield from unsent
 
 
 def cancel_chunks(s, job: Job, now: datetime) -> None:

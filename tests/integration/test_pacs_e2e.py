@@ -203,6 +203,8 @@ def test_outputs_the_pacs_did_not_accept_stay_on_disk_and_a_resume_sends_only_th
     rows = csv_rows(cluster, job_id)
     assert all(r["sent"].startswith("seg failed: storing on the PACS: cannot connect") for r in rows)
     assert all((out / r["seg"]).is_file() for r in rows)  # nothing lost
+    listed = list(csv.DictReader(io.StringIO(cluster.medq("results", job_id, "--failed").stdout)))
+    assert [r["key"] for r in listed] == [r["key"] for r in rows]  # --failed lists the studies not sent
     target.start()
     try:
         resumed = cluster.medq("resume", job_id)
