@@ -136,7 +136,7 @@ def watch(job) -> None:
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--csv", "as_csv", is_flag=True, help="inference: one row per study")
-@click.option("--failed", is_flag=True, help="inference: each failed or skipped study with its reason")
+@click.option("--failed", is_flag=True, help="inference: each failed or skipped study with its reason, and each whose outputs the PACS did not accept")
 def results(job, as_json, as_csv, failed) -> None:
     """Metrics of a training job; per-study records of an inference job."""
     from medq.common.store.views import job_results
