@@ -54,9 +54,7 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, **opt
     checkpoints, model_job, family = resolve_model(store, model)
     family.inference.check(options, [Path(c) for c in checkpoints])
     if options.get("send_to"):
-        from medq.common.inference.dicomweb import check_url
-
-        options["send_to"] = check_url(options["send_to"], "--send-to")
+        options["send_to"] = probe_target(options["send_to"], settings)
     # DataError: a missing path, an unknown kind, a PACS that does not answer the query
     archive = open_source(str(archive_path), settings, options.get("query"))
     location = getattr(archive, "url", None) or str(Path(archive_path).resolve())
@@ -84,6 +82,20 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, **opt
         fail_job(store, job_id, f"could not plan or enqueue: {describe_enqueue_error(exc)}")
         raise
     return job_id, n_studies, n_chunks
+
+
+def probe_target(url: str, settings: Settings) -> str:
+    """The --send-to URL, checked and asked once (a QIDO-RS search for one study) before any
+    work is done: a wrong host or login is said now, not after the night's inference."""
+    from medq.common.inference.dicomweb import PacsAccess, PacsClient, PacsError, check_url
+
+    url = check_url(url, "--send-to")
+    try:
+        PacsClient(url, PacsAccess.from_settings(settings)).call(
+            "asking it", lambda c: c.search_for_studies(limit=1))
+    except PacsError as exc:
+        raise SpecError(f"--send-to {url}: {exc}") from None
+    return url
 
 
 def check_out_dir(out: Path, archive) -> None:

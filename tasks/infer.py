@@ -86,6 +86,10 @@ def run_claimed_chunk(store, claim, settings, should_stop):
         send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
     items = retrying("read the chunk's studies",
                      lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
+    if not items:  # reopened only to send (a resume after the PACS refused): no model needed
+        from medq.common.inference.outcome import ChunkStats
+
+        return ChunkStats(done=0, failed=0, skipped=0, seconds=0.0, studies_per_s=0.0)
     predictor = _predictor(spec, claim.plan or {})
     archive = open_source(spec.archive, settings, spec.query, check=False)
 
@@ -113,11 +117,15 @@ def send_pending(store, pacs, job_id: str, chunk_index: int, out_dir: Path) -> N
     from medq.common.inference.stow import store_file
     from medq.common.store import sends
 
+    refused: dict[int, str] = {}  # study -> its output the PACS refused in this pass
     for item in retrying("read the chunk's sends", lambda: sends.pending_sends(store, job_id, chunk_index)):
         try:
+            if item.study_id in refused:  # the SR refers to the SEG: not sent without it
+                raise PacsError(f"not sent: its {refused[item.study_id]} was not accepted")
             state, answer = "accepted", store_file(pacs, out_dir / item.path)
         except PacsError as exc:
             state, answer = "failed", str(exc)
+            refused.setdefault(item.study_id, item.output)
             log.warning("job %s: a %s output of study %s was not accepted by the PACS: %s", job_id, item.output,
                         item.study_id, answer)
         retrying("record a send", lambda: sends.record_send(store, item.id, state, answer, 1))

@@ -241,6 +241,10 @@ class FamilyInference:
         if self.needs_out_dir and not options.get("out_dir"):
             raise SpecError(f"{self.model_name} model writes a file per study: give --out DIR")
         chosen = options.get("outputs")
+        if chosen is not None and not chosen:
+            raise SpecError(f"--outputs: name at least one of {', '.join(self.outputs) or 'none'}")
+        if options.get("seg_type", "binary") != "binary" and "seg" not in self.outputs:
+            raise SpecError(f"--seg-type {options['seg_type']}: {self.model_name} model writes no DICOM SEG")
         if chosen is not None:
             unknown = [name for name in chosen if name not in self.outputs]
             if unknown:

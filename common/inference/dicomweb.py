@@ -25,18 +25,27 @@ from urllib.parse import parse_qsl, urlsplit
 
 from medq.common.errors import DataError, SpecError
 from medq.common.inference.archive import Archive
-from medq.common.inference.types import Entry, StudyError, StudySkipped
+from medq.common.inference.types import ArchiveUnavailable, Entry, StudyError, StudySkipped
 
 T = TypeVar("T")
 RETRIED_STATUS = (408, 429, 500, 502, 503, 504)
 SCHEMES = ("http", "https")
+# query keys that name a patient or a visit: refused, since the query is stored with the job
+IDENTIFYING = ("Patient", "OtherPatient", "AccessionNumber", "IssuerOfPatient", "ReferringPhysician",
+               "RequestingPhysician", "PerformingPhysician", "OperatorsName", "AdmissionID")
 INSTANCE_FIELDS = ("SOPInstanceUID",)
 SERIES_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its debug lines carry request headers
 
 
 class PacsError(StudyError):
-    """A PACS request that failed after its retries; the reason names the status or fault."""
+    """A PACS request that failed after its retries; the reason names the status or fault.
+    ``outage``: the PACS (or the way to it, or the login) failed, not the one object asked for:
+    a refused connection, a timeout, 5xx, 401/403; a 404 is about the object."""
+
+    def __init__(self, message: str, outage: bool = False):
+        super().__init__(message)
+        self.outage = outage
 
 
 def is_dicomweb_url(location: str) -> bool:
@@ -46,11 +55,11 @@ def is_dicomweb_url(location: str) -> bool:
 def check_url(url: str, option: str) -> str:
     """The URL without a trailing slash; SpecError for another scheme or embedded credentials."""
     parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
-        raise SpecError(f"{option} {url!r}: not an http(s) DICOMweb URL (e.g. http://pacs:8042/dicom-web)")
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:  # said without echoing the URL
         raise SpecError(f"{option}: the URL carries credentials; give them as MEDQ_PACS_USERNAME and "
                         "MEDQ_PACS_PASSWORD (or MEDQ_PACS_PASSWORD_FILE) instead")
+    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
+        raise SpecError(f"{option} {url!r}: not an http(s) DICOMweb URL (e.g. http://pacs:8042/dicom-web)")
     if parts.query:
         raise SpecError(f"{option}: put the search in --query, not in the URL")
     return url.rstrip("/")
@@ -69,7 +78,11 @@ def parse_query(text: str | None) -> dict[str, str]:
     bad = [key for key, _ in pairs if tag_for_keyword(key) is None]
     if bad:
         raise SpecError(f"--query: not DICOM attribute keywords: {', '.join(bad)} "
-                        "(e.g. Modality, StudyDate, StudyDescription, AccessionNumber)")
+                        "(e.g. Modality, StudyDate, StudyDescription, StudyInstanceUID)")
+    identifying = [key for key, _ in pairs if key.startswith(IDENTIFYING)]
+    if identifying:
+        raise SpecError(f"--query {', '.join(identifying)}: identifies a patient, and the query is kept with the job; "
+                        "medq keeps no patient identifiers. Query by date, modality, description or UID")
     return dict(pairs)
 
 
@@ -116,7 +129,7 @@ class PacsClient:
         """``request(client)``, tried ``attempts`` times; PacsError("<what>: <reason>") after."""
         import requests
 
-        reason, tries = "", 0
+        reason, tries, outage = "", 0, True
         for attempt in range(max(1, self.access.attempts)):
             tries += 1
             if attempt:
@@ -129,15 +142,16 @@ class PacsClient:
                 if status in (401, 403):
                     reason += " (check MEDQ_PACS_USERNAME and MEDQ_PACS_PASSWORD)"
                 if status not in RETRIED_STATUS:
+                    outage = status in (401, 403)
                     break
             except requests.Timeout:
                 reason = f"no answer within {self.access.timeout_s:g} s"
             except requests.ConnectionError:
                 reason = "cannot connect"
             except requests.RequestException as exc:
-                reason = type(exc).__name__
+                reason, outage = type(exc).__name__, False
                 break
-        raise PacsError(f"{what}: {reason}" + (f" (after {tries} attempts)" if tries > 1 else ""))
+        raise PacsError(f"{what}: {reason}" + (f" (after {tries} attempts)" if tries > 1 else ""), outage)
 
 
 def _value(item: dict, keyword: str) -> str:
@@ -209,8 +223,13 @@ class DicomWebArchive(Archive):
     def read(self, path: str) -> bytes:
         """The instance, retrieved by WADO-RS, as the bytes of a DICOM file."""
         study, series, sop = _split(path)
-        dataset = self.client.call("retrieving the instance from the PACS", lambda c: c.retrieve_instance(
-            study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop))
+        try:
+            dataset = self.client.call("retrieving the instance from the PACS", lambda c: c.retrieve_instance(
+                study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop))
+        except PacsError as exc:
+            if exc.outage:  # not this study's fault: the chunk is held and tried again later
+                raise ArchiveUnavailable(str(exc)) from None
+            raise
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()

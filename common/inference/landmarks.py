@@ -22,7 +22,8 @@ import torch
 from medq.common.inference.chunk import StudyPredictor
 from medq.common.inference.images import ImageBatch, ImageDecoder
 from medq.common.inference.outcome import StudyOutcome
-from medq.common.inference.outputs import OutputPlan, note_missing, note_output
+from medq.common.inference.outputs import OutputPlan, note_failed, note_missing, note_output
+from medq.common.inference.types import StudyError
 from medq.common.inference.overlay import write_overlay
 from medq.common.inference.points import (
     DEFAULT_SPREAD_LIMIT_FRACTION, LANDMARK_CHECKS, Check, landmark_result, qc_reasons,
@@ -103,8 +104,11 @@ class LandmarkPredictor(StudyPredictor):
 
         names = self.landmark_names or tuple(f"Landmark {k}" for k in range(1, len(landmarks) + 1))
         seed = self.outputs.uid_seed(study_id, info.uids.get("SOPInstanceUID", ""))
-        sr = build_landmark_sr(info.header, names, landmarks, info.spacing_mm, self.sr_distances, reasons,
-                               self.outputs.algorithm(), seed)
+        try:
+            sr = build_landmark_sr(info.header, names, landmarks, info.spacing_mm, self.sr_distances, reasons,
+                                   self.outputs.algorithm(), seed)
+        except (StudyError, ValueError) as exc:  # e.g. a landmark that came out NaN
+            return note_failed(result, "sr", str(exc))
         path = write_dicom(self.outputs.path("sr", study_id), sr)
         note_output(result, self.outputs, "sr", path, sr.SOPInstanceUID)
 

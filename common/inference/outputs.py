@@ -31,12 +31,14 @@ class OutputPlan:
     model_job: str | None = None
     checkpoints: tuple[str, ...] = ()
     seg_type: str = "binary"
+    content: str = ""  # the spec's options that change an output's content (tta, aggregation, QC limit, seg type)
     _algorithm: list = field(default_factory=list, compare=False, repr=False)  # computed once
 
     @classmethod
     def from_spec(cls, spec: Any, family: str, title: str) -> "OutputPlan":
+        content = f"{spec.aggregation}/{spec.tta}/{spec.spread_limit_fraction!r}/{spec.seg_type}"
         return cls(Path(spec.out_dir) if spec.out_dir else None, spec.outputs, family, title, spec.model_job,
-                   tuple(spec.checkpoints), spec.seg_type)
+                   tuple(spec.checkpoints), spec.seg_type, content)
 
     def wants(self, name: str) -> bool:
         """Whether ``name`` is written (files need --out)."""
@@ -64,9 +66,12 @@ class OutputPlan:
         return self._algorithm[0]
 
     def uid_seed(self, study_id: int, source_uid: str) -> str:
-        """The same for the same model, study row and source: a study done again (a killed
-        worker, a resumed job) writes objects with the same UIDs."""
-        return f"medq/{self.algorithm().checkpoint_sha256}/{int(study_id)}/{source_uid}"
+        """The same for the same model, options and source: a study done again (a killed worker,
+        a resumed job, tonight's job over a query that overlaps yesterday's) writes objects with
+        the same UIDs, so a PACS stores them once. Only a source without a UID falls back to the
+        study's row (unique in this store)."""
+        source = source_uid or f"row-{int(study_id)}"
+        return f"medq/{self.algorithm().checkpoint_sha256}/{self.content}/{source}"
 
 
 def note_output(result: dict[str, Any], plan: OutputPlan, name: str, path: Path, sop_uid: str | None = None) -> None:
@@ -74,6 +79,12 @@ def note_output(result: dict[str, Any], plan: OutputPlan, name: str, path: Path,
     result.setdefault("outputs", {})[name] = plan.relative(path)
     if sop_uid:
         result.setdefault("dicom", {})[name] = str(sop_uid)
+
+
+def note_failed(result: dict[str, Any], name: str, why: str) -> None:
+    """An output its builder refused for this study (a series without a frame of reference, say):
+    the reason on the study, which is done with its other outputs."""
+    result.setdefault("output_notes", []).append(f"{name} not written: {why}")
 
 
 def note_missing(result: dict[str, Any], plan: OutputPlan, name: str, why: str) -> None:

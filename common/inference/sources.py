@@ -18,6 +18,10 @@ def open_source(location: str, settings: Any, query: str | None = None, check: b
     for a while fails the studies it cannot retrieve, each with the reason)."""
     if is_dicomweb_url(location):
         return open_dicomweb(location, query, settings, check)
+    if "://" in str(location):  # a URL of another kind: refused without echoing what it may carry
+        from medq.common.inference.dicomweb import check_url
+
+        check_url(str(location), "--pacs")
     if query:
         raise SpecError("--query searches a PACS: give it with --pacs URL, not with --archive")
     return open_archive(Path(location), settings.max_study_bytes)

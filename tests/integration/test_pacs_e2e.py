@@ -177,6 +177,11 @@ def test_a_pacs_that_refuses_or_is_away_is_named_before_anything_is_enqueued(clu
     unknown = submit(cluster, pacs, "--model", str(segmenter), "--out", out, "--outputs", "seg,dicom")
     assert unknown.returncode == 2 and "--outputs dicom: a segmentation model writes npz, overlay, nifti, seg, sr" \
         in unknown.stderr
+    closed = f"http://127.0.0.1:{pacs.port + 1 if pacs.port < 65535 else 1}/dicom-web"
+    no_target = submit(cluster, pacs, "--model", str(segmenter), "--out", out, "--send-to", closed)
+    assert no_target.returncode == 2 and f"--send-to {closed}: asking it: cannot connect" in no_target.stderr
+    patient = submit(cluster, pacs, "--query", "PatientID=12345", "--model", str(segmenter), "--out", out)
+    assert patient.returncode == 2 and "PatientID: identifies a patient" in patient.stderr
     pacs.stop()
     away = submit(cluster, pacs, "--model", str(segmenter), "--out", out)
     assert away.returncode == 2 and "querying it: cannot connect (after 3 attempts)" in away.stderr
@@ -190,14 +195,15 @@ def test_a_pacs_that_refuses_or_is_away_is_named_before_anything_is_enqueued(clu
 
 def test_outputs_the_pacs_did_not_accept_stay_on_disk_and_a_resume_sends_only_those(cluster, pacs, segmenter, tmp_path):
     studies = upload_ct_studies(pacs, tmp_path / "src", 2)
-    target = Orthanc(tmp_path / "target")  # a second PACS, not started yet: every send fails
-    cluster.start_workers(1, "a")
+    target = Orthanc(tmp_path / "target").start()  # a second PACS: it answers at submit, then goes away
     out = tmp_path / "out"
     cluster.env["MEDQ_PACS_ATTEMPTS"] = "2"
-    done = submit(cluster, pacs, "--model", str(segmenter), "--out", str(out), "--send-to", target.dicomweb, "--wait")
-    assert done.returncode == 1, done.stdout + done.stderr
+    done = submit(cluster, pacs, "--model", str(segmenter), "--out", str(out), "--send-to", target.dicomweb)
+    assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.splitlines()[0]
-    view = cluster.status(job_id)
+    target.stop()
+    cluster.start_workers(1, "a")
+    view = cluster.wait(job_id, ended, timeout=180)
     assert view["state"] == "failed" and view["sends"] == {"failed": 4}
     assert "4 DICOM output(s) not accepted by the PACS (first: storing on the PACS: cannot connect" in view["error"]
     rows = csv_rows(cluster, job_id)

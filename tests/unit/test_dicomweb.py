@@ -110,3 +110,31 @@ def test_credentials_are_never_in_a_repr():
     from medq.common.settings import load_settings
 
     assert "s3cret-pw" not in repr(load_settings({"MEDQ_PACS_PASSWORD": "s3cret-pw", "MEDQ_REDIS_PASSWORD": "s3cret-pw"}))
+
+
+def test_a_pacs_outage_while_reading_is_the_chunk_s_to_retry_and_a_lost_instance_the_study_s(server):
+    from medq.common.inference.dicomweb import DicomWebArchive
+    from medq.common.inference.types import ArchiveUnavailable, StudyError
+
+    _, url = server
+    archive = DicomWebArchive(url, {}, PacsAccess(attempts=2, backoff_s=0.0), 1 << 20)
+    Scripted.script = [503, 503]
+    with pytest.raises(ArchiveUnavailable, match=r"HTTP 503 Service Unavailable \(after 2 attempts\)"):
+        archive.read("1.2/3.4/5.6")  # transient: the chunk is held and tried again, the study stays pending
+    Scripted.script = [404]
+    with pytest.raises(StudyError, match="HTTP 404 Not Found") as lost:
+        archive.read("1.2/3.4/5.6")
+    assert not isinstance(lost.value, ArchiveUnavailable)  # this study fails alone
+
+
+def test_patient_identifiers_in_a_query_and_credentials_in_any_url_are_refused_without_echo():
+    from medq.common.inference.sources import open_source
+    from medq.common.settings import load_settings
+
+    for key in ("PatientName", "PatientID", "AccessionNumber", "OtherPatientIDs"):
+        with pytest.raises(SpecError, match=f"{key}: identifies a patient"):
+            parse_query(f"{key}=DOE^JOHN")
+    for url in ("dicomweb://u:hunter2@pacs/x", "ftp://u:hunter2@host/x"):
+        with pytest.raises(SpecError) as refused:
+            open_source(url, load_settings({}))
+        assert "hunter2" not in str(refused.value) and "carries credentials" in str(refused.value)

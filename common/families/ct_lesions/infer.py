@@ -36,6 +36,12 @@ class LesionInference(FamilyInference):
     report_distributions = (("lesion_total_ml", "lesion volume, ground glass + consolidation (ml)"),
                             ("lung_involvement_pct", "lung involved: lesion / (lesion + other lung) voxels (%)"))
 
+    def check(self, options: dict[str, Any], checkpoints) -> None:
+        super().check(options, checkpoints)
+        chosen = options.get("outputs")
+        if chosen is not None and "sr" in chosen and "seg" not in chosen:
+            raise SpecError("--outputs sr: the lesion SR references the DICOM SEG of its study; ask for seg too")
+
     def studies(self, archive: Any) -> Iterator[Any]:
         from medq.common.families.ct_lesions.volumes import plan_ct_studies
 

@@ -41,7 +41,8 @@ from medq.common.families.ct_lesions.volumes import CTVolume, load_ct_volume
 from medq.common.inference.chunk import StudyDecoder, StudyPredictor
 from medq.common.training.kit import pick_device
 from medq.common.inference.outcome import StudyOutcome
-from medq.common.inference.outputs import OutputPlan, note_missing, note_output
+from medq.common.inference.outputs import OutputPlan, note_failed, note_missing, note_output
+from medq.common.inference.types import StudyError
 
 NEEDS_OUT = "a segmentation model writes masks: the job needs an output folder (--out)"
 
@@ -189,11 +190,18 @@ def _seg_and_sr(study_id, volume, labels, outputs, result, probabilities) -> Non
     from medq.common.inference.dicom_outputs import write_dicom
 
     seed = outputs.uid_seed(study_id, volume.uids.get("SeriesInstanceUID", ""))
-    seg = build_seg(volume.headers, labels, outputs.algorithm(), seed,
-                    fractional=probabilities is not None, probabilities=probabilities)
+    try:
+        seg = build_seg(volume.headers, labels, outputs.algorithm(), seed,
+                        fractional=probabilities is not None, probabilities=probabilities)
+    except (StudyError, ValueError) as exc:  # this series cannot be a SEG (no frame of reference, ...)
+        note_failed(result, "seg", str(exc))
+        return note_failed(result, "sr", "the lesion SR references the SEG") if outputs.wants("sr") else None
     note_output(result, outputs, "seg", write_dicom(outputs.path("seg", study_id), seg), seg.SOPInstanceUID)
     if outputs.wants("sr"):
-        sr = build_lesion_sr(seg, volume.headers, result, outputs.algorithm(), seed)
+        try:
+            sr = build_lesion_sr(seg, volume.headers, result, outputs.algorithm(), seed)
+        except (StudyError, ValueError) as exc:
+            return note_failed(result, "sr", str(exc))
         note_output(result, outputs, "sr", write_dicom(outputs.path("sr", study_id), sr), sr.SOPInstanceUID)
 
 
