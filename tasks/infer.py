@@ -118,14 +118,18 @@ def send_pending(store, pacs, job_id: str, chunk_index: int, out_dir: Path) -> N
     from medq.common.store import sends
 
     refused: dict[int, str] = {}  # study -> its output the PACS refused in this pass
+    away = ""  # the PACS did not answer in this pass: the rest are not tried until the next batch
     for item in retrying("read the chunk's sends", lambda: sends.pending_sends(store, job_id, chunk_index)):
         try:
+            if away:
+                raise PacsError(f"not tried: {away}")
             if item.study_id in refused:  # the SR refers to the SEG: not sent without it
                 raise PacsError(f"not sent: its {refused[item.study_id]} was not accepted")
             state, answer = "accepted", store_file(pacs, out_dir / item.path)
         except PacsError as exc:
             state, answer = "failed", str(exc)
             refused.setdefault(item.study_id, item.output)
+            away = away or (answer if exc.outage else "")
             log.warning("job %s: a %s output of study %s was not accepted by the PACS: %s", job_id, item.output,
                         item.study_id, answer)
         retrying("record a send", lambda: sends.record_send(store, item.id, state, answer, 1))
