@@ -106,7 +106,7 @@ class LandmarkPredictor(StudyPredictor):
         seed = self.outputs.uid_seed(study_id, info.uids.get("SOPInstanceUID", ""))
         try:
             sr = build_landmark_sr(info.header, names, landmarks, info.spacing_mm, self.sr_distances, reasons,
-                                   self.outputs.algorithm(), seed)
+                                   self.outputs.algorithm, seed)
         except (StudyError, ValueError) as exc:  # e.g. a landmark that came out NaN
             return note_failed(result, "sr", str(exc))
         path = write_dicom(self.outputs.path("sr", study_id), sr)

@@ -13,7 +13,8 @@ Files are named by the study's row id, never by the source's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ class OutputPlan:
     checkpoints: tuple[str, ...] = ()
     seg_type: str = "binary"
     content: str = ""  # the spec's options that change an output's content (tta, aggregation, QC limit, seg type)
-    _algorithm: list = field(default_factory=list, compare=False, repr=False)  # computed once
 
     @classmethod
     def from_spec(cls, spec: Any, family: str, title: str) -> "OutputPlan":
@@ -55,15 +55,14 @@ class OutputPlan:
     def relative(self, path: Path) -> str:
         return str(Path(path).relative_to(self.out_dir))
 
+    @cached_property
     def algorithm(self):
-        """The DICOM outputs' algorithm identification (the checkpoints hashed once)."""
-        if not self._algorithm:
-            from medq.common import __version__
-            from medq.common.inference.dicom_outputs import Algorithm, checkpoint_digest
+        """The DICOM outputs' algorithm identification (the checkpoints hashed once, when first asked)."""
+        from medq.common import __version__
+        from medq.common.inference.dicom_outputs import Algorithm, checkpoint_digest
 
-            self._algorithm.append(Algorithm(self.family, self.title, __version__, self.model_job,
-                                             checkpoint_digest([Path(p) for p in self.checkpoints])))
-        return self._algorithm[0]
+        return Algorithm(self.family, self.title, __version__, self.model_job,
+                         checkpoint_digest([Path(p) for p in self.checkpoints]))
 
     def uid_seed(self, study_id: int, source_uid: str) -> str:
         """The same for the same model, options and source: a study done again (a killed worker,
@@ -71,7 +70,7 @@ class OutputPlan:
         the same UIDs, so a PACS stores them once. Only a source without a UID falls back to the
         study's row (unique in this store)."""
         source = source_uid or f"row-{int(study_id)}"
-        return f"medq/{self.algorithm().checkpoint_sha256}/{self.content}/{source}"
+        return f"medq/{self.algorithm.checkpoint_sha256}/{self.content}/{source}"
 
 
 def note_output(result: dict[str, Any], plan: OutputPlan, name: str, path: Path, sop_uid: str | None = None) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
-from medq.common.store.models import Chunk, Job, State, Study, utcnow
+from medq.common.store.models import Chunk, Job, Send, State, Study, utcnow
 from medq.common.store.sends import add_sends, failed_sends, retry_failed
 from medq.common.windows import window_open
 
@@ -364,8 +364,6 @@ def iter_unsuccessful(store: Store, job_id: str) -> Iterator[Study]:
         if study.chunk_index in failed:
             study.reason = f"not run: its chunk {study.chunk_index} failed ({failed[study.chunk_index]})"
             yield study  # a detached row: the changed reason is for the output only
-    from medq.common.store.models import Send
-
     with store.session() as s:  # done, but an output the PACS did not accept (its `sent` column says why)
         unsent = list(s.scalars(select(Study).where(Study.id.in_(
             select(Send.study_id).where(Send.job_id == job_id, Send.state == "failed"))).order_by(Study.id)))

@@ -103,7 +103,7 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
     """An inference job: done / failed / skipped / remaining, chunks, throughput, time left."""
     from sqlalchemy import func
 
-    from medq.common.store.models import Chunk, Study, utcnow
+    from medq.common.store.models import Chunk, Send, Study, utcnow
 
     with store.session() as s:
         job = s.get(Job, job_id)
@@ -122,8 +122,6 @@ def infer_view(store: Store, job_id: str) -> dict[str, Any] | None:
             select(Chunk.index, Chunk.n_studies, Chunk.error).where(Chunk.job_id == job_id, Chunk.state == "failed")
             .order_by(Chunk.index).limit(FAILED_CHUNKS_SHOWN))]
         view = job_view(job, with_members=False)
-        from medq.common.store.models import Send
-
         sends = dict(s.execute(select(Send.state, func.count()).where(Send.job_id == job_id)
                                .group_by(Send.state)).all())
     remaining = studies.get("pending", 0)

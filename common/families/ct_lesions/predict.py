@@ -191,7 +191,7 @@ def _seg_and_sr(study_id, volume, labels, outputs, result, probabilities) -> Non
 
     seed = outputs.uid_seed(study_id, volume.uids.get("SeriesInstanceUID", ""))
     try:
-        seg = build_seg(volume.headers, labels, outputs.algorithm(), seed,
+        seg = build_seg(volume.headers, labels, outputs.algorithm, seed,
                         fractional=probabilities is not None, probabilities=probabilities)
     except (StudyError, ValueError) as exc:  # this series cannot be a SEG (no frame of reference, ...)
         note_failed(result, "seg", str(exc))
@@ -199,7 +199,7 @@ def _seg_and_sr(study_id, volume, labels, outputs, result, probabilities) -> Non
     note_output(result, outputs, "seg", write_dicom(outputs.path("seg", study_id), seg), seg.SOPInstanceUID)
     if outputs.wants("sr"):
         try:
-            sr = build_lesion_sr(seg, volume.headers, result, outputs.algorithm(), seed)
+            sr = build_lesion_sr(seg, volume.headers, result, outputs.algorithm, seed)
         except (StudyError, ValueError) as exc:
             return note_failed(result, "sr", str(exc))
         note_output(result, outputs, "sr", write_dicom(outputs.path("sr", study_id), sr), sr.SOPInstanceUID)
