@@ -55,6 +55,27 @@ class Settings:
     pacs_timeout: float = 30.0  # seconds to wait for an answer
     pacs_attempts: int = 3  # tries of each request (a refused connection, a timeout, 408/429/5xx)
     pacs_backoff: float = 1.0  # seconds before the second try; doubled for each next one
+    # Sharing workers (common/sharing/): the project a submitted job is for (empty: the login name).
+    project: str = ""
+    preempt_min_run: float = 600.0  # seconds a resumed member runs before it may be preempted again
+    # An inference chunk queued this long with no worker taking it makes training yield to it.
+    preempt_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        from medq.common.sharing.projects import check_project
+
+        if self.project:
+            check_project(self.project, "MEDQ_PROJECT")
+        for name in ("preempt_min_run", "preempt_grace"):
+            if getattr(self, name) < 0:
+                raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
+
+    @property
+    def sharing(self):
+        """The sharing policy's view of the settings (common/sharing/policy.py)."""
+        from medq.common.sharing.policy import Sharing
+
+        return Sharing(min_run=self.preempt_min_run)
 
     @property
     def resolved_broker_url(self) -> str:

@@ -67,6 +67,7 @@ class InferSpec:
     loader_workers: int | None = None  # decoding processes per worker; None: loader_processes()
     priority: str = "normal"
     window: str | None = None
+    preempt: bool = False  # training yields its workers to this job's chunks (while its window is open)
     out_dir: str | None = None  # overlays are written here when set
     skip_done: bool = False
     spread_limit_fraction: float = 0.03  # QC of landmark models: a spread above this fraction of the width

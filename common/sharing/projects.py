@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import getpass
-import os
 import re
+from dataclasses import dataclass
 
 from medq.common.errors import SpecError
 
@@ -24,9 +24,8 @@ def check_project(name: str, where: str = "--project") -> str:
     return name
 
 
-def default_project() -> str:
-    """``MEDQ_PROJECT``, else the user's login name made into a project name."""
-    chosen = os.environ.get("MEDQ_PROJECT")
+def default_project(chosen: str = "") -> str:
+    """``chosen`` (the settings' ``MEDQ_PROJECT``), else the user's login name made into a project name."""
     if chosen:
         return check_project(chosen, "MEDQ_PROJECT")
     try:
@@ -35,6 +34,14 @@ def default_project() -> str:
         user = ""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", user).lstrip("._-")[:63]
     return cleaned or "default"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job stands among others: its project and priority (high, normal, low)."""
+
+    project: str
+    priority: str = "normal"
 
 
 def _entries(text: str, setting: str) -> list[tuple[str, str]]:

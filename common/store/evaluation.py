@@ -87,7 +87,8 @@ def fail_evaluation(store: Store, job_id: str, owner: str, reason: str, what: st
         return True
 
 
-def create_report_job(store: Store, spec: dict[str, Any], plan: dict[str, Any], job_id: str | None = None) -> str:
+def create_report_job(store: Store, spec: dict[str, Any], plan: dict[str, Any], job_id: str | None = None,
+                      project: str | None = None) -> str:
     """A report job: no members; its one task is leased like an evaluation, dispatched now (the
     reaper sends it again if its worker dies or its message is lost)."""
     from medq.common.specs import REPORT_KIND
@@ -95,7 +96,7 @@ def create_report_job(store: Store, spec: dict[str, Any], plan: dict[str, Any], 
 
     job_id, now = job_id or new_job_id(), utcnow()
     with store.session() as s:
-        s.add(Job(id=job_id, kind=REPORT_KIND, spec=spec, plan=plan, created_at=now,
+        s.add(Job(id=job_id, kind=REPORT_KIND, spec=spec, plan=plan, created_at=now, project=project,
                   eval_state=EvalState.DISPATCHED.value, eval_lease_expires_at=now + EVAL_DISPATCH_GRACE))
     return job_id
 

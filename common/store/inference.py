@@ -30,9 +30,10 @@ def path_hash(path: str) -> str:
 
 
 def create_infer_job(store: Store, job_id: str, spec: dict[str, Any], plan: dict[str, Any], priority: str,
-                     window: str | None) -> None:
+                     window: str | None, project: str | None = None) -> None:
     with store.session() as s:
-        s.add(Job(id=job_id, kind=INFER_KIND, spec=spec, plan=plan, priority=priority, window=window))
+        s.add(Job(id=job_id, kind=INFER_KIND, spec=spec, plan=plan, priority=priority, window=window,
+                  project=project))
 
 
 @dataclass(frozen=True)

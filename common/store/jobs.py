@@ -33,11 +33,11 @@ def new_job_id() -> str:
 
 
 def create_job(store: Store, kind: str, spec: dict[str, Any], plan: dict[str, Any], seeds: Iterable[int],
-               total_epochs: int = 0) -> tuple[str, list[int]]:
+               total_epochs: int = 0, project: str | None = None, priority: str | None = None) -> tuple[str, list[int]]:
     """A job row and one queued member per seed; returns the job id and member ids."""
     job_id, now = new_job_id(), utcnow()
     with store.session() as s:
-        job = Job(id=job_id, kind=kind, spec=spec, plan=plan, created_at=now)
+        job = Job(id=job_id, kind=kind, spec=spec, plan=plan, created_at=now, project=project, priority=priority)
         # updated_at is when the member was last sent: the resend sweep waits from here
         job.members = [Member(seed=seed, total_epochs=total_epochs, updated_at=now) for seed in seeds]
         s.add(job)
@@ -105,7 +105,8 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
             .where(Member.id == member_id, Member.attempts == member.attempts)
             .values(state=State.RUNNING.value, attempts=member.attempts + 1, lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds), worker=worker, device=device,
-                    started_at=member.started_at or now, updated_at=now)
+                    started_at=member.started_at or now, updated_at=now, preempt_requested_at=None,
+                    preempt_reason=None)  # a request to yield was for the attempt before
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken != 1:

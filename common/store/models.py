@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0006"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0007"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -95,6 +95,8 @@ class Job(Base):
     priority: Mapped[str | None] = mapped_column(String(8))
     window: Mapped[str | None] = mapped_column(String(16))
     window_lifted: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Who the job is for (--project, MEDQ_PROJECT or the user): the unit of fair share and quotas.
+    project: Mapped[str | None] = mapped_column(String(64))
 
     members: Mapped[list[Member]] = relationship(back_populates="job", order_by="Member.seed")
     results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.subject")
@@ -129,6 +131,11 @@ class Member(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # Preemption: how often it yielded its worker to more urgent work, and a pending request to
+    # yield (set by a launcher, read by the member's heartbeat, cleared when it is claimed again).
+    preemptions: Mapped[int] = mapped_column(default=0, server_default="0")
+    preempt_requested_at: Mapped[datetime | None]
+    preempt_reason: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="members")
     attempt_rows: Mapped[list[Attempt]] = relationship(order_by="Attempt.number")
@@ -143,7 +150,7 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
     number: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled, lost
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled, lost, preempted
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
     start_epoch: Mapped[int] = mapped_column(default=0)  # > 0: resumed from a checkpoint

@@ -26,7 +26,9 @@ def member_view(m) -> dict[str, Any]:
     return {
         "seed": m.seed, "state": m.state, "epoch": m.epoch, "total_epochs": m.total_epochs,
         "phase": m.phase, "step": m.step, "steps_per_epoch": m.steps_per_epoch,
-        "attempt": m.attempts, "worker": m.worker, "device": m.device,
+        "attempt": m.attempts, "preemptions": m.preemptions,
+        "yielding": m.preempt_requested_at is not None,  # asked to yield its worker; stops at its next step
+        "worker": m.worker, "device": m.device,
         "train_loss": m.train_loss, "val_loss": m.val_loss, "val_error_px": m.val_error_px,
         "val_score": m.val_score,
         "images_per_s": m.images_per_s, "error": m.error,
@@ -39,7 +41,7 @@ def job_view(job: Job, with_members: bool = True) -> dict[str, Any]:
         "job_id": job.id, "kind": job.kind, "state": job.state, "error": job.error,
         "cancel_requested": job.cancel_requested, "evaluation": job.eval_state,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
-        "spec": job.spec, "data": job.plan.get("data_dir"),
+        "spec": job.spec, "data": job.plan.get("data_dir"), "project": job.project, "priority": job.priority,
     }
     if with_members:
         view["members"] = [member_view(m) for m in job.members]
@@ -77,6 +79,7 @@ def job_results(store: Store, job_id: str) -> dict[str, Any] | None:
             "evaluation": job.eval_state, **outputs,
             "members": [
                 {"seed": m.seed, "state": m.state, "error": m.error, "attempts": m.attempts,
+                 "preemptions": m.preemptions,
                  "checkpoint": artifacts.get(subjects.artifact(m.seed, "best")),
                  "metrics": by_subject.get(subjects.member(m.seed)),
                  "history": epochs.get(m.id, [])}  # every finished epoch, in order (the history table)

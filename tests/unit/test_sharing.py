@@ -68,16 +68,24 @@ def test_a_project_name_is_checked(name):
 
 
 def test_the_default_project_is_medq_project_or_the_user(monkeypatch):
-    monkeypatch.setenv("MEDQ_PROJECT", "labA")
-    assert default_project() == "labA"
-    monkeypatch.setenv("MEDQ_PROJECT", "lab A")
+    assert default_project("labA") == "labA"
     with pytest.raises(SpecError, match="MEDQ_PROJECT: 'lab A'"):
-        default_project()
-    monkeypatch.delenv("MEDQ_PROJECT")
+        default_project("lab A")
     monkeypatch.setattr("getpass.getuser", lambda: "dr.o'brien")
     assert default_project() == "dr.o-brien"
     monkeypatch.setattr("getpass.getuser", lambda: "...")
     assert default_project() == "default"
+
+
+def test_settings_refuse_a_bad_project_or_a_negative_wait():
+    from medq.common.settings import load_settings
+
+    assert load_settings({"MEDQ_PREEMPT_MIN_RUN": "0"}).sharing == Sharing(min_run=0.0)
+    for env, message in [({"MEDQ_PROJECT": "a b"}, "MEDQ_PROJECT: 'a b' is not a project name"),
+                         ({"MEDQ_PREEMPT_MIN_RUN": "-1"}, "MEDQ_PREEMPT_MIN_RUN must be 0 or more"),
+                         ({"MEDQ_PREEMPT_GRACE": "soon"}, "MEDQ_PREEMPT_GRACE: 'soon' is not a valid float")]:
+        with pytest.raises(SpecError, match=message):
+            load_settings(env)
 
 
 # --- admission -----------------------------------------------------------------------------

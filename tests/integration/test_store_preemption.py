@@ -1,0 +1,84 @@
+"""Preemption in the store's contract, on SQLite and a real PostgreSQL: who is asked to yield,
+what a yield records, and that a yield is not a failed attempt."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from medq.common.sharing.policy import Sharing
+from medq.common.store import inference as ops
+from medq.common.store import jobs, preemption
+from medq.common.store.models import Attempt, Chunk, Member, utcnow
+
+GRACE = timedelta(seconds=5)
+
+
+def _training(store, priority="normal", seeds=(0, 1), project="labA"):
+    job_id, members = jobs.create_job(store, "ensemble", {}, {"split": {}}, list(seeds), 4, project=project,
+                                      priority=priority)
+    for i, member in enumerate(members):
+        assert jobs.claim_member(store, member, f"owner-{member}", f"w{i}", "cpu", 60, 3).run
+    return job_id, members
+
+
+def _urgent(store, job_id="urgent000001", priority="high", chunks=1, age=timedelta(seconds=30), preempt=False):
+    ops.create_infer_job(store, job_id, {"archive": "/a", "checkpoints": ["/m"], "preempt": preempt}, {}, priority,
+                         None, project="hospital")
+    ops.add_studies(store, job_id, (ops.PlannedStudy(f"/a/{i}.png") for i in range(chunks)), 1, None)
+    with store.session() as s:
+        s.execute(update(Chunk).where(Chunk.job_id == job_id).values(state="queued", updated_at=utcnow() - age))
+
+
+def test_high_priority_chunks_waiting_past_the_grace_make_training_yield(store):
+    _, (low_member,) = _training(store, "low", seeds=(0,))
+    _training(store, "normal", seeds=(0,))
+    _urgent(store, chunks=1)
+    asked = preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE)
+    assert [member for member, _ in asked] == [low_member]  # the low-priority member yields first
+    assert "high-priority inference job urgent000001 (hospital) waiting" in asked[0][1]
+    assert preemption.preempt_requested(store, low_member, f"owner-{low_member}")
+    assert not preemption.preempt_requested(store, low_member, "another-owner")
+    # asked once: the next round counts it as on its way and asks nobody else for that chunk
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE) == []
+
+
+def test_nobody_yields_to_fresh_normal_or_cancelled_inference(store):
+    _training(store, "normal")
+    _urgent(store, "fresh0000001", age=timedelta(seconds=1))
+    _urgent(store, "normal000001", priority="normal")
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE) == []
+    _urgent(store, "window000001", priority="normal", chunks=3, preempt=True)  # --preempt: every training yields
+    assert len(preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE)) == 2
+
+
+def test_a_yield_queues_the_member_again_without_spending_an_attempt(store):
+    job_id, (member, _) = _training(store)
+    owner = f"owner-{member}"
+    assert preemption.request_preemption(store, member, "urgent work")
+    assert not preemption.request_preemption(store, member, "asked twice")
+    epoch = {"epoch": 2, "phase": "finetune", "train_loss": 0.5, "val_loss": 0.4, "metrics": {}, "lrs": {},
+             "images_per_s": 10.0, "wall_s": 3.0, "attempt": 1}
+    assert preemption.yield_member(store, member, owner, epochs=[epoch], epoch=2, step=1)
+    assert not preemption.yield_member(store, member, owner)  # replayed: the lease is gone
+    with store.session() as s:
+        row = s.get(Member, member)
+        assert (row.state, row.preemptions, row.attempts, row.epoch, row.step) == ("queued", 1, 0, 2, 1)
+        assert row.preempt_requested_at is None and row.error == "preempted: urgent work"
+        assert [a.state for a in s.scalars(select(Attempt).where(Attempt.member_id == member))] == ["preempted"]
+    claim = jobs.claim_member(store, member, "owner-next", "w9", "cpu", 60, 3)
+    assert claim.run and claim.attempt == 2
+    assert not preemption.preempt_requested(store, member, "owner-next")
+
+
+def test_min_run_protects_a_member_after_its_preemption(store):
+    _, (member,) = _training(store, "normal", seeds=(0,))
+    with store.session() as s:
+        s.get(Member, member).preemptions = 1  # it yielded once and has just started again
+    _urgent(store)
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE) == []
+    with store.session() as s:
+        for attempt in s.scalars(select(Attempt).where(Attempt.member_id == member)):
+            attempt.started_at = utcnow() - timedelta(seconds=601)
+    assert [m for m, _ in preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE)] == [member]
