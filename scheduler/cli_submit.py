@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from medq.common.settings import load_settings
+from medq.scheduler.cli_sharing import placement_options, project_option
 from medq.scheduler.cli_support import (
     announce, current_store, print_infer_summary, resume_and_announce, wait_and_report,
 )
@@ -78,8 +79,9 @@ def submit() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="one spec field (VALUE read as JSON when it parses, else as text); repeatable")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1), help="members (seeds 0..N-1)")
+@placement_options
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
-def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, wait) -> None:
+def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, placement, wait) -> None:
     """A training job of any registered model family, by its job KIND (an unknown one lists the
     valid ones), its spec given as JSON fields. Plug-in families (MEDQ_FAMILIES) are submitted
     this way; the built-in ones also have commands of their own with an option per field."""
@@ -101,7 +103,7 @@ def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, wait) -> None:
         except ValueError:
             fields[name] = text
     spec = trained.spec_from_dict(fields)
-    announce(submit_training(load_settings(), kind, spec, data_dir, list(range(seeds))), wait)
+    announce(submit_training(load_settings(), kind, spec, data_dir, list(range(seeds)), placement), wait)
 
 
 @submit.command("ensemble")
@@ -120,9 +122,10 @@ def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, wait) -> None:
 @click.option("--lr-backbone", default=2e-5, show_default=True, help="phase 2 backbone learning rate")
 @click.option("--lr-head", default=2e-4, show_default=True, help="phase 2 head learning rate")
 @click.option("--split-seed", default=42, show_default=True)
+@placement_options
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
-                        pretrained, lr_backbone, lr_head, split_seed, wait) -> None:
+                        pretrained, lr_backbone, lr_head, split_seed, placement, wait) -> None:
     """A seed ensemble of the chest-landmark regressor, one member per worker."""
     from medq.common.families.chest.spec import EnsembleSpec
     from medq.common.specs import SplitSpec
@@ -134,7 +137,7 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
                         image_size=image_size, patience=patience, pretrained=pretrained,
                         lr_finetune_backbone=lr_backbone, lr_finetune_head=lr_head, split=SplitSpec(seed=split_seed))
     settings = load_settings()
-    job_id = submit_training(settings, spec.kind, spec, data_dir, list(range(seeds)))
+    job_id = submit_training(settings, spec.kind, spec, data_dir, list(range(seeds)), placement)
     announce(job_id, wait)
 
 
@@ -167,10 +170,11 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 @click.option("--split-seed", default=42, show_default=True)
 @click.option("--resume", "resume_job", default=None,
               help="go on with this failed or cancelled hrnet job from its last checkpoint (its spec and data kept)")
+@placement_options
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
-                     warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained, loader_workers, split_seed,
-                     resume_job, wait) -> None:
+                     warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained,
+                     loader_workers, split_seed, resume_job, placement, wait) -> None:
     """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
     from medq.common.families.ceph.spec import HRNetSpec
     from medq.common.specs import SplitSpec
@@ -199,7 +203,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
                      channels_last=channels_last, progressive=stages,
                      top_k=top_k, flip_pairs=pairs, patience=patience, format=fmt, annotator=annotator, pretrained=pretrained,
                      loader_workers=loader_workers, split=SplitSpec(seed=split_seed))
-    job_id = submit_training(load_settings(), spec.kind, spec, data_dir, test_dirs=list(test_dirs))
+    job_id = submit_training(load_settings(), spec.kind, spec, data_dir, placement=placement,
+                             test_dirs=list(test_dirs))
     announce(job_id, wait)
 
 
@@ -231,10 +236,11 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
 @click.option("--split-seed", default=42, show_default=True)
 @click.option("--resume", "resume_job", default=None,
               help="go on with this failed or cancelled segment job from its last checkpoint")
+@placement_options
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, lr, max_lr, amp, patience,
                        lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
-                       resume_job, wait) -> None:
+                       resume_job, placement, wait) -> None:
     """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
     from medq.common.families.ct_lesions.spec import SegmentSpec
     from medq.common.specs import SplitSpec
@@ -252,7 +258,7 @@ def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, 
                        class_weights=_floats(class_weights, 4, "--class-weights") if class_weights else None,
                        empty=empty, pretrained=pretrained, loader_workers=loader_workers,
                        split=SplitSpec(seed=split_seed))
-    job_id = submit_training(load_settings(), spec.kind, spec, data_dir)
+    job_id = submit_training(load_settings(), spec.kind, spec, data_dir, placement=placement)
     announce(job_id, wait)
 
 
@@ -292,7 +298,10 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
               help="how an ensemble's members combine (weighted: by each member's validation loss); what a "
                    "model supports is checked at submit")
 @click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
-@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True)
+@click.option("--preempt", is_flag=True,
+              help="training yields its workers to this job at their next step (while --window is open), and "
+                   "resumes by itself when the job is done or the window closes")
+@placement_options
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--loader-workers", type=click.IntRange(min=0), default=None,
               help="decoding processes per worker  [default: 2 on a GPU worker, 0 on a CPU worker]")
@@ -302,7 +311,7 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
                    "the image width")
 @click.option("--wait", is_flag=True, help="follow progress until the job ends")
 def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, out_dir, chunk, tta, aggregation, window,
-                     priority, batch_size, loader_workers, skip_done, spread_limit_fraction, wait) -> None:
+                     preempt, placement, batch_size, loader_workers, skip_done, spread_limit_fraction, wait) -> None:
     """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
     archive or of a PACS query, with the failures listed. A segmentation model's study is a .npy
     or NIfTI volume or a DICOM series; DICOM studies get DICOM SEG and SR outputs."""
@@ -314,8 +323,8 @@ def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, ou
         raise click.UsageError("--query searches a PACS: give --pacs URL with it")
     chosen = None if outputs is None else tuple(name.strip() for name in outputs.split(",") if name.strip())
     job_id, n_studies, n_chunks = submit_infer(
-        load_settings(), pacs or archive, model, chunk=chunk, tta=tta, aggregation=aggregation, window=window,
-        priority=priority, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
+        load_settings(), pacs or archive, model, project=placement.project, chunk=chunk, tta=tta,
+        aggregation=aggregation, window=window, priority=placement.priority, preempt=preempt, batch_size=batch_size, loader_workers=loader_workers, skip_done=skip_done,
         spread_limit_fraction=spread_limit_fraction, out_dir=str(out_dir.resolve()) if out_dir else None,
         query=query, send_to=send_to, outputs=chosen, seg_type=seg_type)
     click.echo(job_id)
@@ -338,8 +347,9 @@ def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, ou
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for the HTML (and PDF)  [default: the report job's folder under MEDQ_ARTIFACTS]")
 @click.option("--pdf", is_flag=True, help="also print the page to PDF (headless Chromium on the worker)")
+@project_option
 @click.option("--wait", is_flag=True, help="wait for the report and print where it is")
-def submit_report_cmd(jobs, out_dir, pdf, wait) -> None:
+def submit_report_cmd(jobs, out_dir, pdf, project, wait) -> None:
     """An evaluation report of one training job, of several training jobs of one family side by
     side (same test split), or of one inference job: one self-contained HTML file. A job still
     running is shown as of now. Refused before anything is enqueued: an unknown job, jobs of two
@@ -347,7 +357,7 @@ def submit_report_cmd(jobs, out_dir, pdf, wait) -> None:
     from medq.scheduler.report_plan import submit_report
 
     settings = load_settings()
-    job_id, html = submit_report(settings, list(jobs), out_dir, pdf)
+    job_id, html = submit_report(settings, list(jobs), out_dir, pdf, project=project)
     click.echo(job_id)
     click.echo(f"report of {', '.join(jobs)} will be written to {html}", err=True)
     if wait:

@@ -15,6 +15,7 @@ from medq.common.families.base import Family
 from medq.common.inference.sources import open_source
 from medq.common.inference.types import Entry
 from medq.common.settings import Settings
+from medq.common.sharing.projects import default_project
 from medq.common.specs import InferSpec
 from medq.common.store import open_store
 from medq.common.store import inference as store_ops
@@ -46,7 +47,8 @@ def resolve_model(store, model: str) -> tuple[list[str], str | None, Family]:
     return checkpoints, view["job_id"], family
 
 
-def submit_infer(settings: Settings, archive_path: Path | str, model: str, **options) -> tuple[str, int, int]:
+def submit_infer(settings: Settings, archive_path: Path | str, model: str, project: str | None = None,
+                 **options) -> tuple[str, int, int]:
     """Returns (job id, studies, chunks). The model's family checks the options before any job
     exists (SpecError naming an option it cannot honour) and says what a study is.
     ``archive_path``: a folder, zip or tar, or a PACS's DICOMweb URL (with ``query``)."""
@@ -65,7 +67,7 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, **opt
     spec = InferSpec(archive=location, checkpoints=tuple(checkpoints), model_job=model_job, **options)
     job_id = new_job_id()
     store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family.kind},
-                               spec.priority, spec.window)
+                               spec.priority, spec.window, project=project or default_project(settings.project))
     done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
                       if spec.skip_done else None)
     studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)

@@ -74,12 +74,15 @@ def sparkline(values: list[float | None], width: int = 16) -> str:
 def members_table(job: dict, curves: dict[int, list[float | None]] | None = None) -> Table:
     """``curves``: seed -> its validation loss per finished epoch (drawn as a sparkline)."""
     title = f"job {job['job_id']} ({job['kind']}): {job['state']}"
+    if job.get("project"):
+        title += f" · project {job['project']}" + (f", {job['priority']} priority" if job.get("priority") else "")
     if job.get("cancel_requested") and job["state"] == "running":
         title += " (cancelling)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     metric = _family(job["kind"]).member_metric  # the family's validation figure: px, Dice, ...
     columns = ("seed", "state", "epoch", "loss", "val loss", *(("val loss curve",) if curves else ()), metric.label,
-               "img/s", "try", "worker", "device")
+               "img/s", "try", *(("yielded",) if any(m.get("preemptions") for m in job["members"]) else ()),
+               "worker", "device")
     for col in columns:
         table.add_column(col, justify="left" if col in ("state", "worker", "device", "val loss curve") else "right",
                          no_wrap=True)
@@ -88,9 +91,11 @@ def members_table(job: dict, curves: dict[int, list[float | None]] | None = None
         if m["state"] == "running" and m["phase"] == "head":
             epoch += " head"
         spark = (sparkline(curves.get(m["seed"], [])),) if curves else ()
-        table.add_row(str(m["seed"]), _state(m["state"]), epoch, _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
+        yielded = (str(m.get("preemptions") or 0),) if "yielded" in columns else ()
+        state = _state(m["state"]) + (" (yielding)" if m.get("yielding") and m["state"] == "running" else "")
+        table.add_row(str(m["seed"]), state, epoch, _fmt(m["train_loss"], 4), _fmt(m["val_loss"], 4),
                       *spark, _fmt(m.get(metric.column), metric.digits), _fmt(m["images_per_s"], 1), str(m["attempt"]),
-                      _worker(m["worker"]), _fmt(m["device"]))
+                      *yielded, _worker(m["worker"]), _fmt(m["device"]))
     return table
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 from medq.common.errors import SpecError
 from medq.common.report.plan import check_report
 from medq.common.settings import Settings
+from medq.common.sharing.projects import default_project
 from medq.common.specs import REPORT_KIND, ReportSpec
 from medq.common.store import evaluation, jobs, open_store
 
 
-def submit_report(settings: Settings, job_ids: list[str], out_dir: Path | None, pdf: bool) -> tuple[str, Path]:
+def submit_report(settings: Settings, job_ids: list[str], out_dir: Path | None, pdf: bool,
+                  project: str | None = None) -> tuple[str, Path]:
     """The report job's id and where its HTML will be."""
     from medq.common.report.job import report_paths
 
@@ -29,7 +31,8 @@ def submit_report(settings: Settings, job_ids: list[str], out_dir: Path | None, 
         if not os.access(folder, os.W_OK):
             raise SpecError(f"--out {out_dir}: not writable")
     spec = ReportSpec(tuple(resolved), str(folder), pdf)
-    evaluation.create_report_job(store, spec.to_dict(), {"kind": kind, "out_dir": str(folder)}, job_id=job_id)
+    evaluation.create_report_job(store, spec.to_dict(), {"kind": kind, "out_dir": str(folder)}, job_id=job_id,
+                                 project=project or default_project(settings.project))
     from medq.tasks.app import app_for
     from medq.tasks.send import send_evaluation
 

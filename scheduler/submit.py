@@ -14,19 +14,23 @@ from medq.common import __version__
 from medq.common.errors import describe
 from medq.common.families.registry import family
 from medq.common.settings import Settings
+from medq.common.sharing.projects import Placement, default_project
 from medq.common.store import jobs, open_store
 
 
 def submit_training(settings: Settings, kind: str, spec: Any, data_dir: Path, seeds: Sequence[int] = (0,),
-                    **plan_options: Any) -> str:
+                    placement: Placement | None = None, **plan_options: Any) -> str:
     """A training job of ``kind``: its plan, its rows, one message per member on the GPU queue
-    (the job fails with the reason if the broker refuses one). Returns the job id."""
+    (the job fails with the reason if the broker refuses one). Returns the job id.
+    ``placement``: its project and priority (default: the settings' project, normal)."""
+    placement = placement or Placement(default_project(settings.project))
     trained = family(kind)
     plan = trained.plan(spec, Path(data_dir), **plan_options)
     plan["seeds"] = list(seeds)
     plan["code_version"] = __version__
     store = open_store(settings)
-    job_id, member_ids = jobs.create_job(store, kind, spec.to_dict(), plan, list(seeds), trained.total_epochs(spec))
+    job_id, member_ids = jobs.create_job(store, kind, spec.to_dict(), plan, list(seeds), trained.total_epochs(spec),
+                                         project=placement.project, priority=placement.priority)
     from medq.tasks.app import app_for
     from medq.tasks.send import send_member
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from medq.common.errors import brief
 from medq.common.settings import Settings
 from medq.common.store import State, open_store
-from medq.common.store import jobs
+from medq.common.store import jobs, preemption
 from medq.tasks.store_retry import recorded, retrying
 
 log = logging.getLogger("medq.worker")
@@ -103,8 +103,17 @@ class MemberRun:
         self._epochs: list[dict[str, Any]] = []  # finished epochs the store has not taken yet
         self._epochs_lock = threading.Lock()
         self._last_event = 0.0
-        self.heartbeat = Heartbeat(settings, f"member {member_id}", renew=self._renew,
-                                   cancelled=lambda: jobs.cancel_requested(self.store, self.claim.job_id))
+        self.preempted = threading.Event()  # asked to yield its worker: it stops and goes back to the queue
+        self.heartbeat = Heartbeat(settings, f"member {member_id}", renew=self._renew, cancelled=self._stop_asked)
+
+    def _stop_asked(self) -> bool:
+        """A cancellation of the job, or a request that this attempt yield its worker."""
+        if jobs.cancel_requested(self.store, self.claim.job_id):
+            return True
+        if preemption.preempt_requested(self.store, self.member_id, self.owner):
+            self.preempted.set()
+            return True
+        return False
 
     def _renew(self) -> bool:
         """The heartbeat: the lease, the latest progress and the epochs finished since the last
@@ -165,6 +174,10 @@ class MemberRun:
     def should_stop(self) -> bool:
         return self.heartbeat.should_stop()
 
+    @property
+    def progress_fields(self) -> dict[str, Any]:
+        return dict(self._latest)
+
     def finish(self, state: State, *, error: str | None = None, artifacts: dict[str, str] | None = None,
                **fields: Any) -> bool:
         self.heartbeat.stop()
@@ -175,6 +188,20 @@ class MemberRun:
             self.store, self.member_id, self.owner, state, error=error, artifacts=artifacts, epochs=epochs,
             **fields),
             "its lease will lapse and the reaper will resume it from its checkpoint"))
+
+    def yield_worker(self) -> bool:
+        """After a preemption stopped the training (its checkpoint written): the member back to
+        the queue, its progress and finished epochs kept."""
+        self.heartbeat.stop()
+        with self._epochs_lock:
+            epochs = list(self._epochs)
+        done = bool(recorded(f"yield member {self.member_id}", lambda: preemption.yield_member(
+            self.store, self.member_id, self.owner, epochs=epochs, **self._latest),
+            "its lease will lapse and the reaper will resume it from its checkpoint"))
+        if done:
+            with self._epochs_lock:
+                del self._epochs[:len(epochs)]  # in the store with the yield
+        return done
 
     def release(self, reason: str) -> None:
         self.heartbeat.stop()

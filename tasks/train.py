@@ -61,6 +61,8 @@ def train_member(self, member_id: int) -> str:
         else:
             if run.lease_lost.is_set() and not run.cancelled.is_set():
                 return "stood down: lease lost"
+            if trained.cancelled and run.preempted.is_set() and not _job_cancelled(run):
+                return _yield(run, member_id)
             state = State.CANCELLED if trained.cancelled else State.SUCCEEDED
             artifacts = {subjects.artifact(claim.seed, name): str(path) for name, path in trained.checkpoints.items()}
             last = run.finish(state, artifacts=artifacts, resumed_from_epoch=trained.resumed_from_epoch,
@@ -69,6 +71,29 @@ def train_member(self, member_id: int) -> str:
             _release_memory()
     _dispatch_evaluation(claim.job_id, last)
     return "done"
+
+
+def _job_cancelled(run: MemberRun) -> bool:
+    from medq.common.store import jobs
+
+    return bool(recorded("check the job's cancellation", lambda: jobs.cancel_requested(run.store, run.claim.job_id),
+                         "the member yields as asked"))
+
+
+def _yield(run: MemberRun, member_id: int) -> str:
+    """Preempted: the checkpoint of the step it stopped at is written; the member goes back to
+    the queue and is sent again (behind the more urgent work that asked for its worker)."""
+    if not run.yield_worker():
+        return "stood down: lease lost while yielding"
+    log.info("member %s (seed %s) yielded its worker at epoch %s step %s; queued again from its checkpoint",
+             member_id, run.claim.seed, run.progress_fields.get("epoch"), run.progress_fields.get("step"))
+    from medq.tasks.send import send_member
+
+    try:
+        send_member(app, member_id)
+    except Exception as exc:
+        log.warning("member %s: could not send it again (%s); the reaper will", member_id, brief(exc))
+    return "preempted"
 
 
 def _transient(task, run: MemberRun, member_id: int, exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 """The launcher's periodic round: re-enqueue members and chunks whose worker died (lease lapsed)
 within about a minute instead of waiting hours for Redis's visibility timeout, send lost
-evaluations again, queue inference chunks whose window has opened, send again the work the
+evaluations again, queue inference chunks whose window has opened, ask training to yield to
+inference that waits for a worker (common/store/preemption.py), send again the work the
 broker lost (a queue found empty while the store still says its rows are queued), and close
 jobs whose every member or chunk has ended but which were left open. Safe to run in every
 launcher: each row is taken with a guarded update, and a duplicate message is harmless."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from medq.common.store import inference, recovery
+from medq.common.store import inference, preemption, recovery
 from medq.common.store.db import Store
 from medq.common.store.models import utcnow
 from medq.tasks import names
@@ -32,9 +33,19 @@ def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
     for job_id in evaluations:
         log.warning("job %s: evaluation sent again (not taken, or its worker died)", job_id)
     dispatch_and_reap_chunks(store, app)
+    preempt_for_inference(store, app.conf.medq_settings)
     resend_lost(store, app, grace_s=app.conf.medq_settings.resend_after)
     close_stalled(store, app)
     return lapsed, evaluations
+
+
+def preempt_for_inference(store: Store, settings) -> list[tuple[int, str]]:
+    """Inference chunks that waited past ``MEDQ_PREEMPT_GRACE`` with no worker free to take them:
+    the sharing policy picks the training members that yield (their next step's checkpoint)."""
+    asked = preemption.preempt_for_waiting(store, settings.sharing, timedelta(seconds=settings.preempt_grace))
+    for member_id, reason in asked:
+        log.warning("member %s asked to yield its worker (%s)", member_id, reason)
+    return asked
 
 
 def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]]:
