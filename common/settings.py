@@ -67,7 +67,7 @@ class Settings:
         if self.project:
             check_project(self.project, "MEDQ_PROJECT")
         for name in ("preempt_min_run", "preempt_grace"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
 
     @property

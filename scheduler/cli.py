@@ -273,4 +273,7 @@ from medq.scheduler.cli_submit import data, submit  # noqa: E402
 main.add_command(data)
 main.add_command(submit)
 
+from medq.scheduler.bench_preempt import bench_preempt  # noqa: E402
+
+bench.add_command(bench_preempt)
 main.add_command(bench)

@@ -33,8 +33,8 @@ def project_option(command):
 def placement_options(command):
     """--project and --priority, given to the command as one ``placement`` (a Placement)."""
     @click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,
-                  help="inference waiting for a worker makes training of a lower priority yield it at its next "
-                       "step; low-priority training yields first")
+                  help="high-priority inference waiting for a worker makes normal and low training yield it at "
+                       "its next step; low-priority training yields first")
     @click.option("--project", "project", default=None, metavar="NAME", help=PROJECT_HELP)
     @functools.wraps(command)
     def wrapper(*args, project, priority, **kwargs):

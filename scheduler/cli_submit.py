@@ -299,8 +299,8 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
                    "model supports is checked at submit")
 @click.option("--window", default=None, help="run only between these times, e.g. 22:00-06:00")
 @click.option("--preempt", is_flag=True,
-              help="training yields its workers to this job at their next step (while --window is open), and "
-                   "resumes by itself when the job is done or the window closes")
+              help="run at high priority, and training of any priority yields its workers to this job at their next "
+                   "step (while --window is open); it resumes by itself when the job is done or the window closes")
 @placement_options
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--loader-workers", type=click.IntRange(min=0), default=None,

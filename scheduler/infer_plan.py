@@ -67,7 +67,8 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, proje
     spec = InferSpec(archive=location, checkpoints=tuple(checkpoints), model_job=model_job, **options)
     job_id = new_job_id()
     store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family.kind},
-                               spec.priority, spec.window, project=project or default_project(settings.project))
+                               "high" if spec.preempt else spec.priority,  # --preempt: its chunks go to infer.high
+                               spec.window, project=project or default_project(settings.project))
     done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
                       if spec.skip_done else None)
     studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)

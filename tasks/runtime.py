@@ -189,15 +189,16 @@ class MemberRun:
             **fields),
             "its lease will lapse and the reaper will resume it from its checkpoint"))
 
-    def yield_worker(self) -> bool:
+    def yield_worker(self):
         """After a preemption stopped the training (its checkpoint written): the member back to
-        the queue, its progress and finished epochs kept."""
+        the queue, its progress and finished epochs kept (``preemption.Yielded``; None: the lease
+        was lost, or the store stayed away)."""
         self.heartbeat.stop()
         with self._epochs_lock:
             epochs = list(self._epochs)
-        done = bool(recorded(f"yield member {self.member_id}", lambda: preemption.yield_member(
+        done = recorded(f"yield member {self.member_id}", lambda: preemption.yield_member(
             self.store, self.member_id, self.owner, epochs=epochs, **self._latest),
-            "its lease will lapse and the reaper will resume it from its checkpoint"))
+            "its lease will lapse and the reaper will resume it from its checkpoint")
         if done:
             with self._epochs_lock:
                 del self._epochs[:len(epochs)]  # in the store with the yield

@@ -62,7 +62,7 @@ def train_member(self, member_id: int) -> str:
             if run.lease_lost.is_set() and not run.cancelled.is_set():
                 return "stood down: lease lost"
             if trained.cancelled and run.preempted.is_set() and not _job_cancelled(run):
-                return _yield(run, member_id)
+                return _yield(run, member_id, claim.job_id)
             state = State.CANCELLED if trained.cancelled else State.SUCCEEDED
             artifacts = {subjects.artifact(claim.seed, name): str(path) for name, path in trained.checkpoints.items()}
             last = run.finish(state, artifacts=artifacts, resumed_from_epoch=trained.resumed_from_epoch,
@@ -80,11 +80,15 @@ def _job_cancelled(run: MemberRun) -> bool:
                          "the member yields as asked"))
 
 
-def _yield(run: MemberRun, member_id: int) -> str:
+def _yield(run: MemberRun, member_id: int, job_id: str) -> str:
     """Preempted: the checkpoint of the step it stopped at is written; the member goes back to
     the queue and is sent again (behind the more urgent work that asked for its worker)."""
-    if not run.yield_worker():
+    yielded = run.yield_worker()
+    if yielded is None:
         return "stood down: lease lost while yielding"
+    if not yielded.queued:  # the job was cancelled while it stopped
+        _dispatch_evaluation(job_id, yielded.dispatch_evaluation)
+        return "cancelled"
     log.info("member %s (seed %s) yielded its worker at epoch %s step %s; queued again from its checkpoint",
              member_id, run.claim.seed, run.progress_fields.get("epoch"), run.progress_fields.get("step"))
     from medq.tasks.send import send_member

@@ -33,16 +33,20 @@ def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
     for job_id in evaluations:
         log.warning("job %s: evaluation sent again (not taken, or its worker died)", job_id)
     dispatch_and_reap_chunks(store, app)
-    preempt_for_inference(store, app.conf.medq_settings)
     resend_lost(store, app, grace_s=app.conf.medq_settings.resend_after)
     close_stalled(store, app)
+    try:  # last: a fault here must not cost the round its repairs
+        preempt_for_inference(store, app.conf.medq_settings)
+    except Exception as exc:
+        log.warning("could not look for inference waiting on training (%s); next round", type(exc).__name__)
     return lapsed, evaluations
 
 
 def preempt_for_inference(store: Store, settings) -> list[tuple[int, str]]:
-    """Inference chunks that waited past ``MEDQ_PREEMPT_GRACE`` with no worker free to take them:
+    """High-priority inference chunks that waited past ``MEDQ_PREEMPT_GRACE`` with no worker free to take them:
     the sharing policy picks the training members that yield (their next step's checkpoint)."""
-    asked = preemption.preempt_for_waiting(store, settings.sharing, timedelta(seconds=settings.preempt_grace))
+    asked = preemption.preempt_for_waiting(store, settings.sharing, timedelta(seconds=settings.preempt_grace),
+                                           datetime.now().time())
     for member_id, reason in asked:
         log.warning("member %s asked to yield its worker (%s)", member_id, reason)
     return asked

@@ -1,7 +1,6 @@
-"""Project names and the operator's sharing settings, parsed with errors that name the entry.
-
-``MEDQ_SHARES=labA=2,labB=1`` gives each project its weight in the fair share (1 by default);
-``MEDQ_QUOTAS=labA=4`` caps the GPUs a project holds, except for idle ones it borrows.
+"""Project names, and the parsing of fair-share weights ("labA=2,labB=1", 1 by default) and
+hard quotas ("labA=4"), with errors that name the entry. The shares and quotas are for the
+store-side admission dispatcher, which is not built yet: no setting reads them today.
 """
 
 from __future__ import annotations

@@ -2,13 +2,14 @@
 and its yield (back to the queue, its checkpoint kept, nothing counted against its attempts).
 
 The decision is the pure policy's (``common/sharing/policy.py``); ``preempt_for_waiting``
-builds its inputs from the rows: inference chunks queued for more than ``grace`` (no free
-worker took their message) as the waiting work, running members and chunks as the runs.
+builds its inputs from the rows: high-priority inference chunks queued for more than ``grace``
+(no free worker took their message) as the waiting work, running members and chunks as the runs.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, time, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import func, select
@@ -19,6 +20,7 @@ from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.locking import row_and_locked_job
 from medq.common.store.models import Attempt, Chunk, Job, Member, State, utcnow
+from medq.common.windows import window_open
 
 
 def preempt_requested(store: Store, member_id: int, owner: str) -> bool:
@@ -28,70 +30,87 @@ def preempt_requested(store: Store, member_id: int, owner: str) -> bool:
                                                 Member.preempt_requested_at.is_not(None))) is not None
 
 
-def request_preemption(store: Store, member_id: int, reason: str) -> bool:
-    """Ask a running member to yield; False if it is not running or has been asked already."""
+def request_preemption(store: Store, member_id: int, reason: str, owner: str | None = None) -> datetime | None:
+    """Ask a running member (its attempt ``owner``, when given) to yield. Returns the request's
+    time; None if it is not running (or another attempt runs now) or has been asked already."""
     now = utcnow()
     with store.session() as s:
         member, job = row_and_locked_job(s, Member, member_id)
         if member is None or member.state != State.RUNNING.value or member.preempt_requested_at is not None \
-                or job.cancel_requested:
-            return False
+                or job.cancel_requested or (owner is not None and member.lease_owner != owner):
+            return None
         member.preempt_requested_at, member.preempt_reason, member.updated_at = now, reason, now
-        return True
+        return now
+
+
+@dataclass(frozen=True)
+class Yielded:
+    queued: bool  # back in the queue: the caller sends it
+    dispatch_evaluation: bool = False  # the job was cancelled meanwhile and this was its last member
 
 
 def yield_member(store: Store, member_id: int, owner: str, epochs: Iterable[dict[str, Any]] = (),
-                 **progress: Any) -> bool:
-    """The preempted attempt gives its member back: queued again (the caller sends it), its
-    attempt ``preempted``, one more preemption, and the attempt not counted against the cap
-    of ``max_attempts`` (a yield is not a failure). False: the lease was not ours."""
+                 **progress: Any) -> Yielded | None:
+    """The preempted attempt gives its member back: queued again, its attempt ``preempted``, one
+    more preemption, and the attempt not counted against the cap of ``max_attempts`` (a yield is
+    not a failure). The request stays set until the next claim, so launchers count the member
+    as on its way to the work it yields to. A job cancelled meanwhile ends the member instead.
+    None: the lease was not ours."""
+    from medq.common.store.jobs import cancel_reason, close_members_phase, end_member
+
     now = utcnow()
     with store.session() as s:
         member, job = row_and_locked_job(s, Member, member_id)
         if member is None or member.lease_owner != owner:
-            return False
+            return None
         history.write_epochs(s, member.id, member.job_id, epochs)
         for name, value in progress.items():
             setattr(member, name, value)
+        if job.cancel_requested:
+            end_member(member, State.CANCELLED, cancel_reason(member), now)
+            return Yielded(False, close_members_phase(s, job, now))
         reason = f"preempted: {member.preempt_reason or 'asked to yield'}"
         member.state, member.updated_at, member.error = State.QUEUED.value, now, reason
         member.lease_owner = member.lease_expires_at = None
         member.preemptions += 1
         member.attempts = max(0, member.attempts - 1)
-        member.preempt_requested_at = member.preempt_reason = None
         for attempt in member.attempt_rows:
             if attempt.state == "running":
                 attempt.state, attempt.ended_at, attempt.error = "preempted", now, reason
-        return True
+        return Yielded(True)
 
 
-def preempt_for_waiting(store: Store, sharing: Sharing, grace: timedelta) -> list[tuple[int, str]]:
-    """Ask training members to yield to inference chunks that have waited past ``grace`` with no
-    worker taking them. Returns (member id, reason) for each member asked."""
+def preempt_for_waiting(store: Store, sharing: Sharing, grace: timedelta, now_local: time) -> list[tuple[int, str]]:
+    """Ask training members to yield to high-priority (or --preempt) inference chunks that have
+    waited past ``grace`` with no worker taking them, in jobs whose window is open. Only those:
+    a worker takes ``infer.high`` before ``gpu``, so the worker a member frees goes to them.
+    Returns (member id, reason) for each member asked."""
     now = utcnow()
     with store.session() as s:
-        waiting = _waiting_chunks(s, now - grace)
+        waiting = _waiting_chunks(s, now - grace, now_local)
         if not waiting:
             return []
-        runs, asked = _runs(s, now)
+        runs, asked = _runs(s, now, sharing.min_run)
     waiting = waiting[asked:]  # members already yielding are on their way to the first of them
-    decided = plan(waiting, runs, free=0, sharing=sharing, now=now.timestamp()).preempt
+    decided = plan(waiting, list(runs.values()), free=0, sharing=replace(sharing, min_run=0), now=now.timestamp())
     by_key = {item.key: item for item in waiting}
     done = []
-    for victim, waiter in decided:
-        member_id = int(victim.split()[1])
-        chunk = by_key[waiter]
+    for victim, waiter in decided.preempt:
+        if not victim.startswith("member "):
+            continue
+        member_id, chunk = int(victim.split()[1]), by_key[waiter]
         reason = f"{chunk.priority}-priority inference job {chunk.key.split()[1]} ({chunk.project}) waiting"
-        if request_preemption(store, member_id, reason):
+        if request_preemption(store, member_id, reason, owner=runs[victim].owner):
             done.append((member_id, reason))
     return done
 
 
-def _waiting_chunks(s, queued_before: datetime, cap: int = 256) -> list[Waiting]:
-    """Chunks queued before ``queued_before``, per job (at most ``cap`` each: no more members
-    than that could ever yield to one job in one round)."""
+def _waiting_chunks(s, queued_before: datetime, now_local: time, cap: int = 256) -> list[Waiting]:
+    """High-priority chunks queued before ``queued_before``, per job (at most ``cap`` each: no
+    more members than that could ever yield to one job in one round)."""
     counts = s.execute(select(Chunk.job_id, func.count(), func.min(Chunk.updated_at))
-                       .where(Chunk.state == "queued", Chunk.updated_at < queued_before)
+                       .join(Job, Job.id == Chunk.job_id)
+                       .where(Chunk.state == "queued", Chunk.updated_at < queued_before, Job.priority == "high")
                        .group_by(Chunk.job_id)).all()
     if not counts:
         return []
@@ -100,33 +119,41 @@ def _waiting_chunks(s, queued_before: datetime, cap: int = 256) -> list[Waiting]
     waiting = []
     for job_id, n, oldest in counts:
         job = jobs.get(job_id)
-        if job is None:
-            continue
+        if job is None or not (job.window_lifted or window_open(job.window, now_local)):
+            continue  # a closed window: its chunks go back to waiting when a worker claims them
         preempts = bool((job.spec or {}).get("preempt"))
-        waiting += [Waiting(f"job {job_id} chunk {i}", job.project or "default", job.priority or "normal",
+        waiting += [Waiting(f"job {job_id} chunk {i}", job.project or "default", "high",
                             oldest.timestamp(), preempts=preempts) for i in range(min(n, cap))]
     return sorted(waiting, key=lambda item: (item.submitted_at, item.key))
 
 
-def _runs(s, now: datetime) -> tuple[list[Running], int]:
-    """The running work with a live lease, and how many members have been asked to yield."""
-    members = s.execute(select(Member.id, Member.preemptions, Member.preempt_requested_at, Job.priority,
-                               Job.project, Attempt.started_at)
+@dataclass(frozen=True)
+class _Run(Running):
+    owner: str | None = None
+
+
+def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
+    """The running work with a live lease, by key, and how many members are on their way to
+    yield (asked and still running, or yielded and not yet claimed again)."""
+    asked = s.scalar(select(func.count()).where(Member.preempt_requested_at.is_not(None),
+                                                Member.state.in_([State.RUNNING.value, State.QUEUED.value])))
+    members = s.execute(select(Member.id, Member.lease_owner, Member.preemptions, Job.priority, Job.project,
+                               Attempt.started_at)
                         .join(Job, Job.id == Member.job_id)
                         .outerjoin(Attempt, (Attempt.member_id == Member.id) & (Attempt.state == "running"))
-                        .where(Member.state == State.RUNNING.value, Member.lease_expires_at > now)).all()
-    runs, asked = [], 0
-    for member_id, preemptions, requested, priority, project, started in members:
-        if requested is not None:
-            asked += 1
-            continue
-        # MEDQ_PREEMPT_MIN_RUN counts from the start after a preemption: a member is never
-        # preempted twice within it; its first preemption may come at any time.
-        since = started.timestamp() if (preemptions and started) else float("-inf")
-        runs.append(Running(f"member {member_id}", project or "default", priority or "normal", since,
-                            preemptible=True))
+                        .where(Member.state == State.RUNNING.value, Member.lease_expires_at > now,
+                               Member.preempt_requested_at.is_(None))).all()
+    runs = {}
+    for member_id, owner, preemptions, priority, project, started in members:
+        since = started.timestamp() if started else float("-inf")
+        # MEDQ_PREEMPT_MIN_RUN: a member that has yielded runs this long before it yields again;
+        # its first preemption may come at any time.
+        protected = bool(preemptions) and now.timestamp() - since < min_run
+        runs[f"member {member_id}"] = _Run(f"member {member_id}", project or "default", priority or "normal", since,
+                                           preemptible=not protected, owner=owner)
     chunks = s.execute(select(Chunk.id, Job.priority, Job.project).join(Job, Job.id == Chunk.job_id)
                        .where(Chunk.state == "running", Chunk.lease_expires_at > now)).all()
-    runs += [Running(f"chunk {chunk_id}", project or "default", priority or "normal", float("-inf"),
-                     preemptible=False) for chunk_id, priority, project in chunks]
-    return runs, asked
+    for chunk_id, priority, project in chunks:
+        runs[f"chunk {chunk_id}"] = _Run(f"chunk {chunk_id}", project or "default", priority or "normal",
+                                         float("-inf"), preemptible=False)
+    return runs, asked or 0

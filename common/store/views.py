@@ -27,7 +27,8 @@ def member_view(m) -> dict[str, Any]:
         "seed": m.seed, "state": m.state, "epoch": m.epoch, "total_epochs": m.total_epochs,
         "phase": m.phase, "step": m.step, "steps_per_epoch": m.steps_per_epoch,
         "attempt": m.attempts, "preemptions": m.preemptions,
-        "yielding": m.preempt_requested_at is not None,  # asked to yield its worker; stops at its next step
+        # asked to yield its worker: it stops at its next step
+        "yielding": m.preempt_requested_at is not None and m.state == "running",
         "worker": m.worker, "device": m.device,
         "train_loss": m.train_loss, "val_loss": m.val_loss, "val_error_px": m.val_error_px,
         "val_score": m.val_score,

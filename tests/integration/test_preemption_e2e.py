@@ -116,10 +116,13 @@ def test_a_member_sigkilled_while_it_yields_resumes_from_its_last_checkpoint(sha
     time.sleep(0.6)  # the heartbeat has seen it (every 0.5 s here): the member is stopping, saving or yielding
     os.kill(pool_process(launcher.pid), signal.SIGKILL)
     view = cluster.wait(job_id, ended, timeout=300)
+    killed = cluster.attempts(job_id, 0)[0]
     store.dispose()
     assert view["state"] == "succeeded", cluster.logs()
     _epochs_once_each(_results(cluster, job_id))
-    assert view["members"][0]["preemptions"] <= 1
+    # Either the kill came before the yield was recorded (the attempt is lost, the lease lapsed,
+    # nothing counted as a preemption) or just after it (preempted, counted once): both resume.
+    assert (killed.state, view["members"][0]["preemptions"]) in {("lost", 0), ("preempted", 1)}, killed.state
 
 
 def _member_id(store: Store, job_id: str) -> int:

@@ -3,7 +3,7 @@ what a yield records, and that a yield is not a failed attempt."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 
 from sqlalchemy import select, update
 
@@ -13,6 +13,7 @@ from medq.common.store import jobs, preemption
 from medq.common.store.models import Attempt, Chunk, Member, utcnow
 
 GRACE = timedelta(seconds=5)
+NOON, NIGHT = time(12, 0), time(23, 0)
 
 
 def _training(store, priority="normal", seeds=(0, 1), project="labA"):
@@ -23,9 +24,10 @@ def _training(store, priority="normal", seeds=(0, 1), project="labA"):
     return job_id, members
 
 
-def _urgent(store, job_id="urgent000001", priority="high", chunks=1, age=timedelta(seconds=30), preempt=False):
+def _urgent(store, job_id="urgent000001", priority="high", chunks=1, age=timedelta(seconds=30), preempt=False,
+            window=None):
     ops.create_infer_job(store, job_id, {"archive": "/a", "checkpoints": ["/m"], "preempt": preempt}, {}, priority,
-                         None, project="hospital")
+                         window, project="hospital")
     ops.add_studies(store, job_id, (ops.PlannedStudy(f"/a/{i}.png") for i in range(chunks)), 1, None)
     with store.session() as s:
         s.execute(update(Chunk).where(Chunk.job_id == job_id).values(state="queued", updated_at=utcnow() - age))
@@ -35,22 +37,31 @@ def test_high_priority_chunks_waiting_past_the_grace_make_training_yield(store):
     _, (low_member,) = _training(store, "low", seeds=(0,))
     _training(store, "normal", seeds=(0,))
     _urgent(store, chunks=1)
-    asked = preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE)
+    asked = preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON)
     assert [member for member, _ in asked] == [low_member]  # the low-priority member yields first
     assert "high-priority inference job urgent000001 (hospital) waiting" in asked[0][1]
     assert preemption.preempt_requested(store, low_member, f"owner-{low_member}")
     assert not preemption.preempt_requested(store, low_member, "another-owner")
     # asked once: the next round counts it as on its way and asks nobody else for that chunk
-    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE) == []
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON) == []
 
 
-def test_nobody_yields_to_fresh_normal_or_cancelled_inference(store):
-    _training(store, "normal")
+def test_nobody_yields_to_fresh_normal_closed_window_or_cancelled_inference(store):
+    _training(store, "low")
     _urgent(store, "fresh0000001", age=timedelta(seconds=1))
-    _urgent(store, "normal000001", priority="normal")
-    assert preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE) == []
-    _urgent(store, "window000001", priority="normal", chunks=3, preempt=True)  # --preempt: every training yields
-    assert len(preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE)) == 2
+    _urgent(store, "normal000001", priority="normal")  # infer.normal comes after gpu: a freed worker would not take it
+    _urgent(store, "window000001", window="22:00-06:00")
+    _urgent(store, "cancel000001")
+    jobs.request_cancel(store, "cancel000001")
+    sharing = Sharing(min_run=0)
+    assert preemption.preempt_for_waiting(store, sharing, GRACE, NOON) == []
+    assert len(preemption.preempt_for_waiting(store, sharing, GRACE, NIGHT)) == 1  # the window is open at 23:00
+
+
+def test_a_preempting_window_takes_every_training_worker(store):
+    _training(store, "high")  # even high-priority training yields to a --preempt job (its chunks go to infer.high)
+    _urgent(store, "window000001", priority="high", chunks=3, preempt=True)
+    assert len(preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE, NOON)) == 2
 
 
 def test_a_yield_queues_the_member_again_without_spending_an_attempt(store):
@@ -60,16 +71,37 @@ def test_a_yield_queues_the_member_again_without_spending_an_attempt(store):
     assert not preemption.request_preemption(store, member, "asked twice")
     epoch = {"epoch": 2, "phase": "finetune", "train_loss": 0.5, "val_loss": 0.4, "metrics": {}, "lrs": {},
              "images_per_s": 10.0, "wall_s": 3.0, "attempt": 1}
-    assert preemption.yield_member(store, member, owner, epochs=[epoch], epoch=2, step=1)
-    assert not preemption.yield_member(store, member, owner)  # replayed: the lease is gone
+    assert preemption.yield_member(store, member, owner, epochs=[epoch], epoch=2, step=1).queued
+    assert preemption.yield_member(store, member, owner) is None  # replayed: the lease is gone
     with store.session() as s:
         row = s.get(Member, member)
         assert (row.state, row.preemptions, row.attempts, row.epoch, row.step) == ("queued", 1, 0, 2, 1)
-        assert row.preempt_requested_at is None and row.error == "preempted: urgent work"
+        assert row.error == "preempted: urgent work"
         assert [a.state for a in s.scalars(select(Attempt).where(Attempt.member_id == member))] == ["preempted"]
+    # on its way until claimed: no other member is asked for the same chunk meanwhile
+    _urgent(store, chunks=1)
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=0), GRACE, NOON) == []
     claim = jobs.claim_member(store, member, "owner-next", "w9", "cpu", 60, 3)
     assert claim.run and claim.attempt == 2
     assert not preemption.preempt_requested(store, member, "owner-next")
+    with store.session() as s:
+        assert s.get(Member, member).preempt_requested_at is None  # the request was for the attempt before
+
+
+def test_a_cancel_that_lands_while_a_member_yields_ends_it(store):
+    job_id, (member,) = _training(store, seeds=(0,))
+    assert preemption.request_preemption(store, member, "urgent work", owner=f"owner-{member}")
+    jobs.request_cancel(store, job_id)
+    yielded = preemption.yield_member(store, member, f"owner-{member}")
+    assert not yielded.queued
+    with store.session() as s:
+        assert s.get(Member, member).state == "cancelled"
+
+
+def test_a_request_names_the_attempt_it_is_for(store):
+    _, (member,) = _training(store, seeds=(0,))
+    assert preemption.request_preemption(store, member, "stale", owner="an-attempt-before") is None
+    assert preemption.request_preemption(store, member, "now", owner=f"owner-{member}") is not None
 
 
 def test_min_run_protects_a_member_after_its_preemption(store):
@@ -77,8 +109,8 @@ def test_min_run_protects_a_member_after_its_preemption(store):
     with store.session() as s:
         s.get(Member, member).preemptions = 1  # it yielded once and has just started again
     _urgent(store)
-    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE) == []
+    assert preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON) == []
     with store.session() as s:
         for attempt in s.scalars(select(Attempt).where(Attempt.member_id == member)):
             attempt.started_at = utcnow() - timedelta(seconds=601)
-    assert [m for m, _ in preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE)] == [member]
+    assert [m for m, _ in preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON)] == [member]
