@@ -60,12 +60,25 @@ class Settings:
     preempt_min_run: float = 600.0  # seconds a resumed member runs before it may be preempted again
     # An inference chunk queued this long with no worker taking it makes training yield to it.
     preempt_grace: float = 5.0
+    # Fair-share weights and hard quotas in workers per project ("labA=2,labB=1", "labA=4"):
+    # the admission dispatcher's (common/store/admission.py). Unset: equal shares, no quotas.
+    shares: str = ""
+    quotas: str = ""
+    admit_interval: float = 1.0  # seconds between a launcher's admission rounds
+    # A launcher that has not said its workers are alive for this long has gone: nothing more is
+    # admitted onto its workers, and what was admitted to them and not taken goes to others.
+    worker_ttl: float = 15.0
 
     def __post_init__(self) -> None:
-        from medq.common.sharing.projects import check_project
+        from medq.common.sharing.projects import check_project, parse_quotas, parse_shares
 
         if self.project:
             check_project(self.project, "MEDQ_PROJECT")
+        parse_shares(self.shares)
+        parse_quotas(self.quotas)
+        for name in ("admit_interval", "worker_ttl"):
+            if not getattr(self, name) > 0:
+                raise SpecError(f"{PREFIX}{name.upper()} must be more than 0, got {getattr(self, name)}")
         for name in ("preempt_min_run", "preempt_grace"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
@@ -75,7 +88,9 @@ class Settings:
         """The sharing policy's view of the settings (common/sharing/policy.py)."""
         from medq.common.sharing.policy import Sharing
 
-        return Sharing(min_run=self.preempt_min_run)
+        from medq.common.sharing.projects import parse_quotas, parse_shares
+
+        return Sharing(parse_shares(self.shares), parse_quotas(self.quotas), min_run=self.preempt_min_run)
 
     @property
     def resolved_broker_url(self) -> str:

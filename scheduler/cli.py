@@ -270,10 +270,15 @@ def db_upgrade() -> None:
 from medq.scheduler.bench import bench  # noqa: E402  (a command group of its own)
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
+from medq.scheduler.cli_queue import queue  # noqa: E402
+
 main.add_command(data)
 main.add_command(submit)
+main.add_command(queue)
 
+from medq.scheduler.bench_admit import bench_admit  # noqa: E402
 from medq.scheduler.bench_preempt import bench_preempt  # noqa: E402
 
+bench.add_command(bench_admit)
 bench.add_command(bench_preempt)
 main.add_command(bench)

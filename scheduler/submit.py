@@ -1,8 +1,9 @@
-"""Job planning of training jobs: validate everything, then create the job and enqueue its
-members. One way for every model family: its ``plan`` checks the spec's data and fixes the
-split (torch-free); a job row and one member row per seed follow; one message per member.
+"""Job planning of training jobs: validate everything, then create the job and its members.
+One way for every model family: its ``plan`` checks the spec's data and fixes the split
+(torch-free); a job row and one member row per seed follow. The members wait in the store for
+the admission dispatcher (common/store/admission.py) to give each a worker.
 
-Nothing is enqueued unless the spec and the whole dataset are valid.
+Nothing is created unless the spec and the whole dataset are valid.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from medq.common.store import jobs, open_store
 
 def submit_training(settings: Settings, kind: str, spec: Any, data_dir: Path, seeds: Sequence[int] = (0,),
                     placement: Placement | None = None, **plan_options: Any) -> str:
-    """A training job of ``kind``: its plan, its rows, one message per member on the GPU queue
-    (the job fails with the reason if the broker refuses one). Returns the job id.
+    """A training job of ``kind``: its plan and its rows, the members waiting for admission.
+    Returns the job id.
     ``placement``: its project and priority (default: the settings' project, normal)."""
     placement = placement or Placement(default_project(settings.project))
     trained = family(kind)
@@ -31,17 +32,24 @@ def submit_training(settings: Settings, kind: str, spec: Any, data_dir: Path, se
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, kind, spec.to_dict(), plan, list(seeds), trained.total_epochs(spec),
                                          project=placement.project, priority=placement.priority)
-    from medq.tasks.app import app_for
-    from medq.tasks.send import send_member
-
-    app = app_for(settings)
-    try:
-        for member_id in member_ids:
-            send_member(app, member_id)
-    except Exception as exc:
-        jobs.fail_job(store, job_id, f"could not enqueue: {describe_enqueue_error(exc)}")
-        raise
+    admit_now(settings, store)
     return job_id
+
+
+def admit_now(settings: Settings, store) -> None:
+    """The members wait in the store; one admission round here starts them at once when a
+    worker is free (else a launcher's round admits them). A broker this host cannot reach
+    changes nothing: launchers admit what waits."""
+    import logging
+
+    from medq.tasks.app import app_for
+    from medq.workers.dispatch import dispatch_once
+
+    try:
+        dispatch_once(store, app_for(settings), settings)
+    except Exception as exc:
+        logging.getLogger("medq.submit").info("no admission round at submit (%s); a launcher's round admits the job",
+                                              describe_enqueue_error(exc))
 
 
 def describe_enqueue_error(exc: BaseException) -> str:

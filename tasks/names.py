@@ -16,9 +16,10 @@ CPU_QUEUE = "cpu"
 REPORT_QUEUE = "report"  # reports: every worker takes them when free, before training
 
 
-def device_queue(host: str, index: int, kind: str = "gpu") -> str:
-    """A queue only one worker consumes: ``gpu.<host>.<index>``."""
-    return f"{kind}.{host}.{index}"
+def worker_queue(nodename: str) -> str:
+    """The queue only one worker consumes, named by its Celery node name (``w.gpu0-4711@host``):
+    the admission dispatcher sends a member to the worker it chose through it."""
+    return f"w.{nodename}"
 
 INFER_CHUNK = "medq.infer_chunk"
 INFER_QUEUES = {"high": "infer.high", "normal": "infer.normal", "low": "infer.low"}

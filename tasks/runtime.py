@@ -91,14 +91,14 @@ class Heartbeat:
 class MemberRun:
     """One attempt at an ensemble member: claim, heartbeat with progress, finish."""
 
-    def __init__(self, task, member_id: int, settings: Settings):
+    def __init__(self, task, member_id: int, settings: Settings, admission: int | None = None):
         self.task, self.member_id, self.settings = task, member_id, settings
         self.store = open_store(settings)
         self.owner = uuid.uuid4().hex
         self.worker = task.request.hostname or settings.worker_label or "worker"
         self.claim = retrying(f"claim member {member_id}", lambda: jobs.claim_member(
             self.store, member_id, self.owner, self.worker, settings.device, settings.lease_seconds,
-            settings.max_attempts))
+            settings.max_attempts, admission))
         self._latest: dict[str, Any] = {}
         self._epochs: list[dict[str, Any]] = []  # finished epochs the store has not taken yet
         self._epochs_lock = threading.Lock()
@@ -204,12 +204,14 @@ class MemberRun:
                 del self._epochs[:len(epochs)]  # in the store with the yield
         return done
 
-    def release(self, reason: str) -> None:
+    def release(self, reason: str, retry_in: float = 0.0) -> None:
+        """Give the member back for the task's own retry in ``retry_in`` seconds."""
         self.heartbeat.stop()
         with self._epochs_lock:
             epochs = list(self._epochs)
         recorded(f"give member {self.member_id} back", lambda: jobs.release_member(
-            self.store, self.member_id, self.owner, reason, epochs=epochs), "its lease will lapse and the reaper will send it again")
+            self.store, self.member_id, self.owner, reason, epochs=epochs, retry_in=retry_in),
+            "its lease will lapse and the reaper will send it again")
 
 
 def claim_job_task(task, job_id: str, what: str):

@@ -6,8 +6,11 @@ from medq.common.specs import REPORT_KIND
 from medq.tasks import names
 
 
-def send_member(app, member_id: int) -> None:
-    app.send_task(names.TRAIN_MEMBER, args=[member_id])
+def send_member(app, member_id: int, queue: str | None = None, admission: int | None = None, **readable) -> None:
+    """A member's message: to the worker's own ``queue`` with the store's ``admission`` number
+    (common/store/admission.py); ``readable`` (job, seed) names it in Flower."""
+    kwargs = {"admission": admission, **readable} if admission is not None else readable
+    app.send_task(names.TRAIN_MEMBER, args=[member_id], kwargs=kwargs, **({"queue": queue} if queue else {}))
 
 
 # The one task of a job that has no members or chunks, by job kind: a training job's evaluation

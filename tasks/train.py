@@ -31,10 +31,12 @@ TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds between the retries of a membe
 
 
 @app.task(name=names.TRAIN_MEMBER, bind=True, max_retries=len(TRANSIENT_RETRY_DELAYS))
-def train_member(self, member_id: int) -> str:
+def train_member(self, member_id: int, admission: int | None = None, job: str = "", seed: int | None = None) -> str:
+    """``admission``: the store's admission this message carries (common/store/admission.py);
+    ``job`` and ``seed`` are for people reading Flower or ``celery inspect``."""
     settings = app.conf.medq_settings
     try:
-        run = MemberRun(self, member_id, settings)
+        run = MemberRun(self, member_id, settings, admission)
     except StoreUnavailable as exc:
         return retry_later(self, exc)
     with run:
@@ -81,22 +83,16 @@ def _job_cancelled(run: MemberRun) -> bool:
 
 
 def _yield(run: MemberRun, member_id: int, job_id: str) -> str:
-    """Preempted: the checkpoint of the step it stopped at is written; the member goes back to
-    the queue and is sent again (behind the more urgent work that asked for its worker)."""
+    """Preempted: the checkpoint of the step it stopped at is written; the member waits in the
+    store again, and a launcher's dispatcher admits it when the sharing policy says so."""
     yielded = run.yield_worker()
     if yielded is None:
         return "stood down: lease lost while yielding"
     if not yielded.queued:  # the job was cancelled while it stopped
         _dispatch_evaluation(job_id, yielded.dispatch_evaluation)
         return "cancelled"
-    log.info("member %s (seed %s) yielded its worker at epoch %s step %s; queued again from its checkpoint",
+    log.info("member %s (seed %s) yielded its worker at epoch %s step %s; it waits to be admitted again",
              member_id, run.claim.seed, run.progress_fields.get("epoch"), run.progress_fields.get("step"))
-    from medq.tasks.send import send_member
-
-    try:
-        send_member(app, member_id)
-    except Exception as exc:
-        log.warning("member %s: could not send it again (%s); the reaper will", member_id, brief(exc))
     return "preempted"
 
 
@@ -112,7 +108,7 @@ def _transient(task, run: MemberRun, member_id: int, exc: BaseException) -> str:
     delay = TRANSIENT_RETRY_DELAYS[tries]
     log.warning("member %s: %s; it goes back to the queue and runs again in %d s from its checkpoint",
                 member_id, reason, delay)
-    run.release(reason)
+    run.release(reason, retry_in=delay)
     raise task.retry(exc=exc, countdown=delay)
 
 

@@ -17,30 +17,40 @@ class WorkerPlan:
     queues: tuple[str, ...]
     nodename: str
     env: dict[str, str] = field(default_factory=dict)
+    own_queue: str = ""  # the queue only this worker consumes: the dispatcher admits members onto it
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.label.startswith("gpu") else "cpu"
 
 
 def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queues: tuple[str, ...] = ()) -> list[WorkerPlan]:
     """One process per GPU (CUDA_VISIBLE_DEVICES=k, so inside it the device is cuda:0), or
-    ``cpu`` CPU processes sharing the cores. All consume the shared ``gpu`` queue (the
-    training queue) and a queue of their own."""
+    ``cpu`` CPU processes sharing the cores. Each consumes a queue of its own (the admission
+    dispatcher sends members there), the shared queues of inference and reports, and the
+    shared ``gpu`` queue (members sent by a medq from before admission)."""
     host = host or socket.gethostname()
     tag = os.getpid()  # several launchers on one host get distinct node names
     plans = []
     for index in gpus:
+        nodename = f"gpu{index}-{tag}@{host}"
         plans.append(WorkerPlan(
             label=f"gpu{index}",
-            queues=(*names.consume_order((names.device_queue(host, index),)), *extra_queues),
-            nodename=f"gpu{index}-{tag}@{host}",
+            queues=(*names.consume_order((names.worker_queue(nodename),)), *extra_queues),
+            nodename=nodename,
             env={"CUDA_VISIBLE_DEVICES": str(index), "MEDQ_DEVICE": "cuda:0", "MEDQ_WORKER_LABEL": f"gpu{index}"},
+            own_queue=names.worker_queue(nodename),
         ))
     threads = str(max(1, (os.cpu_count() or 1) // max(1, cpu))) if cpu else "1"
     for index in range(cpu):
+        nodename = f"cpu{index}-{tag}@{host}"
         plans.append(WorkerPlan(
             label=f"cpu{index}",
-            queues=(*names.consume_order((names.device_queue(host, index, "cpu"), names.CPU_QUEUE)), *extra_queues),
-            nodename=f"cpu{index}-{tag}@{host}",
+            queues=(*names.consume_order((names.worker_queue(nodename), names.CPU_QUEUE)), *extra_queues),
+            nodename=nodename,
             env={"CUDA_VISIBLE_DEVICES": "", "MEDQ_DEVICE": "cpu", "MEDQ_WORKER_LABEL": f"cpu{index}",
                  "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            own_queue=names.worker_queue(nodename),
         ))
     return plans
 

@@ -1,5 +1,6 @@
-"""The launcher's periodic round: re-enqueue members and chunks whose worker died (lease lapsed)
-within about a minute instead of waiting hours for Redis's visibility timeout, send lost
+"""The launcher's periodic round: put members whose worker died (lease lapsed) back to wait for
+admission and re-enqueue such chunks, within about a minute instead of waiting hours for
+Redis's visibility timeout; admit again members whose admission nobody took; send lost
 evaluations again, queue inference chunks whose window has opened, ask training to yield to
 inference that waits for a worker (common/store/preemption.py), send again the work the
 broker lost (a queue found empty while the store still says its rows are queued), and close
@@ -11,17 +12,17 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from medq.common.store import inference, preemption, recovery
+from medq.common.store import admission, inference, preemption, recovery
 from medq.common.store.db import Store
 from medq.common.store.models import utcnow
 from medq.tasks import names
-from medq.tasks.send import queue_depth, send_chunk, send_evaluation, send_member
+from medq.tasks.send import queue_depth, send_chunk, send_evaluation
 
 log = logging.getLogger("medq.reaper")
 
 
 def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
-    lapsed = recovery.reap_lapsed_members(store, lambda member_id: send_member(app, member_id))
+    lapsed = recovery.reap_lapsed_members(store)  # back to waiting: the dispatcher admits them again
     for item in lapsed:
         if item.cancelled:
             log.warning("job %s seed %s: lease lapsed on %s while the job was being cancelled; ended as cancelled",
@@ -58,11 +59,11 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
     holds at most the one message it runs, which it claims within moments, so an empty queue
     means nothing is on its way."""
     older_than = utcnow() - timedelta(seconds=grace_s)
-    members: list[int] = []
+    members = admission.lapse_admissions(store, older_than, ttl=app.conf.medq_settings.worker_ttl)
+    if members:
+        log.warning("%d member(s) admitted but not taken (their worker is gone, or not taken within %.0f s); "
+                    "admitted again", len(members), grace_s)
     if queue_depth(app, names.GPU_QUEUE) == 0:
-        members = recovery.resend_queued_members(store, older_than, lambda member_id: send_member(app, member_id))
-        if members:
-            log.warning("%d queued member(s) were not on the broker; sent again", len(members))
         for job_id in recovery.redispatch_evaluations(store, lambda job_id, kind: send_evaluation(app, job_id, kind),
                                                       queue_empty_since=older_than, reports=False):
             log.warning("job %s: its evaluation was not on the broker; sent again", job_id)

@@ -13,11 +13,13 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from medq.common.errors import brief
 from medq.common.settings import Settings
-from medq.common.store import open_store
+from medq.common.store import admission, open_store
+from medq.workers.dispatch import dispatch_once
 from medq.workers.plan import WorkerPlan, worker_command
 from medq.workers.reaper import reap_once
 
@@ -55,6 +57,8 @@ class Supervisor:
         self.store = open_store(settings)  # migrates once, before any worker starts
         self.stopping = 0
         self.reap_failures = 0
+        self.admit_failures = 0
+        self.launcher_id = uuid.uuid4().hex
 
     def start(self, child: Child) -> None:
         env = {**os.environ, **child.plan.env}
@@ -74,19 +78,40 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         for child in self.children:
             self.start(child)
-        next_reap = time.monotonic()
+        next_reap = next_admit = time.monotonic()
         try:
             while not self.stopping and not (until and until()):
                 now = time.monotonic()
                 for child in self.children:
                     self._check(child, now)
+                if now >= next_admit:
+                    next_admit = now + self.settings.admit_interval
+                    self._admit()
                 if now >= next_reap:
                     next_reap = now + self.settings.reaper_interval
                     self._reap()
-                time.sleep(0.5)
+                time.sleep(min(0.5, self.settings.admit_interval))
         finally:
             self.shutdown()
         return 0
+
+    def _admit(self) -> None:
+        """Say which of our workers are alive (the registry the dispatcher reads), then run one
+        admission round (workers/dispatch.py)."""
+        alive = [(c.plan.nodename, c.plan.own_queue, c.plan.device) for c in self.children
+                 if c.process is not None and c.process.poll() is None]
+        try:
+            admission.register_workers(self.store, self.launcher_id, alive)
+            dispatch_once(self.store, self.app, self.settings)
+        except Exception as exc:  # the store or the broker is away: the next round tries again
+            self.admit_failures += 1
+            if self.admit_failures == 1 or self.admit_failures % 60 == 0:
+                log.warning("admission round failed %d time(s) (%s); will retry", self.admit_failures, brief(exc))
+                log.debug("admission round failure", exc_info=True)
+        else:
+            if self.admit_failures:
+                log.info("admission rounds work again after %d failure(s)", self.admit_failures)
+            self.admit_failures = 0
 
     def _check(self, child: Child, now: float) -> None:
         if child.process is None or child.process.poll() is None:
@@ -127,6 +152,11 @@ class Supervisor:
                     pass
 
     def shutdown(self, timeout: float = 60.0) -> None:
+        try:  # admit nothing more to our workers; what they were admitted and did not take lapses
+            admission.forget_launcher(self.store, self.launcher_id)
+        except Exception as exc:
+            log.warning("could not take this launcher's workers out of the registry (%s); they expire in %.0f s",
+                        brief(exc), self.settings.worker_ttl)
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in self.children:

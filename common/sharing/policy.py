@@ -19,7 +19,7 @@ Keys are opaque ("member 12", "chunk 40"): the store builds the inputs and acts 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -76,43 +76,69 @@ class Plan:
 
 
 def plan(waiting: Sequence[Waiting], running: Sequence[Running], free: int, sharing: Sharing,
-         now: float) -> Plan:
+         now: float, *, yielding: int = 0, explain: bool = True) -> Plan:
+    """``yielding``: runs already asked to yield, each on its way to one of the first waiting
+    items in line (those are not given another victim). ``explain``: also say why each waiting
+    item waits (``Plan.waits``; an admission round does without, it only acts)."""
     used = Counter(run.project for run in running)
     waits = {item.key: item.held for item in waiting if item.held}
-    todo = [item for item in waiting if not item.held]
+    line = _Line([item for item in waiting if not item.held])
     admitted: list[Admit] = []
-    while todo and len(admitted) < free:
-        item, borrowed = _next(todo, used, sharing)
+    while line and len(admitted) < free:
+        item, borrowed = line.pop_next(used, sharing)
         admitted.append(Admit(item.key, borrowed))
         used[item.project] += 1
-        todo.remove(item)
-    preempt = _victims(todo, running, used, sharing, now)
+    if not explain and not _victims_possible(line, running):
+        return Plan(tuple(admitted), (), waits)
+    ordered = line.ordered(used, sharing)
+    preempt = _victims(ordered[yielding:], running, used, sharing, now)
+    if not explain:
+        return Plan(tuple(admitted), tuple(preempt), waits)
     yielding_to = {waiter: victim for victim, waiter in preempt}
-    ordered = _ordered(todo, used, sharing)
+    ahead = Counter()  # waiting items of each priority rank ahead in the line
     for position, item in enumerate(ordered):
-        waits[item.key] = _why(item, position, ordered, used, sharing, yielding_to.get(item.key))
-    return Plan(tuple(admitted), tuple(preempt), dict(sorted(waits.items(), key=lambda kv: _position(kv[0], ordered))))
+        higher = sum(n for rank, n in ahead.items() if rank < RANK[item.priority])
+        waits[item.key] = _why(item, position, higher, used, sharing, yielding_to.get(item.key))
+        ahead[RANK[item.priority]] += 1
+    return Plan(tuple(admitted), tuple(preempt), waits)  # held work first, then the line's order
+
+
+class _Line:
+    """The waiting work by (priority, project), FIFO within each: the next to admit is always
+    one of the groups' heads, so each choice looks at a few heads, not at every waiting item."""
+
+    def __init__(self, todo: Sequence[Waiting]):
+        self.order = {item.key: index for index, item in enumerate(todo)}  # ties keep the caller's order
+        groups: dict[tuple[str, str], list[Waiting]] = {}
+        for item in sorted(todo, key=lambda item: (item.submitted_at, self.order[item.key])):
+            groups.setdefault((item.priority, item.project), []).append(item)
+        self.groups = {key: deque(items) for key, items in groups.items()}
+
+    def __bool__(self) -> bool:
+        return any(self.groups.values())
+
+    def pop_next(self, used: Counter, sharing: Sharing) -> tuple[Waiting, bool]:
+        heads = [group[0] for group in self.groups.values() if group]
+        within = [item for item in heads if sharing.under_quota(item.project, used[item.project])]
+        item = min(within or heads, key=lambda item: (*_order_key(item, used, sharing), self.order[item.key]))
+        self.groups[(item.priority, item.project)].popleft()
+        return item, not within
+
+    def ordered(self, used: Counter, sharing: Sharing) -> list[Waiting]:
+        """The order of admission if workers freed up one by one, usage counted as each is
+        admitted; the line itself is left as it was."""
+        saved = {key: deque(group) for key, group in self.groups.items()}
+        counts, out = Counter(used), []
+        while self:
+            item, _ = self.pop_next(counts, sharing)
+            out.append(item)
+            counts[item.project] += 1
+        self.groups = saved
+        return out
 
 
 def _order_key(item: Waiting, used: Counter, sharing: Sharing) -> tuple:
-    return (RANK[item.priority], used[item.project] / sharing.share(item.project), item.submitted_at, item.key)
-
-
-def _ordered(todo: Sequence[Waiting], used: Counter, sharing: Sharing) -> list[Waiting]:
-    """The order of admission if workers freed up one by one, usage counted as each is admitted."""
-    left, out, counts = list(todo), [], Counter(used)
-    while left:
-        item, _ = _next(left, counts, sharing)
-        out.append(item)
-        counts[item.project] += 1
-        left.remove(item)
-    return out
-
-
-def _next(todo: Sequence[Waiting], used: Counter, sharing: Sharing) -> tuple[Waiting, bool]:
-    within = [item for item in todo if sharing.under_quota(item.project, used[item.project])]
-    pool = within or list(todo)
-    return min(pool, key=lambda item: _order_key(item, used, sharing)), not within
+    return (RANK[item.priority], used[item.project] / sharing.share(item.project), item.submitted_at)
 
 
 def _may_yield(run: Running, to: Waiting, used: Counter, sharing: Sharing, now: float) -> bool:
@@ -122,40 +148,44 @@ def _may_yield(run: Running, to: Waiting, used: Counter, sharing: Sharing, now: 
     return RANK[run.priority] > RANK[to.priority] or reclaim or to.preempts
 
 
-def _victims(todo: Sequence[Waiting], running: Sequence[Running], used: Counter, sharing: Sharing,
+def _victims_possible(line: "_Line", running: Sequence[Running]) -> bool:
+    """Cheap: can any waiting item make any run yield? (Mostly not: equal priorities, nothing borrowed.)"""
+    runs = [run for run in running if run.preemptible]
+    if not runs or not line:
+        return False
+    if any(run.borrowed for run in runs):
+        return True
+    worst = max(RANK[run.priority] for run in runs)
+    return any(item.preempts or RANK[item.priority] < worst for group in line.groups.values() for item in group)
+
+
+def _victims(ordered: Sequence[Waiting], running: Sequence[Running], used: Counter, sharing: Sharing,
              now: float) -> list[tuple[str, str]]:
     chosen: list[tuple[str, str]] = []
-    taken: set[str] = set()
+    left = [run for run in running if run.preemptible]
     counts = Counter(used)
-    for item in _ordered(todo, used, sharing):
-        candidates = [run for run in running if run.key not in taken and _may_yield(run, item, counts, sharing, now)]
+    for item in ordered:
+        if not left:
+            break
+        candidates = [run for run in left if _may_yield(run, item, counts, sharing, now)]
         if not candidates:
             continue
         victim = max(candidates, key=lambda run: (RANK[run.priority], run.borrowed, run.started_at, run.key))
         chosen.append((victim.key, item.key))
-        taken.add(victim.key)
+        left.remove(victim)
         counts[victim.project] -= 1
         counts[item.project] += 1
     return chosen
 
 
-def _why(item: Waiting, position: int, ordered: Sequence[Waiting], used: Counter, sharing: Sharing,
-         victim: str | None) -> str:
+def _why(item: Waiting, position: int, higher: int, used: Counter, sharing: Sharing, victim: str | None) -> str:
     if victim:
         return f"next: {victim} yields its worker at its next checkpoint"
     quota = sharing.quotas.get(item.project)
     if quota is not None and used[item.project] >= quota:
         return f"project {item.project} holds its quota of {quota}; it may borrow a worker that falls idle"
-    higher = sum(1 for other in ordered[:position] if RANK[other.priority] < RANK[item.priority])
     if higher:
         return f"behind {higher} waiting of higher priority"
     if position == 0:
         return "next when a worker is free"
     return f"every worker busy; {position} ahead of it"
-
-
-def _position(key: str, ordered: Sequence[Waiting]) -> int:
-    for position, item in enumerate(ordered):
-        if item.key == key:
-            return position
-    return -1  # held work first: its reason is its own

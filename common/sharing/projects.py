@@ -1,6 +1,6 @@
 """Project names, and the parsing of fair-share weights ("labA=2,labB=1", 1 by default) and
-hard quotas ("labA=4"), with errors that name the entry. The shares and quotas are for the
-store-side admission dispatcher, which is not built yet: no setting reads them today.
+hard quotas ("labA=4"), with errors that name the entry: ``MEDQ_SHARES`` and ``MEDQ_QUOTAS``,
+read by the store's admission dispatcher (common/store/admission.py).
 """
 
 from __future__ import annotations

@@ -76,8 +76,10 @@ class Claim:
 
 
 def claim_member(store: Store, member_id: int, owner: str, worker: str, device: str,
-                 lease_seconds: int, max_attempts: int) -> Claim:
-    """Take the lease on a member, or say why not (ended, cancelled, live elsewhere, cap)."""
+                 lease_seconds: int, max_attempts: int, admission: int | None = None) -> Claim:
+    """Take the lease on a member, or say why not (ended, cancelled, live elsewhere, cap, or a
+    stale ``admission``: the message's admission number, common/store/admission.py; None: a
+    message from before admission, taken as it comes)."""
     now = utcnow()
     with store.session() as s:
         member, job = row_and_locked_job(s, Member, member_id)
@@ -95,6 +97,10 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
         live = member.state == State.RUNNING.value and member.lease_expires_at and member.lease_expires_at > now
         if live:
             return Claim(False, f"running on {member.worker} with a live lease")
+        if admission is not None and (member.admission != admission or (
+                member.state == State.QUEUED.value and member.admitted_at is None)):
+            return Claim(False, f"stale message (admission {admission}; the member's is {member.admission}"
+                                + (", and it waits to be admitted again)" if member.admitted_at is None else ")"))
         if member.attempts >= max_attempts:
             reason = f"gave up after {member.attempts} attempts" + (f" (last: {member.error})" if member.error else "")
             end_member(member, State.FAILED, reason, now)
@@ -106,7 +112,8 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
             .values(state=State.RUNNING.value, attempts=member.attempts + 1, lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds), worker=worker, device=device,
                     started_at=member.started_at or now, updated_at=now, preempt_requested_at=None,
-                    preempt_reason=None)  # a request to yield was for the attempt before
+                    preempt_reason=None,  # a request to yield was for the attempt before
+                    admitted_to=None, admitted_at=None)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken != 1:
@@ -187,7 +194,7 @@ def finish_member(store: Store, member_id: int, owner: str, state: State, *, err
 
 
 def release_member(store: Store, member_id: int, owner: str, reason: str,
-                   epochs: Iterable[dict[str, Any]] = ()) -> bool:
+                   epochs: Iterable[dict[str, Any]] = (), retry_in: float = 0.0) -> bool:
     """Give a member back to the queue (a transient error; the task retries it), with the
     epochs it finished since its last heartbeat."""
     now = utcnow()
@@ -198,6 +205,9 @@ def release_member(store: Store, member_id: int, owner: str, reason: str,
         history.write_epochs(s, member.id, member.job_id, epochs)
         member.state, member.error, member.updated_at = State.QUEUED.value, reason, now
         member.lease_owner = member.lease_expires_at = None
+        # the task's retry message (same admission) comes back after ``retry_in`` seconds: the
+        # member stays admitted until then, and the lapse of admissions counts from that moment
+        member.admitted_at = now + timedelta(seconds=retry_in)
         for attempt in member.attempt_rows:
             if attempt.state == "running":
                 attempt.state, attempt.ended_at, attempt.error = "lost", now, reason
@@ -295,7 +305,7 @@ def resume_training_job(store: Store, job_id: str) -> list[int]:
         again = [m for m in job.members if m.state in (State.FAILED.value, State.CANCELLED.value)]
         for m in again:
             m.state, m.attempts, m.error, m.finished_at = State.QUEUED.value, 0, None, None
-            m.lease_owner = m.lease_expires_at = None
+            m.lease_owner = m.lease_expires_at = m.admitted_to = m.admitted_at = None
             m.updated_at = now
         if again:
             job.state, job.error, job.finished_at, job.cancel_requested = State.QUEUED.value, None, None, False

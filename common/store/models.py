@@ -10,7 +10,7 @@ from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0007"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0008"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -111,7 +111,7 @@ class Member(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     seed: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16), default=State.QUEUED.value)
+    state: Mapped[str] = mapped_column(String(16), default=State.QUEUED.value, index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     epoch: Mapped[int] = mapped_column(default=0)
     total_epochs: Mapped[int] = mapped_column(default=0)
@@ -136,9 +136,29 @@ class Member(Base):
     preemptions: Mapped[int] = mapped_column(default=0, server_default="0")
     preempt_requested_at: Mapped[datetime | None]
     preempt_reason: Mapped[str | None] = mapped_column(Text)
+    # Admission (common/store/admission.py): a queued member waits in the store until a
+    # launcher's dispatcher gives it a free worker; ``admission`` numbers those decisions, and a
+    # message carrying an older number is stale. ``borrowed``: admitted beyond its project's quota.
+    admission: Mapped[int] = mapped_column(default=0, server_default="0")
+    admitted_to: Mapped[str | None] = mapped_column(String(255))  # the worker's own queue
+    admitted_at: Mapped[datetime | None]
+    borrowed: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     job: Mapped[Job] = relationship(back_populates="members")
     attempt_rows: Mapped[list[Attempt]] = relationship(order_by="Attempt.number")
+
+
+class Worker(Base):
+    """A worker process a launcher runs, seen alive at ``seen_at`` (the launcher's heartbeat).
+    The dispatcher admits members only onto live workers with nothing to do."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # its Celery node name
+    queue: Mapped[str] = mapped_column(String(255))  # the queue only it consumes
+    launcher: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str] = mapped_column(String(16))  # "gpu" or "cpu"
+    seen_at: Mapped[datetime]
 
 
 class Attempt(Base):

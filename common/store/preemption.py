@@ -71,7 +71,7 @@ def yield_member(store: Store, member_id: int, owner: str, epochs: Iterable[dict
             return Yielded(False, close_members_phase(s, job, now))
         reason = f"preempted: {member.preempt_reason or 'asked to yield'}"
         member.state, member.updated_at, member.error = State.QUEUED.value, now, reason
-        member.lease_owner = member.lease_expires_at = None
+        member.lease_owner = member.lease_expires_at = member.admitted_to = member.admitted_at = None
         member.preemptions += 1
         member.attempts = max(0, member.attempts - 1)
         for attempt in member.attempt_rows:

@@ -4,8 +4,8 @@ Outbox order everywhere: a row is changed and committed first, and only then is 
 sent, so a worker that receives it always finds the row as the message says (a message sent
 inside the transaction could be claimed before the commit, and the late commit would then
 overwrite the claim). A send that fails after the commit leaves the row queued with no message
-on the broker; the resend sweep (``resend_queued_members``, ``resend_queued_chunks``)
-finds it once its queue is empty. Duplicates are harmless: a claim lets only one run.
+on the broker; the resend sweep (``resend_queued_chunks``; members: the lapse of their
+admission, common/store/admission.py) finds it. Duplicates are harmless: a claim lets only one run.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ class Lapsed:
     cancelled: bool = False  # its job was being cancelled: ended, not sent again
 
 
-def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapsed]:
-    """Members whose lease lapsed (their worker died): back to queued, then ``send`` re-enqueues
-    each. Each row is taken with a guarded UPDATE under its job's lock, so two reapers never both
-    re-enqueue it and a late heartbeat keeps its member."""
+def reap_lapsed_members(store: Store) -> list[Lapsed]:
+    """Members whose lease lapsed (their worker died): back to queued, waiting for the admission
+    dispatcher (common/store/admission.py) to give them a worker again. Each row is taken with
+    a guarded UPDATE under its job's lock, so two reapers never both reap it and a late
+    heartbeat keeps its member."""
     now = utcnow()
     lapsed = (Member.state == State.RUNNING.value) & (Member.lease_expires_at < now)
     with store.session() as s:
@@ -54,7 +55,7 @@ def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapse
             ended = dict(finished_at=now) if job.cancel_requested else {}
             if s.execute(update(Member).where(Member.id == member_id, lapsed)
                          .values(state=state.value, lease_owner=None, lease_expires_at=None, error=reason,
-                                 updated_at=now, **ended).execution_options(synchronize_session=False)).rowcount:
+                                 updated_at=now, admitted_to=None, admitted_at=None, **ended).execution_options(synchronize_session=False)).rowcount:
                 s.execute(update(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")
                           .values(state="lost", ended_at=now, error=reason)
                           .execution_options(synchronize_session=False))
@@ -63,39 +64,7 @@ def reap_lapsed_members(store: Store, send: Callable[[int], None]) -> list[Lapse
             close_members_phase(s, job, now)
         return reaped
 
-    reaped = each_job_locked(store, job_ids, reap)
-    for item in reaped:
-        if not item.cancelled:
-            send(item.member_id)
-    return reaped
-
-
-def resend_queued_members(store: Store, older_than: datetime, send: Callable[[int], None]) -> list[int]:
-    """Members of open jobs queued (sent) since before ``older_than`` are sent again: the caller
-    has seen their queue empty, so the broker lost their messages (a Redis restart without
-    persistence, a send that failed after its commit)."""
-    now = utcnow()
-    waiting = and_(Member.state == State.QUEUED.value,
-                   or_(Member.updated_at < older_than,
-                       and_(Member.updated_at.is_(None), Job.created_at < older_than)))  # rows of older versions
-    with store.session() as s:
-        job_ids = list(s.scalars(select(Member.job_id).join(Job, Job.id == Member.job_id).where(
-            waiting, Job.state.in_(OPEN_JOB), Job.cancel_requested.is_(False)).distinct()))
-
-    def mark(s, job) -> list[int]:
-        if job.state not in OPEN_JOB or job.cancel_requested:
-            return []
-        ids = list(s.scalars(select(Member.id).join(Job, Job.id == Member.job_id)
-                             .where(Member.job_id == job.id, waiting)))
-        if ids:
-            s.execute(update(Member).where(Member.id.in_(ids)).values(updated_at=now)
-                      .execution_options(synchronize_session=False))
-        return ids
-
-    ids = each_job_locked(store, job_ids, mark)
-    for member_id in ids:
-        send(member_id)
-    return ids
+    return each_job_locked(store, job_ids, reap)
 
 
 def redispatch_evaluations(store: Store, send: Callable[[str, str], None],

@@ -29,6 +29,9 @@ def member_view(m) -> dict[str, Any]:
         "attempt": m.attempts, "preemptions": m.preemptions,
         # asked to yield its worker: it stops at its next step
         "yielding": m.preempt_requested_at is not None and m.state == "running",
+        # admitted beyond its project's quota (MEDQ_QUOTAS) onto an idle worker: the first to yield
+        "borrowed": bool(m.borrowed) and m.state == "running",
+        "admitted_to": m.admitted_to if m.state == "queued" else None,
         "worker": m.worker, "device": m.device,
         "train_loss": m.train_loss, "val_loss": m.val_loss, "val_error_px": m.val_error_px,
         "val_score": m.val_score,

@@ -5,7 +5,6 @@ up (no restart), and runs the next job."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -49,7 +48,9 @@ def test_poison_on_every_queue_and_the_pidbox_channel_kills_no_worker(redis_url,
     try:
         assert cluster.medq("data", "synth-chest", str(data), "--n", "24", "--seed", "2").returncode == 0
         launcher = cluster.start_workers(1, "a")
-        queues = [*names.consume_order(), names.CPU_QUEUE, names.device_queue(socket.gethostname(), 0, "cpu")]
+        own = cluster.worker_queues(1)
+        assert len(own) == 1, cluster.logs()
+        queues = [*names.consume_order(), names.CPU_QUEUE, *own]
         for queue in queues:
             for payload in POISON:
                 client.lpush(queue, payload)

@@ -93,6 +93,25 @@ class Cluster:
         """Every worker and launcher log, whole (logs() keeps the tail of each, for messages)."""
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.home.glob("logs-*/*.log")))
 
+    def worker_queues(self, n: int, timeout: float = 60) -> list[str]:
+        """The own queues of the workers the launchers registered, once ``n`` have."""
+        from medq.common.store.models import Worker
+
+        deadline = time.monotonic() + timeout
+        store = Store(self.database_url)
+        try:
+            while True:
+                try:
+                    with store.session() as s:
+                        queues = sorted(s.scalars(select(Worker.queue)))
+                except Exception:  # the store is not created yet
+                    queues = []
+                if len(queues) >= n or time.monotonic() > deadline:
+                    return queues
+                time.sleep(0.2)
+        finally:
+            store.dispose()
+
     def attempts(self, job_id: str, seed: int) -> list[Attempt]:
         store = Store(self.database_url)
         try:

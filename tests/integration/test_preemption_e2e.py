@@ -132,3 +132,43 @@ def _member_id(store: Store, job_id: str) -> int:
 
     with store.session() as s:
         return s.scalar(select(Member.id).where(Member.job_id == job_id))
+
+
+def test_project_b_after_a_s_ten_members_runs_next_and_a_borrowed_worker_is_given_back(sharing_cluster, big_dataset):
+    """Quotas labA=1, labB=1 on two workers: A's ten members borrow the idle second worker;
+    B submits one member; A's borrowed member yields at its next step and B's starts on that
+    worker within one epoch, before any of A's eight waiting members. A's own share of the
+    quota is never exceeded by a member that is not borrowed."""
+    cluster = sharing_cluster
+    cluster.env.update({"MEDQ_QUOTAS": "labA=1,labB=1", "MEDQ_ADMIT_INTERVAL": "0.3"})
+    cluster.start_workers(2, "a")
+    a_job = _train(cluster, big_dataset, seeds=10)
+    _until(lambda: sum(m["state"] == "running" and m["step"] >= 1 for m in cluster.status(a_job)["members"]) == 2,
+           what="two of A's members training")
+    first_two = {m["seed"] for m in cluster.status(a_job)["members"] if m["state"] == "running"}
+    assert sum(m["borrowed"] for m in cluster.status(a_job)["members"]) == 1  # B idle: A borrows it
+    submitted = time.monotonic()
+    done = cluster.medq("submit", "ensemble", "--data", str(big_dataset), "--seeds", "1", *EPOCHS, *TINY,
+                        "--project", "labB")
+    assert done.returncode == 0, done.stderr
+    b_job = done.stdout.splitlines()[0]
+    own_over_quota = []
+    while (b := cluster.status(b_job)["members"][0])["state"] == "queued":
+        a_members = cluster.status(a_job)["members"]
+        own = [m["seed"] for m in a_members if m["state"] == "running" and not m["borrowed"]]
+        if len(own) > 1:
+            own_over_quota.append(own)
+        assert time.monotonic() - submitted < 120, cluster.logs()
+        time.sleep(0.1)
+    b_started = time.monotonic() - submitted
+    assert own_over_quota == []
+    a_view = cluster.status(a_job)
+    assert sum(m["preemptions"] for m in a_view["members"]) == 1, cluster.logs()
+    later = [m for m in a_view["members"] if m["seed"] not in first_two]
+    assert all(m["started_at"] is None or m["started_at"] > b["started_at"] for m in later), later
+    cluster.medq("cancel", a_job)
+    assert cluster.wait(b_job, ended, timeout=300)["state"] == "succeeded", cluster.logs()
+    epoch_s = max(e["wall_s"] for e in _results(cluster, b_job)["members"][0]["history"])
+    assert b_started < epoch_s + 5, f"B started {b_started:.1f} s after its submit; an epoch takes {epoch_s:.1f} s"
+    queue = json.loads(cluster.medq("queue", "--json").stdout)
+    assert queue["quotas"] == {"labA": 1, "labB": 1} and queue["workers"] == 2

@@ -65,10 +65,10 @@ def test_a_lapsed_lease_is_reaped_once_and_the_member_resumes(store):
     job_id, (m0, _) = _job(store)
     assert jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3).run
     jobs.renew_lease(store, m0, "dead", -1, epoch=2)  # progress it made before dying
-    sent: list[int] = []
-    assert [x.member_id for x in recovery.reap_lapsed_members(store, sent.append)] == [m0]
-    assert recovery.reap_lapsed_members(store, sent.append) == []  # a second reaper finds nothing
-    assert sent == [m0]
+    assert [x.member_id for x in recovery.reap_lapsed_members(store)] == [m0]
+    assert recovery.reap_lapsed_members(store) == []  # a second reaper finds nothing
+    with store.session() as s:  # waiting for the dispatcher to admit it again
+        assert (s.get(Member, m0).state, s.get(Member, m0).admitted_at) == ("queued", None)
     again = jobs.claim_member(store, m0, "alive", "w2", "cpu", 60, 3)
     assert again.run and again.attempt == 2
     jobs.finish_member(store, m0, "alive", jobs.State.SUCCEEDED, resumed_from_epoch=2)
@@ -77,54 +77,11 @@ def test_a_lapsed_lease_is_reaped_once_and_the_member_resumes(store):
         assert [(a.state, a.worker, a.start_epoch) for a in attempts] == [("lost", "w1", 0), ("succeeded", "w2", 2)]
 
 
-def test_a_broker_error_after_reaping_leaves_the_member_queued_for_the_resend_sweep(store):
-    _, (m0,) = _job(store, seeds=(0,))
-    jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3)
-
-    def broken(_):
-        raise ConnectionError("broker down")
-
-    with pytest.raises(ConnectionError):
-        recovery.reap_lapsed_members(store, broken)
-    with store.session() as s:
-        assert s.get(Member, m0).state == "queued"  # committed before the send: no worker can see it running
-    sent: list[int] = []
-    assert recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), sent.append) == [m0]
-    assert sent == [m0]
-
-
-def test_sends_happen_after_the_commit_so_a_worker_always_finds_the_row_as_the_message_says(store):
-    """Outbox order: the message may be taken the moment it is sent; a fresh connection (another
-    worker) must already see the row queued."""
-    _, (m0,) = _job(store, seeds=(0,))
-    jobs.claim_member(store, m0, "dead", "w1", "cpu", lease_seconds=-1, max_attempts=3)
-    other = Store(store.url)
-    seen: list[str] = []
-
-    def send(member_id):
-        with other.session() as s:
-            seen.append(s.get(Member, member_id).state)
-
-    try:
-        recovery.reap_lapsed_members(store, send)
-        assert seen == ["queued"]
-        assert recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), send) == [m0]
-        assert seen == ["queued", "queued"]
-    finally:
-        other.dispose()
-
-
-def test_a_fresh_member_is_not_resent_before_the_resend_wait(store):
-    _, members = _job(store)
-    assert recovery.resend_queued_members(store, utcnow() - timedelta(seconds=60), lambda _: None) == []
-    assert sorted(recovery.resend_queued_members(store, utcnow() + timedelta(seconds=1), lambda _: None)) == members
-
-
 def test_the_redelivery_cap_fails_a_poison_member(store):
     job_id, (m0,) = _job(store, seeds=(0,))
     for _ in range(2):
         assert jobs.claim_member(store, m0, "x", "w", "cpu", lease_seconds=-1, max_attempts=2).run
-        recovery.reap_lapsed_members(store, lambda _: None)
+        recovery.reap_lapsed_members(store)
     last = jobs.claim_member(store, m0, "x", "w", "cpu", 60, max_attempts=2)
     assert not last.run and last.gave_up and "gave up after 2 attempts" in last.reason
     with store.session() as s:
