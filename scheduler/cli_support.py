@@ -71,15 +71,11 @@ def resume_training(job: str, kind: str | None = None) -> str:
     """Requeue a training job's failed and cancelled members; progress on standard error."""
     from medq.common.store.jobs import resume_training_job
     from medq.common.store.views import find_job
-    from medq.scheduler.submit import admit_now
-
     store = current_store()
     job_id = resolve_job(store, job)
     if kind and find_job(store, job_id)["kind"] != kind:
         raise click.UsageError(f"job {job_id} is not an {kind} job")
-    members = resume_training_job(store, job_id)
-    if members:
-        admit_now(load_settings(), store)
+    members = resume_training_job(store, job_id)  # they wait for the launchers' admission rounds
     click.echo(f"job {job_id}: {len(members)} member(s) queued again, each from its last checkpoint"
                if members else f"job {job_id}: nothing to resume (still running, or every member succeeded)", err=True)
     return job_id

@@ -32,24 +32,7 @@ def submit_training(settings: Settings, kind: str, spec: Any, data_dir: Path, se
     store = open_store(settings)
     job_id, member_ids = jobs.create_job(store, kind, spec.to_dict(), plan, list(seeds), trained.total_epochs(spec),
                                          project=placement.project, priority=placement.priority)
-    admit_now(settings, store)
-    return job_id
-
-
-def admit_now(settings: Settings, store) -> None:
-    """The members wait in the store; one admission round here starts them at once when a
-    worker is free (else a launcher's round admits them). A broker this host cannot reach
-    changes nothing: launchers admit what waits."""
-    import logging
-
-    from medq.tasks.app import app_for
-    from medq.workers.dispatch import dispatch_once
-
-    try:
-        dispatch_once(store, app_for(settings), settings)
-    except Exception as exc:
-        logging.getLogger("medq.submit").info("no admission round at submit (%s); a launcher's round admits the job",
-                                              describe_enqueue_error(exc))
+    return job_id  # the launchers' admission rounds start it (within MEDQ_ADMIT_INTERVAL of a worker free)
 
 
 def describe_enqueue_error(exc: BaseException) -> str:

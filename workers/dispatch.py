@@ -1,9 +1,10 @@
 """The admission dispatcher's send side: one round of the store's admission
 (common/store/admission.py), then each admitted member's message to its worker's own queue.
-Runs in every launcher, every ``MEDQ_ADMIT_INTERVAL`` seconds, and once at each submit.
+Runs in every launcher, every ``MEDQ_ADMIT_INTERVAL`` seconds.
 
-A send that fails leaves the member admitted with no message; its admission lapses after
-``MEDQ_RESEND_AFTER`` seconds and it is admitted again (the old number is then stale).
+A send that fails withdraws the admission (the member waits for the next round); if the store
+is away too, the admission lapses after ``MEDQ_RESEND_AFTER`` seconds. Only launchers run
+rounds, so the shares and quotas are theirs (set them alike on every launcher).
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ def dispatch_once(store: Store, app, settings) -> admission.Round:
         try:
             send_member(app, item.member_id, item.queue, item.admission, job=item.job_id, seed=item.seed)
         except Exception as exc:
-            log.warning("member %s admitted to %s but not sent (%s); it is admitted again in %.0f s",
-                        item.member_id, item.queue, brief(exc), settings.resend_after)
+            log.warning("member %s admitted to %s but not sent (%s); it waits for the next round",
+                        item.member_id, item.queue, brief(exc))
+            try:
+                admission.withdraw(store, item.member_id, item.admission)
+            except Exception:  # the store is away too: the admission lapses after MEDQ_RESEND_AFTER
+                pass
             continue
         log.info("job %s seed %s admitted to %s%s", item.job_id, item.seed, item.queue,
                  " (borrowing an idle worker beyond its project's quota)" if item.borrowed else "")

@@ -54,10 +54,12 @@ def preempt_for_inference(store: Store, settings) -> list[tuple[int, str]]:
 
 
 def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]]:
-    """Rows queued for over ``grace_s`` whose queue holds no message: the broker lost them (a Redis
-    restart without persistence drops every queue, or a send failed after its commit). A worker
-    holds at most the one message it runs, which it claims within moments, so an empty queue
-    means nothing is on its way."""
+    """Members admitted for over ``grace_s`` and not taken, or admitted to a worker no longer live,
+    are admitted again. Chunks and evaluations queued for over ``grace_s`` whose queue holds no
+    message: the broker lost them (a Redis restart without persistence drops every queue, or a
+    send failed after its commit). A worker holds the one message it runs, which it claims within
+    moments, and at most a member's own retry with a countdown, so an empty queue means nothing
+    of these is on its way."""
     older_than = utcnow() - timedelta(seconds=grace_s)
     members = admission.lapse_admissions(store, older_than, ttl=app.conf.medq_settings.worker_ttl)
     if members:

@@ -8,8 +8,9 @@ The rules, in the order they apply:
 3. Among those, the highest priority first; then the project using the fewest workers relative
    to its share (fair share); then the oldest submission (FIFO within a project).
 4. When work still waits and no worker is free, a preemptible run yields to it if it has run at
-   least ``min_run`` seconds and it is of a lower priority, or it was borrowed from a project
-   whose quota the waiting work is under, or the waiting work was submitted with ``--preempt``
+   least ``min_run`` seconds and, the waiting work being under its own quota, the run is of a
+   lower priority or was borrowed by a project still over its quota; or if the waiting work was
+   submitted with ``--preempt``
    (an inference window: every training run yields to it). The lowest priority yields first,
    then borrowed runs, then the most recently started. Runs of equal priority never preempt one
    another for fair share: that is settled as workers free up.
@@ -98,7 +99,8 @@ def plan(waiting: Sequence[Waiting], running: Sequence[Running], free: int, shar
     ahead = Counter()  # waiting items of each priority rank ahead in the line
     for position, item in enumerate(ordered):
         higher = sum(n for rank, n in ahead.items() if rank < RANK[item.priority])
-        waits[item.key] = _why(item, position, higher, used, sharing, yielding_to.get(item.key))
+        victim = yielding_to.get(item.key) or ("a member already asked" if position < yielding else None)
+        waits[item.key] = _why(item, position, higher, used, sharing, victim)
         ahead[RANK[item.priority]] += 1
     return Plan(tuple(admitted), tuple(preempt), waits)  # held work first, then the line's order
 
@@ -142,10 +144,20 @@ def _order_key(item: Waiting, used: Counter, sharing: Sharing) -> tuple:
 
 
 def _may_yield(run: Running, to: Waiting, used: Counter, sharing: Sharing, now: float) -> bool:
+    """Only for work that would take the freed worker: a waiter over its own quota would not
+    (the worker goes to work under its quota first), so it makes nobody yield unless it was
+    submitted with --preempt; a borrowed run is reclaimed only while its project is still over
+    its quota. (Without these two rules a high-priority borrower and a low-priority owner would
+    take the worker from each other for ever.)"""
     if not run.preemptible or now - run.started_at < sharing.min_run:
         return False
-    reclaim = run.borrowed and run.project != to.project and sharing.under_quota(to.project, used[to.project])
-    return RANK[run.priority] > RANK[to.priority] or reclaim or to.preempts
+    if to.preempts:
+        return True
+    if not sharing.under_quota(to.project, used[to.project]):
+        return False
+    quota = sharing.quotas.get(run.project)
+    reclaim = run.borrowed and run.project != to.project and quota is not None and used[run.project] > quota
+    return RANK[run.priority] > RANK[to.priority] or reclaim
 
 
 def _victims_possible(line: "_Line", running: Sequence[Running]) -> bool:

@@ -143,26 +143,28 @@ class _Run(Running):
 
 def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
     """What holds a worker now, by key, for the policy: running members (those asked to yield
-    excepted, and counted as ``yielding``), admitted members on their way to a worker, and
-    running inference chunks."""
+    not preemptible again, and those asked for training counted as ``yielding``), admitted
+    members on their way to a worker, and running inference chunks."""
     from medq.common.store.models import Attempt
 
     runs: dict[str, _Run] = {}
     yielding = 0
     members = s.execute(select(Member.id, Member.state, Member.lease_owner, Member.preemptions, Member.borrowed,
-                               Member.preempt_requested_at, Job.priority, Job.project, Attempt.started_at)
+                               Member.preempt_requested_at, Member.preempt_for, Job.priority, Job.project,
+                               Attempt.started_at)
                         .join(Job, Job.id == Member.job_id)
                         .outerjoin(Attempt, (Attempt.member_id == Member.id) & (Attempt.state == "running"))
                         .where(((Member.state == State.RUNNING.value) & (Member.lease_expires_at > now))
                                | ((Member.state == State.QUEUED.value) & Member.admitted_at.is_not(None)))).all()
-    for member_id, state, owner, preemptions, borrowed, asked, priority, project, started in members:
+    for member_id, state, owner, preemptions, borrowed, asked, asked_for, priority, project, started in members:
         key = f"member {member_id}"
-        if state == State.RUNNING.value and asked is not None:
-            yielding += 1
-            continue
+        stopping = state == State.RUNNING.value and asked is not None
+        if stopping and asked_for == "training":
+            yielding += 1  # on its way to waiting training: counted for its project until it has yielded
         since = started.timestamp() if started else now.timestamp()
         # MEDQ_PREEMPT_MIN_RUN: a member that has yielded runs this long before it yields again
-        protected = state != State.RUNNING.value or (bool(preemptions) and now.timestamp() - since < min_run)
+        protected = stopping or state != State.RUNNING.value or (
+            bool(preemptions) and now.timestamp() - since < min_run)
         runs[key] = _Run(key, project or "default", priority or "normal", since, preemptible=not protected,
                          borrowed=bool(borrowed), owner=owner)
     for chunk_id, priority, project in s.execute(
@@ -175,12 +177,13 @@ def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
 
 def _free_workers(s, now: datetime, ttl: float, now_local: time) -> list[Worker]:
     """Live workers that hold nothing, less those queued high-priority inference will take."""
+    # admitted first: a claim moves a member from admitted to running, so (under READ COMMITTED,
+    # each statement seeing the latest commits) one that lands between the two reads is in the second
+    busy_queues = set(s.scalars(select(Member.admitted_to).where(Member.state == State.QUEUED.value,
+                                                                 Member.admitted_at.is_not(None))))
     busy_names = set(s.scalars(select(Member.worker).where(Member.state == State.RUNNING.value,
                                                            Member.lease_expires_at > now)))
     busy_names |= set(s.scalars(select(Chunk.worker).where(Chunk.state == "running", Chunk.lease_expires_at > now)))
-    busy_queues = set(s.scalars(select(Member.admitted_to).where(Member.state == State.QUEUED.value,
-                                                                 Member.admitted_at.is_not(None),
-                                                                 Member.admitted_at <= now)))
     free = [w for w in live_workers(s, now, ttl) if w.name not in busy_names and w.queue not in busy_queues]
     return free[_urgent_chunks(s, now_local):]
 
@@ -222,7 +225,7 @@ def _preempt(s, victims, runs: dict[str, _Run], waiting: dict[str, Waiting], now
         member_id = int(victim.split()[1])
         if s.execute(update(Member).where(Member.id == member_id, Member.state == State.RUNNING.value,
                                           Member.lease_owner == run.owner, Member.preempt_requested_at.is_(None))
-                     .values(preempt_requested_at=now, preempt_reason=why, updated_at=now)
+                     .values(preempt_requested_at=now, preempt_reason=why, preempt_for="training", updated_at=now)
                      .execution_options(synchronize_session=False)).rowcount:
             asked.append((member_id, why))
     return asked
@@ -237,17 +240,30 @@ def lapse_admissions(store: Store, older_than: datetime, ttl: float | None = Non
     old message, if it ever arrives, carries a stale number and is refused."""
     now = utcnow()
     with store.session() as s:
-        admitted = s.execute(select(Member.id, Member.admitted_to, Member.admitted_at)
+        admitted = s.execute(select(Member.id, Member.admitted_to, Member.admitted_at, Member.admission)
                              .where(Member.state == State.QUEUED.value, Member.admitted_at.is_not(None),
                                     Member.admitted_at <= now)).all()
         if not admitted:
             return []
         live = {w.queue for w in live_workers(s, now, ttl)} if ttl is not None else None
-        ids = [member_id for member_id, queue, at in admitted
-               if at < older_than or (live is not None and queue not in live)]
-        if ids:
-            s.execute(update(Member).where(Member.id.in_(ids), Member.state == State.QUEUED.value,
-                                           Member.admitted_at.is_not(None))
-                      .values(admitted_to=None, admitted_at=None).execution_options(synchronize_session=False))
+        ids = []
+        for member_id, queue, at, number in admitted:
+            if (at < older_than or (live is not None and queue not in live)) and unadmit(s, member_id, number):
+                ids.append(member_id)
     return ids
+
+
+def unadmit(s, member_id: int, number: int) -> bool:
+    """Admission ``number`` of a member not yet claimed goes back to waiting (guarded: a newer
+    admission, or a claim, made meanwhile stays)."""
+    return s.execute(update(Member).where(Member.id == member_id, Member.state == State.QUEUED.value,
+                                          Member.admission == number, Member.admitted_at.is_not(None))
+                     .values(admitted_to=None, admitted_at=None).execution_options(synchronize_session=False)
+                     ).rowcount == 1
+
+
+def withdraw(store: Store, member_id: int, number: int) -> bool:
+    """An admission whose message could not be sent: the member waits again at once."""
+    with store.session() as s:
+        return unadmit(s, member_id, number)
 

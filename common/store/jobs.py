@@ -112,8 +112,9 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
             .values(state=State.RUNNING.value, attempts=member.attempts + 1, lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds), worker=worker, device=device,
                     started_at=member.started_at or now, updated_at=now, preempt_requested_at=None,
-                    preempt_reason=None,  # a request to yield was for the attempt before
-                    admitted_to=None, admitted_at=None)
+                    preempt_reason=None, preempt_for=None,  # a request to yield was for the attempt before
+                    # the worker's queue stays for a retry of this message (release_member)
+                    admitted_to=member.admitted_to if admission is not None else None, admitted_at=None)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken != 1:
@@ -205,9 +206,11 @@ def release_member(store: Store, member_id: int, owner: str, reason: str,
         history.write_epochs(s, member.id, member.job_id, epochs)
         member.state, member.error, member.updated_at = State.QUEUED.value, reason, now
         member.lease_owner = member.lease_expires_at = None
-        # the task's retry message (same admission) comes back after ``retry_in`` seconds: the
-        # member stays admitted until then, and the lapse of admissions counts from that moment
-        member.admitted_at = now + timedelta(seconds=retry_in)
+        # the task's retry message (same admission) waits on its worker for ``retry_in`` seconds:
+        # the member stays admitted to that worker until then (the worker counts as busy), and
+        # the lapse of admissions counts from that moment. A message from before admission has
+        # no worker of its own: the member waits for admission again.
+        member.admitted_at = now + timedelta(seconds=retry_in) if member.admitted_to else None
         for attempt in member.attempt_rows:
             if attempt.state == "running":
                 attempt.state, attempt.ended_at, attempt.error = "lost", now, reason

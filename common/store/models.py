@@ -143,6 +143,7 @@ class Member(Base):
     admitted_to: Mapped[str | None] = mapped_column(String(255))  # the worker's own queue
     admitted_at: Mapped[datetime | None]
     borrowed: Mapped[bool] = mapped_column(default=False, server_default=false())
+    preempt_for: Mapped[str | None] = mapped_column(String(16))  # what a pending yield is for: inference, training
 
     job: Mapped[Job] = relationship(back_populates="members")
     attempt_rows: Mapped[list[Attempt]] = relationship(order_by="Attempt.number")

@@ -23,6 +23,9 @@ from medq.common.store.models import Attempt, Chunk, Job, Member, State, utcnow
 from medq.common.windows import window_open
 
 
+YIELD_TAKEN_WITHIN = timedelta(seconds=30)  # a worker freed by a yield takes the waiting chunk well within this
+
+
 def preempt_requested(store: Store, member_id: int, owner: str) -> bool:
     """The member's heartbeat asks: is this attempt to yield its worker?"""
     with store.session() as s:
@@ -40,6 +43,7 @@ def request_preemption(store: Store, member_id: int, reason: str, owner: str | N
                 or job.cancel_requested or (owner is not None and member.lease_owner != owner):
             return None
         member.preempt_requested_at, member.preempt_reason, member.updated_at = now, reason, now
+        member.preempt_for = "inference"
         return now
 
 
@@ -135,8 +139,12 @@ class _Run(Running):
 def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
     """The running work with a live lease, by key, and how many members are on their way to
     yield (asked and still running, or yielded and not yet claimed again)."""
-    asked = s.scalar(select(func.count()).where(Member.preempt_requested_at.is_not(None),
-                                                Member.state.in_([State.RUNNING.value, State.QUEUED.value])))
+    # yields for inference only (admission counts those for training); a yielded member counts
+    # for a moment after its yield, until the worker it freed has taken the chunk
+    for_inference = Member.preempt_requested_at.is_not(None) & (
+        Member.preempt_for.is_(None) | (Member.preempt_for != "training"))
+    asked = s.scalar(select(func.count()).where(for_inference, (Member.state == State.RUNNING.value) | (
+        (Member.state == State.QUEUED.value) & (Member.updated_at > now - YIELD_TAKEN_WITHIN))))
     members = s.execute(select(Member.id, Member.lease_owner, Member.preemptions, Job.priority, Job.project,
                                Attempt.started_at)
                         .join(Job, Job.id == Member.job_id)

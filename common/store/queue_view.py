@@ -32,7 +32,8 @@ def queue_view(store: Store, sharing: Sharing, now_local: time, ttl: float = 15.
         workers = admission.live_workers(s, now, ttl)
         free = admission._free_workers(s, now, ttl, now_local)
         # min_run is already in each run's ``preemptible`` (as in admission.admit)
-        decided = plan(waiting, list(runs.values()), len(free), replace(sharing, min_run=0), now.timestamp())
+        decided = plan(waiting, list(runs.values()), len(free), replace(sharing, min_run=0), now.timestamp(),
+                       yielding=yielding)
         ends = _expected_ends(s, now)
         chunks = _chunk_groups(s, now_local)
     groups: dict[tuple[str, str], dict] = defaultdict(lambda: {"running": 0, "borrowed": 0, "waiting": 0, "held": 0,

@@ -131,15 +131,17 @@ def test_an_old_message_is_stale_after_the_admission_lapses(store):
 
 
 def test_a_member_given_back_for_a_retry_keeps_its_admission_until_then(store):
+    """A transient fault: the task's retry (same admission) waits on its worker with a countdown;
+    the worker stays taken meanwhile, the admission does not lapse, and the retry claims it."""
     _workers(store, 1)
     _, (member, other) = _job(store, "labA", seeds=2)
     (item,) = _round(store).admitted
     assert _claim(store, item).run
     assert jobs.release_member(store, member, f"o{member}", "transient: database away", retry_in=300)
-    # its worker is free meanwhile; the retry's message (same number) still claims it later
-    assert [x.member_id for x in _round(store).admitted] == [other]
-    assert admission.lapse_admissions(store, utcnow() + timedelta(seconds=60)) == [other]  # not the retry
+    assert _round(store).admitted == ()  # its worker holds the retry: nothing else is admitted to it
+    assert admission.lapse_admissions(store, utcnow() + timedelta(seconds=60), ttl=15) == []
     assert jobs.claim_member(store, member, "retry", "cpu0-1@L1", "cpu", 60, 3, admission=item.admission).run
+    assert other not in [x.member_id for x in _round(store).admitted]  # still busy: the retry runs
 
 
 def test_waiting_high_priority_inference_has_first_call_on_free_workers(store):
@@ -207,3 +209,32 @@ def test_the_queue_view_says_what_runs_what_waits_and_why(store):
     assert "holds its quota of 1" in groups[("labA", "normal")]["next"]["why"]
     assert groups[("labB", "high")]["next"]["why"].startswith(f"next: member {a[1]} yields its worker")
     assert groups[("labB", "high")]["next"]["expected_start"] is not None  # from the running members' progress
+
+
+def test_a_send_that_failed_gives_the_member_back_at_once(store):
+    _workers(store, 1)
+    _, (member,) = _job(store, "labA")
+    (item,) = _round(store).admitted
+    assert admission.withdraw(store, member, item.admission)
+    assert not admission.withdraw(store, member, item.admission)  # once
+    (again,) = _round(store).admitted
+    assert again.member_id == member and again.admission == item.admission + 1
+
+
+def test_a_member_asked_to_yield_still_counts_for_its_project_until_it_has(store):
+    """Quota labA=1: while A's member yields to high-priority training, A gets no second worker."""
+    sharing = Sharing(quotas={"labA": 1}, min_run=0)
+    _workers(store, 2)
+    _, (a0,) = _job(store, "labA", priority="low")
+    _, (b0,) = _job(store, "labB")
+    for item in _round(store, sharing).admitted:
+        assert _claim(store, item).run
+    _, (urgent,) = _job(store, "labC", priority="high")
+    _, (a1,) = _job(store, "labA")
+    decided = _round(store, sharing)
+    assert [m for m, _ in decided.preempted] == [a0]
+    assert _round(store, sharing).preempted == () and _round(store, sharing).admitted == ()
+    with store.session() as s:
+        assert s.get(Member, a0).preempt_for == "training"
+    assert preemption.yield_member(store, a0, f"o{a0}").queued
+    assert [x.member_id for x in _round(store, sharing).admitted] == [urgent]

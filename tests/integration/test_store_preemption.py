@@ -114,3 +114,17 @@ def test_min_run_protects_a_member_after_its_preemption(store):
         for attempt in s.scalars(select(Attempt).where(Attempt.member_id == member)):
             attempt.started_at = utcnow() - timedelta(seconds=601)
     assert [m for m, _ in preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON)] == [member]
+
+
+def test_a_member_that_yielded_to_training_does_not_hold_back_urgent_inference(store):
+    """A yield for waiting training is not on its way to an inference chunk: the chunk still gets a
+    member of its own."""
+    _, (yielded,) = _training(store, "low", seeds=(0,), project="labB")
+    _, (other,) = _training(store, "normal", seeds=(1,))
+    with store.session() as s:
+        s.execute(update(Member).where(Member.id == yielded).values(
+            preempt_requested_at=utcnow(), preempt_reason="training waiting", preempt_for="training"))
+    assert preemption.yield_member(store, yielded, f"owner-{yielded}").queued  # waits in the store now
+    _urgent(store, chunks=1)
+    asked = preemption.preempt_for_waiting(store, Sharing(min_run=600), GRACE, NOON)
+    assert [member for member, _ in asked] == [other]

@@ -230,3 +230,22 @@ def test_the_line_is_fast_with_thousands_waiting():
     assert time.perf_counter() - started < 2.0
     assert len(result.admit) == 16 and len(result.waits) == len(items) - 16
     assert admitted(result)[0] == "lab1-0"  # lab0 holds four workers: every other project comes first
+
+
+def test_no_ping_pong_between_a_high_priority_borrower_and_a_low_priority_owner():
+    """A at its quota (one own run) waits with high priority; B's low-priority member runs within
+    B's quota on the worker A gave back: A may not take it (the worker would go to B again)."""
+    sharing = Sharing(quotas={"labA": 1, "labB": 1}, min_run=0)
+    runs = [Running("a1", "labA", "high", LONG_AGO, preemptible=True),
+            Running("b1", "labB", "low", LONG_AGO, preemptible=True)]
+    result = plan([Waiting("a2", "labA", "high", 0.0)], runs, free=0, sharing=sharing, now=NOW)
+    assert result.preempt == () and "holds its quota of 1" in result.waits["a2"]
+
+
+def test_a_borrowed_run_is_reclaimed_only_while_its_project_is_over_its_quota():
+    sharing = Sharing(quotas={"labA": 2, "labB": 1}, min_run=0)
+    borrowed_within = [Running("a1", "labA", "normal", LONG_AGO, preemptible=True, borrowed=True),
+                       Running("a2", "labA", "normal", LONG_AGO, preemptible=True)]
+    assert plan([Waiting("b1", "labB", "normal", 0.0)], borrowed_within, 0, sharing, NOW).preempt == ()
+    over = borrowed_within + [Running("a3", "labA", "normal", LONG_AGO + 1, preemptible=True, borrowed=True)]
+    assert plan([Waiting("b1", "labB", "normal", 0.0)], over, 0, sharing, NOW).preempt == (("a3", "b1"),)

@@ -31,12 +31,14 @@ def upgrade() -> None:
     op.add_column('members', sa.Column('admitted_to', sa.String(length=255), nullable=True))
     op.add_column('members', sa.Column('admitted_at', sa.DateTime(), nullable=True))
     op.add_column('members', sa.Column('borrowed', sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column('members', sa.Column('preempt_for', sa.String(length=16), nullable=True))
     op.create_index('ix_members_state', 'members', ['state'])
 
 
 def downgrade() -> None:
     op.drop_index('ix_members_state', table_name='members')
     with op.batch_alter_table('members') as batch:
+        batch.drop_column('preempt_for')
         batch.drop_column('borrowed')
         batch.drop_column('admitted_at')
         batch.drop_column('admitted_to')
