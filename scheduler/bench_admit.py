@@ -98,7 +98,8 @@ def _run_and_finish(store, admitted) -> None:
 
 
 def _rounds_with_nothing_free(store, sharing, now_local, names, launcher) -> float:
-    """The median round while every worker is taken (registered under other names, busy)."""
+    """The median round with members waiting and no worker free (none registered: the policy
+    still runs, as it does each interval on a busy pool)."""
     from medq.common.store import admission
 
     admission.register_workers(store, launcher, [])  # no live worker: members wait, the policy still runs

@@ -56,8 +56,7 @@ class Supervisor:
         self.settings, self.app, self.log_dir = settings, app, log_dir
         self.store = open_store(settings)  # migrates once, before any worker starts
         self.stopping = 0
-        self.reap_failures = 0
-        self.admit_failures = 0
+        self.failures: dict[str, int] = {}  # consecutive failed rounds, by round ("reaper", "admission")
         self.launcher_id = uuid.uuid4().hex
 
     def start(self, child: Child) -> None:
@@ -100,18 +99,27 @@ class Supervisor:
         admission round (workers/dispatch.py)."""
         alive = [(c.plan.nodename, c.plan.own_queue, c.plan.device) for c in self.children
                  if c.process is not None and c.process.poll() is None]
-        try:
+
+        def work() -> None:
             admission.register_workers(self.store, self.launcher_id, alive)
             dispatch_once(self.store, self.app, self.settings)
-        except Exception as exc:  # the store or the broker is away: the next round tries again
-            self.admit_failures += 1
-            if self.admit_failures == 1 or self.admit_failures % 60 == 0:
-                log.warning("admission round failed %d time(s) (%s); will retry", self.admit_failures, brief(exc))
-                log.debug("admission round failure", exc_info=True)
+
+        self._round("admission", work, say_every=60)
+
+    def _round(self, name: str, work, say_every: int) -> None:
+        """One periodic round; the store or the broker away fails it, and every round retries.
+        One line for the first failure and every ``say_every``-th, and one when it works again."""
+        try:
+            work()
+        except Exception as exc:
+            self.failures[name] = failures = self.failures.get(name, 0) + 1
+            if failures == 1 or failures % say_every == 0:
+                log.warning("%s round failed %d time(s) (%s); will retry", name, failures, brief(exc))
+                log.debug("%s round failure", name, exc_info=True)
         else:
-            if self.admit_failures:
-                log.info("admission rounds work again after %d failure(s)", self.admit_failures)
-            self.admit_failures = 0
+            if self.failures.get(name):
+                log.info("%s rounds work again after %d failure(s)", name, self.failures[name])
+            self.failures[name] = 0
 
     def _check(self, child: Child, now: float) -> None:
         if child.process is None or child.process.poll() is None:
@@ -126,17 +134,7 @@ class Supervisor:
         child.process, child.restarts, child.next_start = None, child.restarts + 1, now + delay
 
     def _reap(self) -> None:
-        try:
-            reap_once(self.store, self.app)
-        except Exception as exc:  # the store or the broker is away: every round retries
-            self.reap_failures += 1
-            if self.reap_failures == 1 or self.reap_failures % 30 == 0:
-                log.warning("reaper round failed %d time(s) (%s); will retry", self.reap_failures, brief(exc))
-                log.debug("reaper round failure", exc_info=True)
-        else:
-            if self.reap_failures:
-                log.info("reaper rounds work again after %d failure(s)", self.reap_failures)
-            self.reap_failures = 0
+        self._round("reaper", lambda: reap_once(self.store, self.app), say_every=30)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stopping += 1

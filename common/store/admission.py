@@ -23,7 +23,8 @@ from typing import Iterable
 
 from sqlalchemy import delete, func, select, text, update
 
-from medq.common.sharing.policy import Running, Sharing, Waiting, plan
+from medq.common.sharing.policy import Sharing, Waiting, plan
+from medq.common.store.preemption import OwnedRun, running_chunks
 from medq.common.store.db import Store
 from medq.common.store.models import Chunk, Job, Member, State, Worker, utcnow
 from medq.common.windows import window_open
@@ -136,18 +137,13 @@ def _waiting_members(s, rows_out: dict | None = None) -> list[Waiting]:
     return waiting
 
 
-@dataclass(frozen=True)
-class _Run(Running):
-    owner: str | None = None
-
-
-def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
+def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, OwnedRun], int]:
     """What holds a worker now, by key, for the policy: running members (those asked to yield
     not preemptible again, and those asked for training counted as ``yielding``), admitted
     members on their way to a worker, and running inference chunks."""
     from medq.common.store.models import Attempt
 
-    runs: dict[str, _Run] = {}
+    runs: dict[str, OwnedRun] = {}
     yielding = 0
     members = s.execute(select(Member.id, Member.state, Member.lease_owner, Member.preemptions, Member.borrowed,
                                Member.preempt_requested_at, Member.preempt_for, Job.priority, Job.project,
@@ -165,13 +161,9 @@ def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
         # MEDQ_PREEMPT_MIN_RUN: a member that has yielded runs this long before it yields again
         protected = stopping or state != State.RUNNING.value or (
             bool(preemptions) and now.timestamp() - since < min_run)
-        runs[key] = _Run(key, project or "default", priority or "normal", since, preemptible=not protected,
-                         borrowed=bool(borrowed), owner=owner)
-    for chunk_id, priority, project in s.execute(
-            select(Chunk.id, Job.priority, Job.project).join(Job, Job.id == Chunk.job_id)
-            .where(Chunk.state == "running", Chunk.lease_expires_at > now)).all():
-        runs[f"chunk {chunk_id}"] = _Run(f"chunk {chunk_id}", project or "default", priority or "normal",
-                                         float("-inf"), preemptible=False)
+        runs[key] = OwnedRun(key, project or "default", priority or "normal", since, preemptible=not protected,
+                             borrowed=bool(borrowed), owner=owner)
+    runs.update(running_chunks(s, now))
     return runs, yielding
 
 
@@ -212,7 +204,7 @@ def _take(s, member_id: int, number: int, queue: str, borrowed: bool, now: datet
                      .execution_options(synchronize_session=False)).rowcount == 1
 
 
-def _preempt(s, victims, runs: dict[str, _Run], waiting: dict[str, Waiting], now: datetime) -> list[tuple[int, str]]:
+def _preempt(s, victims, runs: dict[str, OwnedRun], waiting: dict[str, Waiting], now: datetime) -> list[tuple[int, str]]:
     """Ask each member the policy chose to yield (its attempt, if it has not been asked yet)."""
     asked = []
     for victim, waiter in victims:

@@ -132,11 +132,20 @@ def _waiting_chunks(s, queued_before: datetime, now_local: time, cap: int = 256)
 
 
 @dataclass(frozen=True)
-class _Run(Running):
-    owner: str | None = None
+class OwnedRun(Running):
+    owner: str | None = None  # the attempt's lease owner: a request to yield names it
 
 
-def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
+def running_chunks(s, now: datetime) -> dict[str, OwnedRun]:
+    """Inference chunks with a live lease, as runs (never preemptible: a chunk is short)."""
+    return {f"chunk {chunk_id}": OwnedRun(f"chunk {chunk_id}", project or "default", priority or "normal",
+                                          float("-inf"), preemptible=False)
+            for chunk_id, priority, project in s.execute(
+                select(Chunk.id, Job.priority, Job.project).join(Job, Job.id == Chunk.job_id)
+                .where(Chunk.state == "running", Chunk.lease_expires_at > now)).all()}
+
+
+def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, OwnedRun], int]:
     """The running work with a live lease, by key, and how many members are on their way to
     yield (asked and still running, or yielded and not yet claimed again)."""
     # yields for inference only (admission counts those for training); a yielded member counts
@@ -157,11 +166,7 @@ def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, _Run], int]:
         # MEDQ_PREEMPT_MIN_RUN: a member that has yielded runs this long before it yields again;
         # its first preemption may come at any time.
         protected = bool(preemptions) and now.timestamp() - since < min_run
-        runs[f"member {member_id}"] = _Run(f"member {member_id}", project or "default", priority or "normal", since,
-                                           preemptible=not protected, owner=owner)
-    chunks = s.execute(select(Chunk.id, Job.priority, Job.project).join(Job, Job.id == Chunk.job_id)
-                       .where(Chunk.state == "running", Chunk.lease_expires_at > now)).all()
-    for chunk_id, priority, project in chunks:
-        runs[f"chunk {chunk_id}"] = _Run(f"chunk {chunk_id}", project or "default", priority or "normal",
-                                         float("-inf"), preemptible=False)
+        runs[f"member {member_id}"] = OwnedRun(f"member {member_id}", project or "default", priority or "normal",
+                                               since, preemptible=not protected, owner=owner)
+    runs.update(running_chunks(s, now))
     return runs, asked or 0

@@ -16,7 +16,7 @@ from datetime import datetime, time, timedelta
 
 from sqlalchemy import func, select
 
-from medq.common.sharing.policy import Sharing, plan
+from medq.common.sharing.policy import RANK, Sharing, plan
 from medq.common.specs import INFER_KIND
 from medq.common.store import admission
 from medq.common.store.db import Store
@@ -71,8 +71,6 @@ def queue_view(store: Store, sharing: Sharing, now_local: time, ttl: float = 15.
 
 
 def _rank(priority: str) -> int:
-    from medq.common.sharing.policy import RANK
-
     return RANK.get(priority, len(RANK))
 
 
