@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medq.common.errors import SpecError
+from medq.common.secrets import mask_url
 
 PREFIX = "MEDQ_"
 
@@ -68,6 +69,22 @@ class Settings:
     # A launcher that has not said its workers are alive for this long has gone: nothing more is
     # admitted onto its workers, and what was admitted to them and not taken goes to others.
     worker_ttl: float = 15.0
+    # Operations (deploy/): Prometheus metrics served by every worker launcher (workers/metrics.py)
+    # on this port (0: off) and address; ``metrics_cluster``: whether that endpoint also serves the
+    # store- and broker-wide series (off on workers when one `medq metrics` serves them instead).
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+    metrics_cluster: bool = True
+    # Flower (`medq flower`): basic auth "user:password[,user:password]" or OAuth (Flower's --auth
+    # e-mail regex, provider class, key, secret, redirect URI); secrets also from a file, never printed.
+    flower_basic_auth: str = dataclasses.field(default="", repr=False)
+    flower_basic_auth_file: str = ""
+    flower_auth: str = ""
+    flower_auth_provider: str = ""
+    flower_oauth2_key: str = ""
+    flower_oauth2_secret: str = dataclasses.field(default="", repr=False)
+    flower_oauth2_secret_file: str = ""
+    flower_oauth2_redirect_uri: str = ""
 
     def __post_init__(self) -> None:
         from medq.common.sharing.projects import check_project, parse_quotas, parse_shares
@@ -79,6 +96,8 @@ class Settings:
         for name in ("admit_interval", "worker_ttl"):
             if not getattr(self, name) > 0:
                 raise SpecError(f"{PREFIX}{name.upper()} must be more than 0, got {getattr(self, name)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SpecError(f"{PREFIX}METRICS_PORT must be a port number (0: off), got {self.metrics_port}")
         for name in ("preempt_min_run", "preempt_grace"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
@@ -112,19 +131,10 @@ class Settings:
         """Settings as a user may see them (passwords masked)."""
         return {
             "home": str(self.home),
-            "broker": _mask(self.resolved_broker_url),
-            "database": _mask(self.resolved_database_url),
+            "broker": mask_url(self.resolved_broker_url),
+            "database": mask_url(self.resolved_database_url),
             "artifacts": str(self.artifacts),
         }
-
-
-def _mask(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
 
 
 def _coerce(field: dataclasses.Field, raw, source: str):

@@ -191,6 +191,7 @@ def worker(gpus, cpu, queues, logs) -> None:
     """Start workers: one Celery process per GPU (CUDA_VISIBLE_DEVICES=k), or N CPU ones."""
     import logging
 
+    from medq.common.secrets import install_log_scrubbing
     from medq.tasks.app import app
     from medq.workers.plan import plan_workers
     from medq.workers.supervisor import Supervisor
@@ -200,36 +201,12 @@ def worker(gpus, cpu, queues, logs) -> None:
         raise click.UsageError("give --gpus 0,1,... or --cpu N")
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_log_scrubbing(settings)
     extra = tuple(q for q in queues.split(",") if q)
     plans = plan_workers(indices, cpu, extra_queues=extra)
     for key, value in settings.describe().items():
         click.echo(f"{key}: {value}", err=True)
     sys.exit(Supervisor(plans, settings, app, log_dir=logs).run())
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def flower(ctx) -> None:
-    """Flower, the live Celery dashboard, on medq's broker (e.g. --port 5555; options go to Flower)."""
-    import os
-
-    args = flower_args(ctx.args)
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "medq.tasks.app", "flower", *args])
-
-
-def flower_args(args: list[str]) -> list[str]:
-    """Flower's options as its parser (tornado's) reads them: ``--name=value``, so that the
-    ``--address 0.0.0.0`` spelling a click user types works too; bound to loopback unless an
-    address is given (Flower can revoke tasks)."""
-    joined: list[str] = []
-    for arg in args:
-        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and not arg.startswith("-"):
-            joined[-1] = f"{joined[-1]}={arg}"
-        else:
-            joined.append(arg)
-    if not any(a.startswith("--address=") for a in joined):
-        joined.append("--address=127.0.0.1")
-    return joined
 
 
 # -- demo, bench, db -------------------------------------------------------------------------
@@ -271,10 +248,13 @@ from medq.scheduler.bench import bench  # noqa: E402  (a command group of its ow
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
+from medq.scheduler.cli_ops import doctor, flower, metrics  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)
 main.add_command(queue)
+for command in (doctor, flower, metrics):
+    main.add_command(command)
 
 from medq.scheduler.bench_admit import bench_admit  # noqa: E402
 from medq.scheduler.bench_preempt import bench_preempt  # noqa: E402

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from medq.common.secrets import scrub, secret_values
 from medq.common.settings import load_settings
 
 
@@ -25,23 +26,8 @@ def server_problem(exc: BaseException) -> str | None:
     else:
         return None
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    for secret in _secrets(settings):
-        reason = reason.replace(secret, "***")
+    reason = scrub(reason, secret_values(settings))
     return f"cannot use the {what} at {url}: {reason}"
-
-
-def _secrets(settings) -> list[str]:
-    from sqlalchemy.engine import make_url
-
-    found = [settings.redis_password] if settings.redis_password else []
-    for url in (settings.resolved_broker_url, settings.resolved_database_url):
-        try:
-            password = make_url(url).password
-        except Exception:  # not an SQLAlchemy-style URL
-            password = url.split("://", 1)[-1].rpartition("@")[0].partition(":")[2] or None
-        if password:
-            found.append(str(password))
-    return found
 
 
 def current_store():

@@ -61,3 +61,17 @@ def _prepare_pool_process(**_) -> None:
 from celery.signals import worker_process_init  # noqa: E402
 
 worker_process_init.connect(_prepare_pool_process, weak=False)
+
+
+def _scrub_worker_logs(logger=None, **_) -> None:
+    """Every handler Celery sets up masks medq's secrets (passwords in URLs, the Redis and PACS
+    passwords) in messages and tracebacks (common/secrets.py)."""
+    from medq.common.secrets import install_log_scrubbing
+
+    install_log_scrubbing(load_settings(), logger)
+
+
+from celery.signals import after_setup_logger, after_setup_task_logger  # noqa: E402
+
+after_setup_logger.connect(_scrub_worker_logs, weak=False)
+after_setup_task_logger.connect(_scrub_worker_logs, weak=False)

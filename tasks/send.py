@@ -31,8 +31,16 @@ def send_chunk(app, chunk_id: int, priority: str) -> None:
 def queue_depth(app, queue: str) -> int:
     """Messages waiting in ``queue`` (not those a worker holds). A queue the broker does not
     know (Redis drops an empty list) holds none; an unreachable broker raises."""
+    return queue_depths(app, [queue])[queue]
+
+
+def queue_depths(app, queues) -> dict[str, int]:
+    """``queue_depth`` of each of ``queues``, over one connection."""
+    depths = {}
     with app.connection_for_write() as conn:
-        try:
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-        except conn.channel_errors:
-            return 0
+        for queue in queues:
+            try:
+                depths[queue] = int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+            except conn.channel_errors:
+                depths[queue] = 0
+    return depths

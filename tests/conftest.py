@@ -35,11 +35,11 @@ class RedisServer:
     """A private redis-server on a loopback port, persisting nothing; it can be killed outright
     and started again on the same port (every message it held is then gone)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, password: str = ""):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             unavailable("redis-server is not installed")
-        self.port, self.workdir, self.proc = free_port(), workdir, None
+        self.port, self.workdir, self.proc, self.password = free_port(), workdir, None, password
 
     @property
     def url(self) -> str:
@@ -49,9 +49,10 @@ class RedisServer:
         import redis
 
         self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                      "--appendonly", "no", "--dir", str(self.workdir),
+                                      *(["--requirepass", self.password] if self.password else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password or None)
         for _ in range(100):
             try:
                 client.ping()

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +26,7 @@ from medq.workers.reaper import reap_once
 
 log = logging.getLogger("medq.supervisor")
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
+HOSTS_DIR = ".medq-hosts"  # under the artifact root: one marker per host whose launcher uses it (medq doctor)
 HEALTHY_RUN_S = 60.0  # a worker that ran this long before it exited starts again at the shortest delay
 
 
@@ -58,6 +60,9 @@ class Supervisor:
         self.stopping = 0
         self.failures: dict[str, int] = {}  # consecutive failed rounds, by round ("reaper", "admission")
         self.launcher_id = uuid.uuid4().hex
+        self.ticked_at = time.monotonic()  # the loop's last turn (/healthz)
+        self.admitted_at: float | None = None  # the last admission round that worked (/readyz)
+        self.metrics = None
 
     def start(self, child: Child) -> None:
         env = {**os.environ, **child.plan.env}
@@ -77,10 +82,13 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         for child in self.children:
             self.start(child)
+        if self.settings.metrics_port:
+            self.start_metrics()
+        self.mark_host()
         next_reap = next_admit = time.monotonic()
         try:
             while not self.stopping and not (until and until()):
-                now = time.monotonic()
+                now = self.ticked_at = time.monotonic()
                 for child in self.children:
                     self._check(child, now)
                 if now >= next_admit:
@@ -104,11 +112,59 @@ class Supervisor:
             admission.register_workers(self.store, self.launcher_id, alive)
             dispatch_once(self.store, self.app, self.settings)
 
-        self._round("admission", work, say_every=60)
+        if self._round("admission", work, say_every=60):
+            self.admitted_at = time.monotonic()
 
-    def _round(self, name: str, work, say_every: int) -> None:
+    def mark_host(self) -> None:
+        """This host's sign in the artifact root: `medq doctor` on any host checks that it sees
+        the same root as every host with live workers."""
+        folder = self.settings.artifacts / HOSTS_DIR
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / socket.gethostname()).write_text(f"{time.time():.0f}\n")
+        except OSError as exc:
+            log.warning("cannot write to the artifact root %s (%s): checkpoints will fail", self.settings.artifacts,
+                        exc.strerror)
+
+    def alive_by_device(self) -> dict[str, int]:
+        alive: dict[str, int] = {}
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                alive[child.plan.device] = alive.get(child.plan.device, 0) + 1
+        return alive
+
+    def start_metrics(self):
+        """The Prometheus endpoint (workers/metrics.py) on MEDQ_METRICS_ADDRESS:MEDQ_METRICS_PORT."""
+        from medq.workers.metrics import MedqCollector, make_registry, serve
+
+        collector = MedqCollector(self.store, self.app, self.settings, cluster=self.settings.metrics_cluster,
+                                  launcher_workers=self.alive_by_device)
+        self.metrics = serve(make_registry(collector), self.settings.metrics_address, self.settings.metrics_port,
+                             self.healthy, self.ready)
+        return self.metrics
+
+    def healthy(self) -> tuple[bool, str]:
+        """The supervising loop turns (it restarts dead workers and runs the rounds)."""
+        idle = time.monotonic() - self.ticked_at
+        limit = max(30.0, 5 * self.settings.admit_interval)
+        return idle < limit, f"the launcher's loop last turned {idle:.1f} s ago (limit {limit:.0f} s)"
+
+    def ready(self) -> tuple[bool, str]:
+        """At least one worker process is alive and the last admission rounds reached the store."""
+        alive = sum(self.alive_by_device().values())
+        if not alive:
+            return False, "no worker process is alive"
+        since = None if self.admitted_at is None else time.monotonic() - self.admitted_at
+        limit = max(30.0, 10 * self.settings.admit_interval)
+        if since is None or since > limit:
+            return False, (f"{alive} worker(s) alive, but no admission round has reached the store"
+                           + ("" if since is None else f" for {since:.0f} s"))
+        return True, f"{alive} worker(s) alive; the store answered {since:.1f} s ago"
+
+    def _round(self, name: str, work, say_every: int) -> bool:
         """One periodic round; the store or the broker away fails it, and every round retries.
-        One line for the first failure and every ``say_every``-th, and one when it works again."""
+        One line for the first failure and every ``say_every``-th, and one when it works again.
+        True: the round worked."""
         try:
             work()
         except Exception as exc:
@@ -116,10 +172,11 @@ class Supervisor:
             if failures == 1 or failures % say_every == 0:
                 log.warning("%s round failed %d time(s) (%s); will retry", name, failures, brief(exc))
                 log.debug("%s round failure", name, exc_info=True)
-        else:
-            if self.failures.get(name):
-                log.info("%s rounds work again after %d failure(s)", name, self.failures[name])
-            self.failures[name] = 0
+            return False
+        if self.failures.get(name):
+            log.info("%s rounds work again after %d failure(s)", name, self.failures[name])
+        self.failures[name] = 0
+        return True
 
     def _check(self, child: Child, now: float) -> None:
         if child.process is None or child.process.poll() is None:
@@ -150,6 +207,10 @@ class Supervisor:
                     pass
 
     def shutdown(self, timeout: float = 60.0) -> None:
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics.server_close()
+            self.metrics = None
         try:  # admit nothing more to our workers; what they were admitted and did not take lapses
             admission.forget_launcher(self.store, self.launcher_id)
         except Exception as exc:

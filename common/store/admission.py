@@ -27,6 +27,7 @@ from medq.common.sharing.policy import Sharing, Waiting, plan
 from medq.common.store.preemption import OwnedRun, running_chunks
 from medq.common.store.db import Store
 from medq.common.store.models import Chunk, Job, Member, State, Worker, utcnow
+from medq.common.store.counters import bump
 from medq.common.windows import window_open
 
 LOCK_KEY = 0x6D656471  # "medq": the advisory lock of an admission round on PostgreSQL
@@ -242,6 +243,7 @@ def lapse_admissions(store: Store, older_than: datetime, ttl: float | None = Non
         for member_id, queue, at, number in admitted:
             if (at < older_than or (live is not None and queue not in live)) and unadmit(s, member_id, number):
                 ids.append(member_id)
+        bump(s, "resends", "member", len(ids))
     return ids
 
 

@@ -18,6 +18,7 @@ from medq.common.store.db import Store
 from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
 from medq.common.store.models import Chunk, Job, Send, State, Study, utcnow
 from medq.common.store.sends import add_sends, failed_sends, retry_failed
+from medq.common.store.counters import bump
 from medq.common.windows import window_open
 
 BATCH = 1000
@@ -203,6 +204,8 @@ def claim_chunk(store: Store, chunk_id: int, owner: str, worker: str, device: st
             started_at=chunk.started_at or now, updated_at=now).execution_options(synchronize_session=False)).rowcount
         if taken != 1:
             return ChunkClaim(False, "another worker took it first")
+        if chunk.attempts:  # an earlier attempt ended unfinished
+            bump(s, "redeliveries", "chunk")
         if job.state == State.QUEUED.value or job.started_at is None:
             job.state, job.started_at = State.RUNNING.value, job.started_at or now
         return ChunkClaim(True, job_id=job.id, index=chunk.index, spec=job.spec, plan=job.plan)
@@ -227,10 +230,13 @@ def hold_chunk(store: Store, chunk_id: int, owner: str, seconds: float, note: st
     False: the chunk is not ours any more."""
     now = utcnow()
     with store.session() as s:
-        return s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
+        held = s.execute(update(Chunk).where(Chunk.id == chunk_id, Chunk.lease_owner == owner,
                                              Chunk.state == "running")
                          .values(lease_expires_at=now + timedelta(seconds=seconds), error=note, updated_at=now)
                          .execution_options(synchronize_session=False)).rowcount == 1
+        if held:
+            bump(s, "transient_retries", "chunk")
+        return held
 
 
 def pending_studies(store: Store, job_id: str, chunk_index: int) -> list[tuple[int, str]]:

@@ -21,6 +21,7 @@ from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.locking import locked_job, row_and_locked_job
 from medq.common.store.models import Artifact, Attempt, EvalState, Job, Member, State, utcnow
+from medq.common.store.counters import bump
 
 # An evaluation dispatched but not taken within this long is sent again even while the training
 # queue is busy (its message may have been lost with the worker that sent it); an empty queue
@@ -119,6 +120,8 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
         ).rowcount
         if taken != 1:
             return Claim(False, "another worker took it first")
+        if member.attempts:  # an earlier attempt ended unfinished (its worker died, a fault)
+            bump(s, "redeliveries", "member")
         for old in s.scalars(select(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")):
             old.state, old.ended_at = "lost", now
         # Attempt rows number on across a resume, which gives the member a fresh budget.
@@ -211,6 +214,7 @@ def release_member(store: Store, member_id: int, owner: str, reason: str,
         # the lapse of admissions counts from that moment. A message from before admission has
         # no worker of its own: the member waits for admission again.
         member.admitted_at = now + timedelta(seconds=retry_in) if member.admitted_to else None
+        bump(s, "transient_retries", "member")
         for attempt in member.attempt_rows:
             if attempt.state == "running":
                 attempt.state, attempt.ended_at, attempt.error = "lost", now, reason

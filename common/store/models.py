@@ -6,11 +6,11 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, false, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, false, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0008"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0009"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -160,6 +160,18 @@ class Worker(Base):
     launcher: Mapped[str] = mapped_column(String(64), index=True)
     device: Mapped[str] = mapped_column(String(16))  # "gpu" or "cpu"
     seen_at: Mapped[datetime]
+
+
+class Counter(Base):
+    """How often something operations watch has happened, cluster-wide and since the store was
+    made (lease reaps, redeliveries, re-sends, transient retries, preemptions): bumped in the
+    same transaction as the event, read by the metrics endpoint (common/store/counters.py)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # member, chunk, evaluation
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Attempt(Base):

@@ -20,6 +20,7 @@ from medq.common.store import history
 from medq.common.store.db import Store
 from medq.common.store.locking import row_and_locked_job
 from medq.common.store.models import Attempt, Chunk, Job, Member, State, utcnow
+from medq.common.store.counters import bump
 from medq.common.windows import window_open
 
 
@@ -77,6 +78,7 @@ def yield_member(store: Store, member_id: int, owner: str, epochs: Iterable[dict
         member.state, member.updated_at, member.error = State.QUEUED.value, now, reason
         member.lease_owner = member.lease_expires_at = member.admitted_to = member.admitted_at = None
         member.preemptions += 1
+        bump(s, "preemptions", "member")
         member.attempts = max(0, member.attempts - 1)
         for attempt in member.attempt_rows:
             if attempt.state == "running":

@@ -22,6 +22,7 @@ from medq.common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_mem
 from medq.common.store.locking import each_job_locked
 from medq.common.store.inference import CHUNK_ENDED, cancel_chunks, close_job
 from medq.common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
+from medq.common.store.counters import bump
 
 OPEN_JOB = (State.QUEUED.value, State.RUNNING.value)
 
@@ -60,6 +61,7 @@ def reap_lapsed_members(store: Store) -> list[Lapsed]:
                           .values(state="lost", ended_at=now, error=reason)
                           .execution_options(synchronize_session=False))
                 reaped.append(Lapsed(member_id, job.id, seed, worker, cancelled=job.cancel_requested))
+                bump(s, "lease_reaps", "member")
         if job.cancel_requested:
             close_members_phase(s, job, now)
         return reaped
@@ -89,6 +91,7 @@ def redispatch_evaluations(store: Store, send: Callable[[str, str], None],
             return []
         job.eval_state, job.eval_lease_owner = EvalState.DISPATCHED.value, None
         job.eval_lease_expires_at = now + EVAL_DISPATCH_GRACE
+        bump(s, "resends", "evaluation")
         return [(job.id, job.kind)]
 
     marked = each_job_locked(store, job_ids, mark)
@@ -143,9 +146,10 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
 
     def reap(s, job) -> list[tuple[int, str]]:
         if job.cancel_requested:  # a job being cancelled: its lapsed chunks end instead
-            s.execute(update(Chunk).where(Chunk.job_id == job.id, lapsed)
-                      .values(state=State.CANCELLED.value, lease_owner=None, lease_expires_at=None, finished_at=now,
-                              updated_at=now).execution_options(synchronize_session=False))
+            bump(s, "lease_reaps", "chunk", s.execute(
+                update(Chunk).where(Chunk.job_id == job.id, lapsed)
+                .values(state=State.CANCELLED.value, lease_owner=None, lease_expires_at=None, finished_at=now,
+                        updated_at=now).execution_options(synchronize_session=False)).rowcount)
             close_job(s, job, now)
             return []
         reaped = []
@@ -155,6 +159,7 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
                                  error=f"lease lapsed on {worker}", updated_at=now)
                          .execution_options(synchronize_session=False)).rowcount:
                 reaped.append((chunk_id, job.priority or "normal"))
+                bump(s, "lease_reaps", "chunk")
         return reaped
 
     reaped = each_job_locked(store, job_ids, reap)
@@ -177,8 +182,10 @@ def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
     def mark(s, job) -> list[int]:
         if State(job.state).ended or job.cancel_requested:
             return []
-        return list(s.scalars(update(Chunk).where(Chunk.job_id == job.id, waiting).values(updated_at=now)
-                              .returning(Chunk.id).execution_options(synchronize_session=False)).all())
+        ids = list(s.scalars(update(Chunk).where(Chunk.job_id == job.id, waiting).values(updated_at=now)
+                             .returning(Chunk.id).execution_options(synchronize_session=False)).all())
+        bump(s, "resends", "chunk", len(ids))
+        return ids
 
     ids = each_job_locked(store, job_ids, mark)
     for chunk_id in ids:

@@ -129,7 +129,7 @@ def test_stored_text_with_brackets_is_printed_as_text(capsys):
 
 
 def test_flower_options_typed_with_a_space_reach_flower_as_name_equals_value():
-    from medq.scheduler.cli import flower_args
+    from medq.scheduler.flower import flower_args
 
     assert flower_args(["--address", "0.0.0.0", "--port", "5555"]) == ["--address=0.0.0.0", "--port=5555"]
     assert flower_args(["--port=5555"]) == ["--port=5555", "--address=127.0.0.1"]

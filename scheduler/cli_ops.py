@@ -1,0 +1,95 @@
+"""Operations commands: `medq metrics` (Prometheus), `medq doctor` (is this host ready?),
+`medq flower` (the Celery dashboard, authenticated). Never imports torch (doctor does, to see
+what torch sees, unless --probe)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from medq.common.secrets import scrub, secret_values
+from medq.common.settings import load_settings
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="serve on this port until stopped (default: print once)")
+@click.option("--address", default=None, help="address to bind (default MEDQ_METRICS_ADDRESS, 127.0.0.1)")
+def metrics(port, address) -> None:
+    """Prometheus metrics of the whole cluster from the store and the broker, and this host's
+    GPUs: printed once in Prometheus's text format, or served with --port (for a host without
+    workers; every `medq worker` serves them too on MEDQ_METRICS_PORT). /healthz and /readyz
+    answer probes."""
+    from prometheus_client import generate_latest
+
+    from medq.common.store.db import Store
+    from medq.tasks.app import app
+    from medq.workers.metrics import MedqCollector, make_registry, serve
+
+    settings = load_settings()
+    store = Store(settings.resolved_database_url)  # read only: never migrates
+    collector = MedqCollector(store, app, settings, cluster=True)
+    registry = make_registry(collector)
+    if port is None:
+        sys.stdout.write(scrub(generate_latest(registry).decode(), secret_values(settings)))
+        return
+
+    def ready():
+        return (bool(collector.store_ok), "the store answered the last scrape" if collector.store_ok else
+                "the store did not answer the last scrape" if collector.store_ok is False else "not scraped yet")
+
+    if collector.store_ok is None:
+        list(collector.collect())  # one read now, so that readiness means something before the first scrape
+    server = serve(registry, address or settings.metrics_address, port, lambda: (True, "serving"), ready)
+    click.echo(f"metrics on http://{server.server_address[0]}:{server.server_address[1]}/metrics", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@click.command()
+@click.option("--gpus", default="", help="GPU indices this host's workers will use (e.g. 0,1): each must be visible")
+@click.option("--probe", is_flag=True, help="the fast checks a container probe runs (no torch import)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor(gpus, probe, as_json) -> None:
+    """Check this host: broker and store reachable, migrations current, artifact root writable
+    and shared with the live workers' hosts, GPUs visible, versions. Exit 0 when nothing failed,
+    1 otherwise (for probes and scripts). Secrets are masked."""
+    from medq.scheduler.doctor import FAIL, run_checks
+    from medq.tasks.app import app
+
+    settings = load_settings()
+    wanted = tuple(int(g) for g in gpus.split(",") if g.strip())
+    checks = run_checks(settings, app, wanted, probe=probe)
+    secrets = secret_values(settings)
+    if as_json:
+        click.echo(scrub(json.dumps([c.__dict__ for c in checks], indent=2), secrets))
+    else:
+        width = max(len(c.name) for c in checks)
+        for check in checks:
+            click.echo(scrub(f"{check.status:<4}  {check.name:<{width}}  {check.detail}", secrets))
+    failed = [c.name for c in checks if c.status == FAIL]
+    if failed and not as_json:
+        click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def flower(ctx) -> None:
+    """Flower, the live Celery dashboard, on medq's broker (e.g. --port 5555; options go to
+    Flower). Loopback unless --address says otherwise, and then only with authentication:
+    MEDQ_FLOWER_BASIC_AUTH=user:password (or _FILE), or OAuth (MEDQ_FLOWER_AUTH, MEDQ_FLOWER_OAUTH2_*)."""
+    import os
+
+    from medq.scheduler.flower import check_exposure, flower_args, flower_env
+
+    settings = load_settings()
+    args = flower_args(ctx.args)
+    env = {**os.environ, **flower_env(settings)}  # Flower's own FLOWER_* variables count too
+    check_exposure(args, env)
+    os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "medq.tasks.app", "flower", *args], env)
