@@ -257,8 +257,10 @@ for command in (doctor, flower, metrics):
     main.add_command(command)
 
 from medq.scheduler.bench_admit import bench_admit  # noqa: E402
+from medq.scheduler.bench_metrics import bench_metrics  # noqa: E402
 from medq.scheduler.bench_preempt import bench_preempt  # noqa: E402
 
 bench.add_command(bench_admit)
+bench.add_command(bench_metrics)
 bench.add_command(bench_preempt)
 main.add_command(bench)

@@ -108,7 +108,10 @@ def _artifacts(settings) -> Check:
         return Check("artifacts", FAIL, f"{root}: not writable ({exc.strerror}); set MEDQ_ARTIFACT_ROOT to a "
                                         f"folder this user can write (shared by every worker host)")
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:  # the root itself is not there: nothing was written
+            pass
     gib = free.f_bavail * free.f_frsize / 1024**3
     return Check("artifacts", OK if gib >= 1 else WARN, f"{root} writable, {gib:.1f} GiB free")
 

@@ -38,6 +38,9 @@ def queue_depths(app, queues) -> dict[str, int]:
     """``queue_depth`` of each of ``queues``, over one connection."""
     depths = {}
     with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        if hasattr(channel, "depths"):  # the embedded broker: one query for them all
+            return channel.depths(queues)
         for queue in queues:
             try:
                 depths[queue] = int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)

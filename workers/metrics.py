@@ -35,6 +35,7 @@ from medq.common.store.ops_view import ADMISSION_QUEUE, STUDY_OUTCOMES, snapshot
 from medq.tasks import names
 
 log = logging.getLogger("medq.metrics")
+MIN_READ_INTERVAL = 1.0  # seconds: the store and broker are read at most this often
 SHARED_QUEUES = (names.GPU_QUEUE, names.CPU_QUEUE, names.REPORT_QUEUE, *names.INFER_QUEUES.values())
 
 
@@ -54,7 +55,6 @@ class MedqCollector:
         self.store, self.app, self.settings, self.cluster = store, app, settings, cluster
         self.launcher_workers, self.gpus = launcher_workers, gpus
         self._done: dict[str, tuple[float, int, float]] = {}  # job -> (monotonic time, studies ended, per s)
-        self._lock = threading.Lock()
         self.store_ok: bool | None = None  # the last scrape's view, for /readyz
 
     def describe(self):
@@ -162,25 +162,22 @@ class MedqCollector:
                                     "ended in the last hour)", labels=["job", "outcome"])
         pending = GaugeMetricFamily("medq_studies_pending", "Studies of an inference job not yet done", labels=["job"])
         rate = GaugeMetricFamily("medq_studies_per_second", "Studies an inference job ended per second since the "
-                                 "previous scrape (the first: since the job started)", labels=["job"])
+                                 "previous read of the store (the first: since the job started)", labels=["job"])
         now = time.monotonic()
-        with self._lock:
-            samples = {}
-            for job in snap.infer_jobs:
-                for outcome in STUDY_OUTCOMES:
-                    total.add_metric([job.job, outcome], job.studies.get(outcome, 0))
-                pending.add_metric([job.job], job.studies.get("pending", 0))
-                ended = sum(job.studies.get(o, 0) for o in STUDY_OUTCOMES)
-                before = self._done.get(job.job)
-                if before is not None and now - before[0] >= 0.5:
-                    samples[job.job] = (now, ended, (ended - before[1]) / (now - before[0]))
-                elif before is not None:  # scraped again at once: the previous figure stands
-                    samples[job.job] = before
-                else:
-                    elapsed = (snap.taken_at - _aware(job.started_at)).total_seconds() if job.started_at else 0.0
-                    samples[job.job] = (now, ended, ended / elapsed if elapsed > 0 else 0.0)
-                rate.add_metric([job.job], max(0.0, samples[job.job][2]))
-            self._done = samples
+        samples = {}
+        for job in snap.infer_jobs:
+            for outcome in STUDY_OUTCOMES:
+                total.add_metric([job.job, outcome], job.studies.get(outcome, 0))
+            pending.add_metric([job.job], job.studies.get("pending", 0))
+            ended = sum(job.studies.get(o, 0) for o in STUDY_OUTCOMES)
+            before = self._done.get(job.job)
+            if before is not None and now > before[0]:  # reads are MIN_READ_INTERVAL apart at least
+                samples[job.job] = (now, ended, (ended - before[1]) / (now - before[0]))
+            else:
+                elapsed = (snap.taken_at - _aware(job.started_at)).total_seconds() if job.started_at else 0.0
+                samples[job.job] = (now, ended, ended / elapsed if elapsed > 0 else 0.0)
+            rate.add_metric([job.job], max(0.0, samples[job.job][2]))
+        self._done = samples
         yield total
         yield pending
         yield rate
@@ -236,9 +233,33 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+def cached(app, interval: float = MIN_READ_INTERVAL):
+    """The metrics app, its answer kept for ``interval`` seconds per format asked for: several
+    Prometheus servers (or a dashboard's refresh) scraping at once cost one read of the store,
+    and a scrape in between costs only its HTTP exchange."""
+    lock, answers = threading.Lock(), {}
+
+    def serve_cached(environ, start_response):
+        key = (environ.get("HTTP_ACCEPT", ""), environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT_ENCODING", ""))
+        with lock:
+            answer = answers.get(key)
+            if answer is None or time.monotonic() - answer[0] >= interval:
+                seen = {}
+
+                def keep(status, headers, exc_info=None):
+                    seen.update(status=status, headers=headers)
+
+                body = b"".join(app(environ, keep))
+                answer = answers[key] = (time.monotonic(), seen["status"], seen["headers"], body)
+        start_response(answer[1], answer[2])
+        return [answer[3]]
+
+    return serve_cached
+
+
 def health_app(registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]],
                ready: Callable[[], tuple[bool, str]]):
-    metrics = make_wsgi_app(registry)
+    metrics = cached(make_wsgi_app(registry))
     checks = {"/healthz": healthy, "/readyz": ready}
 
     def app(environ, start_response):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from medq.common.store.db import Store
 from medq.common.store.models import Counter
@@ -37,11 +38,13 @@ def bump(s, name: str, kind: str, n: int = 1) -> None:
               .on_conflict_do_update(index_elements=["name", "kind"], set_={"value": Counter.value + n}))
 
 
-def read_counters(store: Store) -> dict[tuple[str, str], int]:
-    """Every counter's value, zero for the ones that never moved."""
+def read_counters(source: Store | Session) -> dict[tuple[str, str], int]:
+    """Every counter's value, zero for the ones that never moved (from a store, or within a session)."""
+    if isinstance(source, Store):
+        with source.read_session() as s:
+            return read_counters(s)
     values = {(name, kind): 0 for name, (_, kinds) in COUNTERS.items() for kind in kinds}
-    with store.session() as s:
-        for name, kind, value in s.execute(select(Counter.name, Counter.kind, Counter.value)):
-            if (name, kind) in values:
-                values[(name, kind)] = int(value)
+    for name, kind, value in source.execute(select(Counter.name, Counter.kind, Counter.value)):
+        if (name, kind) in values:
+            values[(name, kind)] = int(value)
     return values

@@ -41,7 +41,10 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # a read-only unit of work (Store.read_session) takes no write lock: in WAL mode it
+        # never holds up a writer, nor waits for one
+        read_only = connection.get_execution_options().get("medq_read_only")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -59,6 +62,16 @@ class Store:
         """A transaction: committed on success, rolled back on any error."""
         with self._sessions() as session:
             with session.begin():
+                yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction that only reads (views, metrics): on SQLite it takes no write lock, so
+        a scrape never holds up a worker's writes. Writing in it is a mistake SQLite refuses
+        only when it conflicts, so don't."""
+        with self.engine.connect() as connection:
+            connection.execution_options(medq_read_only=True)
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
                 yield session
 
     def ensure_schema(self) -> None:

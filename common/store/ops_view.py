@@ -63,7 +63,7 @@ def device_class(device: str | None) -> str:
 def snapshot(store: Store, worker_ttl: float) -> Snapshot:
     now = utcnow()
     snap = Snapshot(taken_at=now)
-    with store.session() as s:
+    with store.read_session() as s:
         for kind, state, count in s.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)):
             snap.jobs[(kind, state)] = count
         for row in s.execute(select(Member.worker, Member.device, Member.job_id, Member.seed, Member.epoch,
@@ -77,7 +77,7 @@ def snapshot(store: Store, worker_ttl: float) -> Snapshot:
             snap.workers_online[worker.device] = snap.workers_online.get(worker.device, 0) + 1
         snap.worker_queues = [w.queue for w in workers]
         snap.infer_jobs = _infer_jobs(s, now)
-    snap.counters = read_counters(store)
+        snap.counters = read_counters(s)
     return snap
 
 

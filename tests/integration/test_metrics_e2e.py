@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from medq.common.store import Member, Store
 from medq.common.store.models import Chunk, Study
+from medq.workers.metrics import MIN_READ_INTERVAL
 from tests.conftest import TINY, free_port
 from tests.integration.harness import ended
 
@@ -88,6 +89,7 @@ def test_metrics_match_the_store_during_a_job_and_a_killed_worker_moves_the_reap
         return done, queued, worker
 
     def consistent():
+        time.sleep(MIN_READ_INTERVAL)  # past the endpoint's cache: this scrape reads the store
         before = counts()
         samples = scrape(port)
         after = counts()
