@@ -69,6 +69,9 @@ class Settings:
     # A launcher that has not said its workers are alive for this long has gone: nothing more is
     # admitted onto its workers, and what was admitted to them and not taken goes to others.
     worker_ttl: float = 15.0
+    # A launcher told to stop (SIGTERM: systemd, Kubernetes) first asks its running members to hand
+    # over at their next step, and waits this long for them before it stops its workers (0: no hand-over).
+    shutdown_yield_timeout: float = 120.0
     # Operations (deploy/): Prometheus metrics served by every worker launcher (workers/metrics.py)
     # on this port (0: off) and address; ``metrics_cluster``: whether that endpoint also serves the
     # store- and broker-wide series (off on workers when one `medq metrics` serves them instead).

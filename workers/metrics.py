@@ -7,7 +7,7 @@ and the broker and is the same from every endpoint: queue depths and the age of 
 waiting item, jobs by kind and state, what runs where with its progress, inference studies by
 outcome and per second, live workers, and the store's event counters. The local one is this
 host's GPUs through NVML (absent without one) and, in a launcher, its live worker processes.
-Labels carry job ids, seeds, worker node names, queue and device names: never a patient, a
+Labels carry job ids (``job_id``: Prometheus keeps ``job`` for its own), seeds, worker node names, queue and device names: never a patient, a
 study or a file name; their number is bounded by the workers and the open jobs.
 
 ``/healthz`` answers 200 while the process's loop runs, ``/readyz`` 200 when it can do its work
@@ -141,7 +141,7 @@ class MedqCollector:
         running = GaugeMetricFamily("medq_members_running", "Training members running, by worker",
                                     labels=["worker", "device"])
         progress = GaugeMetricFamily("medq_member_progress_ratio", "A running member's progress through its "
-                                     "epochs (0..1)", labels=["worker", "device", "job", "seed"])
+                                     "epochs (0..1)", labels=["worker", "device", "job_id", "seed"])
         per_worker: dict[tuple[str, str], int] = {}
         for member in snap.running:
             per_worker[(member.worker, member.device)] = per_worker.get((member.worker, member.device), 0) + 1
@@ -159,10 +159,10 @@ class MedqCollector:
 
     def _studies(self, snap):
         total = CounterMetricFamily("medq_studies", "Studies of an inference job by outcome (open jobs and those "
-                                    "ended in the last hour)", labels=["job", "outcome"])
-        pending = GaugeMetricFamily("medq_studies_pending", "Studies of an inference job not yet done", labels=["job"])
+                                    "ended in the last hour)", labels=["job_id", "outcome"])
+        pending = GaugeMetricFamily("medq_studies_pending", "Studies of an inference job not yet done", labels=["job_id"])
         rate = GaugeMetricFamily("medq_studies_per_second", "Studies an inference job ended per second since the "
-                                 "previous read of the store (the first: since the job started)", labels=["job"])
+                                 "previous read of the store (the first: since the job started)", labels=["job_id"])
         now = time.monotonic()
         samples = {}
         for job in snap.infer_jobs:

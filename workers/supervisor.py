@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from medq.common.errors import brief
 from medq.common.settings import Settings
-from medq.common.store import admission, open_store
+from medq.common.store import admission, open_store, preemption
 from medq.workers.dispatch import dispatch_once
 from medq.workers.plan import WorkerPlan, worker_command
 from medq.workers.reaper import reap_once
@@ -193,6 +193,29 @@ class Supervisor:
     def _reap(self) -> None:
         self._round("reaper", lambda: reap_once(self.store, self.app), say_every=30)
 
+    def _hand_over_members(self) -> None:
+        """Members running on our workers yield at their next step (the exact checkpoint a
+        preemption writes) before the workers are stopped: another worker resumes them and no
+        step is done twice. Up to MEDQ_SHUTDOWN_YIELD_TIMEOUT; a second signal stops waiting."""
+        nodes = [c.plan.nodename for c in self.children if c.process is not None and c.process.poll() is None]
+        if not nodes or self.settings.shutdown_yield_timeout <= 0:
+            return
+        try:
+            asked = preemption.yield_for_shutdown(self.store, nodes)
+            if not asked:
+                return
+            log.info("asked %d member(s) to hand over at their next step before stopping", len(asked))
+            deadline = time.monotonic() + self.settings.shutdown_yield_timeout
+            while self.stopping < 2 and time.monotonic() < deadline:
+                if not preemption.running_on(self.store, nodes):
+                    log.info("every member handed over")
+                    return
+                time.sleep(0.5)
+            log.warning("members still running after %.0f s; stopping the workers (they resume from their last "
+                        "checkpoint)", self.settings.shutdown_yield_timeout)
+        except Exception as exc:  # the store away: the leases lapse and the members resume as after a crash
+            log.warning("could not ask the members to hand over (%s)", brief(exc))
+
     def _on_signal(self, signum, _frame) -> None:
         self.stopping += 1
         if self.stopping > 1:
@@ -216,6 +239,7 @@ class Supervisor:
         except Exception as exc:
             log.warning("could not take this launcher's workers out of the registry (%s); they expire in %.0f s",
                         brief(exc), self.settings.worker_ttl)
+        self._hand_over_members()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in self.children:

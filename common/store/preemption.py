@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from medq.common.sharing.policy import Running, Sharing, Waiting, plan
 from medq.common.specs import INFER_KIND
@@ -48,6 +48,25 @@ def request_preemption(store: Store, member_id: int, reason: str, owner: str | N
         return now
 
 
+def yield_for_shutdown(store: Store, workers: list[str]) -> list[int]:
+    """The members running on ``workers`` (node names), whose launcher is stopping: asked to
+    yield at their next step, with the exact checkpoint a preemption writes, so that another
+    worker resumes them without repeating a step. Not counted as preemptions."""
+    now = utcnow()
+    with store.session() as s:
+        return list(s.scalars(update(Member).where(Member.state == State.RUNNING.value, Member.worker.in_(workers),
+                                                   Member.preempt_requested_at.is_(None))
+                              .values(preempt_requested_at=now, preempt_reason="its worker is shutting down",
+                                      preempt_for="shutdown", updated_at=now)
+                              .returning(Member.id).execution_options(synchronize_session=False)).all())
+
+
+def running_on(store: Store, workers: list[str]) -> list[int]:
+    with store.session() as s:
+        return list(s.scalars(select(Member.id).where(Member.state == State.RUNNING.value,
+                                                      Member.worker.in_(workers))))
+
+
 @dataclass(frozen=True)
 class Yielded:
     queued: bool  # back in the queue: the caller sends it
@@ -77,8 +96,9 @@ def yield_member(store: Store, member_id: int, owner: str, epochs: Iterable[dict
         reason = f"preempted: {member.preempt_reason or 'asked to yield'}"
         member.state, member.updated_at, member.error = State.QUEUED.value, now, reason
         member.lease_owner = member.lease_expires_at = member.admitted_to = member.admitted_at = None
-        member.preemptions += 1
-        bump(s, "preemptions", "member")
+        if member.preempt_for != "shutdown":  # a worker that stops is not more urgent work
+            member.preemptions += 1
+            bump(s, "preemptions", "member")
         member.attempts = max(0, member.attempts - 1)
         for attempt in member.attempt_rows:
             if attempt.state == "running":
@@ -153,7 +173,7 @@ def _runs(s, now: datetime, min_run: float) -> tuple[dict[str, OwnedRun], int]:
     # yields for inference only (admission counts those for training); a yielded member counts
     # for a moment after its yield, until the worker it freed has taken the chunk
     for_inference = Member.preempt_requested_at.is_not(None) & (
-        Member.preempt_for.is_(None) | (Member.preempt_for != "training"))
+        Member.preempt_for.is_(None) | (Member.preempt_for == "inference"))
     asked = s.scalar(select(func.count()).where(for_inference, (Member.state == State.RUNNING.value) | (
         (Member.state == State.QUEUED.value) & (Member.updated_at > now - YIELD_TAKEN_WITHIN))))
     members = s.execute(select(Member.id, Member.lease_owner, Member.preemptions, Job.priority, Job.project,

@@ -93,7 +93,7 @@ def test_metrics_match_the_store_during_a_job_and_a_killed_worker_moves_the_reap
         before = counts()
         samples = scrape(port)
         after = counts()
-        done = sample(samples, "medq_studies_total", job=infer_id, outcome="done")
+        done = sample(samples, "medq_studies_total", job_id=infer_id, outcome="done")
         depth = sample(samples, "medq_queue_messages", queue="infer.normal")
         running = sample(samples, "medq_members_running", worker=before[2], device="cpu")
         if before != after or done is None or not 0 < before[0] < 60 or before[1] == 0:
@@ -105,7 +105,7 @@ def test_metrics_match_the_store_during_a_job_and_a_killed_worker_moves_the_reap
     assert done == store_done
     assert depth == store_queued, "every queued chunk is one message on infer.normal"
     assert running == 1, f"the training member runs on {trainer_node}"
-    progress = sample(samples, "medq_member_progress_ratio", worker=trainer_node, device="cpu", job=train_id, seed="0")
+    progress = sample(samples, "medq_member_progress_ratio", worker=trainer_node, device="cpu", job_id=train_id, seed="0")
     assert progress is not None and 0 < progress < 1
     assert sample(samples, "medq_jobs", kind="infer", state="running") == 1
     assert sample(samples, "medq_workers_online", device="cpu") == 2
@@ -121,8 +121,8 @@ def test_metrics_match_the_store_during_a_job_and_a_killed_worker_moves_the_reap
     view = cluster.wait(infer_id, ended, timeout=240)
     assert view["state"] == "succeeded"
     final = scrape(port)
-    assert sample(final, "medq_studies_total", job=infer_id, outcome="done") == 60
-    assert sample(final, "medq_studies_pending", job=infer_id) == 0
+    assert sample(final, "medq_studies_total", job_id=infer_id, outcome="done") == 60
+    assert sample(final, "medq_studies_pending", job_id=infer_id) == 0
     assert cluster.medq("cancel", train_id).returncode == 0
     store.dispose()
 

@@ -172,3 +172,23 @@ def test_project_b_after_a_s_ten_members_runs_next_and_a_borrowed_worker_is_give
     assert b_started < epoch_s + 5, f"B started {b_started:.1f} s after its submit; an epoch takes {epoch_s:.1f} s"
     queue = json.loads(cluster.medq("queue", "--json").stdout)
     assert queue["quotas"] == {"labA": 1, "labB": 1} and queue["workers"] == 2
+
+
+def test_a_launcher_told_to_stop_hands_its_member_over_at_the_next_step(cluster, big_dataset):
+    """SIGTERM (systemd, a Kubernetes pod's termination): the running member yields at its next
+    step with its exact checkpoint, before its worker stops; another launcher resumes it and no
+    epoch is trained twice. A hand-over is not a preemption."""
+    first = cluster.start_workers(1, "first")
+    job_id = _train(cluster, big_dataset, seeds=1)
+    _until(lambda: (m := cluster.status(job_id)["members"][0])["state"] == "running" and m["epoch"] >= 1
+           and m["step"] >= 1, what="the member in its second epoch")
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    assert "every member handed over" in (cluster.home / "logs-first" / "launcher.log").read_text()
+    handed = cluster.attempts(job_id, 0)[0]
+    assert handed.state == "preempted", handed.state
+    cluster.start_workers(1, "second")
+    view = cluster.wait(job_id, ended, timeout=300)
+    assert view["state"] == "succeeded", cluster.logs()
+    assert view["members"][0]["preemptions"] == 0
+    _epochs_once_each(_results(cluster, job_id))

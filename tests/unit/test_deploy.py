@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "medq-dashboard.json"
-# The openAPIV3Schema of prometheus-operator's ServiceMonitor CRD (its origin and version are
-# in the file's "$comment"): kubernetes-validate knows only the built-in kinds.
+# A schema of the ServiceMonitor fields the manifests use, written from the Prometheus
+# Operator's API reference (see its "$comment"): kubernetes-validate knows only the built-in kinds.
 SERVICEMONITOR_SCHEMA = ROOT / "tests" / "data" / "servicemonitor.schema.json"
 KUBERNETES = "1.30"  # the oldest Kubernetes the manifests are written for
 NAMESPACE = "medq"
@@ -50,9 +50,6 @@ METRICS = {
     "medq_gpu_temperature_celsius", "medq_gpu_power_watts",
     "medq_launcher_workers_alive", "medq_build_info",
 }
-
-# Settings the manifests set that are not fields of Settings yet: added in issue 15.
-PENDING = {"metrics_port", "metrics_address", "metrics_cluster", "flower_basic_auth"}
 
 # Environment variables other than MEDQ_* a container may get, by image (name before the tag).
 # medq's own containers get none: every setting of medq is a MEDQ_* variable.
@@ -279,7 +276,7 @@ def settings_fields() -> set[str]:
 def test_every_medq_variable_is_a_setting():
     """A MEDQ_* name that is no field of Settings is ignored by medq: a setting that does
     nothing, with nothing to say so."""
-    known = settings_fields() | PENDING
+    known = settings_fields()
     names = {(str(m), n) for m in workloads() for c in containers(m) for n in env_names(c)}
     names |= {(str(m), n) for m in of_kind("ConfigMap") for n in m.doc.get("data", {})}
     names |= {(str(m), n) for m in of_kind("Secret") for n in secret_keys()[m.name]}
