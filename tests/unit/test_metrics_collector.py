@@ -134,3 +134,19 @@ def test_health_and_readiness_answer_with_their_reason(setup):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_one_medq_serves(setup, fake_nvml):
+    """tests/unit/test_deploy.py checks deploy/ against its METRICS list; this checks the list
+    against what a launcher's endpoint really serves (GPUs faked, a job running nowhere)."""
+    from medq.common.store import inference as ops
+    from tests.unit.test_deploy import METRICS
+
+    store, app, settings = setup
+    ops.create_infer_job(store, "inferjob0001", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
+    jobs.create_job(store, "ensemble", {}, {"split": {}}, [0], 4, project="labA")
+    collector = MedqCollector(store, app, settings, launcher_workers=lambda: {"gpu": 2})
+    _, samples = _samples(collector)
+    served = {name for name, _ in samples}
+    assert METRICS - served <= {"medq_member_progress_ratio", "medq_members_running"}, METRICS - served
+    assert {name for name in served if name.startswith("medq_")} <= METRICS
