@@ -86,8 +86,10 @@ def _store(settings) -> list[Check]:
     else:
         checks.append(Check("migrations", FAIL, f"schema at {current} is newer than this medq's {SCHEMA_HEAD}: "
                                                 f"upgrade medq on this host"))
-    checks.append(_shared(settings, store) if current == SCHEMA_HEAD else
-                  Check("shared artifacts", WARN, "not checked: the schema is not current"))
+    if current == SCHEMA_HEAD:
+        checks += [_workers(settings, store), _shared(settings, store)]
+    else:
+        checks.append(Check("shared artifacts", WARN, "not checked: the schema is not current"))
     store.dispose()
     return checks
 
@@ -114,6 +116,27 @@ def _artifacts(settings) -> Check:
             pass
     gib = free.f_bavail * free.f_frsize / 1024**3
     return Check("artifacts", OK if gib >= 1 else WARN, f"{root} writable, {gib:.1f} GiB free")
+
+
+def _workers(settings, store) -> Check:
+    """The live workers in the registry, by host and device: what the dispatcher can admit onto."""
+    from medq.common.store.admission import live_workers
+    from medq.common.store.models import utcnow
+
+    try:
+        with store.session() as s:
+            workers = live_workers(s, utcnow(), settings.worker_ttl)
+    except Exception as exc:
+        return Check("workers", WARN, f"could not read the workers registry ({brief(exc)})")
+    if not workers:
+        return Check("workers", WARN, f"none live (none said so within MEDQ_WORKER_TTL, {settings.worker_ttl:.0f} s)")
+    by_host: dict[str, dict[str, int]] = {}
+    for worker in workers:
+        host = by_host.setdefault(worker.name.rpartition("@")[2], {})
+        host[worker.device] = host.get(worker.device, 0) + 1
+    listed = "; ".join(f"{host}: " + ", ".join(f"{n} {device}" for device, n in sorted(devices.items()))
+                       for host, devices in sorted(by_host.items()))
+    return Check("workers", OK, f"{len(workers)} live ({listed})")
 
 
 def _shared(settings, store) -> Check:

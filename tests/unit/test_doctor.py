@@ -39,6 +39,7 @@ def test_gpus_asked_for_but_not_visible_and_an_unshared_artifact_root_fail(tmp_p
     assert done.returncode == 1
     checks = _checks(done)
     assert checks["gpus (NVML)"]["status"] == "FAIL" and "--gpus asks for some" in checks["gpus (NVML)"]["detail"]
+    assert checks["workers"]["status"] == "ok" and checks["workers"]["detail"] == "1 live (far-host: 1 gpu)"
     shared = checks["shared artifacts"]
     assert shared["status"] == "FAIL" and "workers on far-host" in shared["detail"]
     (tmp_path / "home" / "artifacts" / ".medq-hosts").mkdir(parents=True)
