@@ -22,7 +22,11 @@ from medq.common.secrets import mask_url
 PREFIX = "MEDQ_"
 
 
-@dataclass(frozen=True)
+SECRET_FIELDS = frozenset({"redis_password", "pacs_password", "flower_basic_auth", "flower_oauth2_secret"})
+URL_FIELDS = frozenset({"broker_url", "database_url", "result_backend"})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     home: Path = Path.home() / ".medq"
     broker_url: str = ""  # empty: the embedded SQLite broker under home
@@ -104,6 +108,21 @@ class Settings:
         for name in ("preempt_min_run", "preempt_grace"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
+
+    def __repr__(self) -> str:
+        """Every field, with passwords masked: the settings travel in Celery's configuration
+        (`celery inspect conf`, Flower's worker page, `celery report`), where they are shown."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "***"
+            elif f.name in URL_FIELDS and value:
+                value = mask_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
 
     @property
     def sharing(self):

@@ -28,7 +28,13 @@ def metrics(port, address) -> None:
     from medq.tasks.app import app
     from medq.workers.metrics import MedqCollector, make_registry, serve
 
+    import logging
+
+    from medq.common.secrets import install_log_scrubbing
+
     settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_log_scrubbing(settings)
     store = Store(settings.resolved_database_url)  # read only: never migrates
     collector = MedqCollector(store, app, settings, cluster=True)
     registry = make_registry(collector)

@@ -14,6 +14,7 @@ import os
 import platform
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -62,7 +63,13 @@ def _store(settings) -> list[Check]:
     from medq.common.store.db import Store
     from medq.common.store.models import SCHEMA_HEAD
 
+    from sqlalchemy.engine import make_url
+
     where = settings.describe()["database"]
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return [Check("store", FAIL, f"{where}: no store there yet: run `medq db upgrade` (or submit a job)"),
+                Check("migrations", FAIL, "not checked: there is no store")]
     store = Store(settings.resolved_database_url)
     try:
         def reach():
@@ -96,9 +103,13 @@ def _store(settings) -> list[Check]:
 
 def _artifacts(settings) -> Check:
     root = settings.artifacts
+    if not root.is_dir():
+        if settings.artifact_root:  # set on purpose: a shared file system that is not mounted?
+            return Check("artifacts", FAIL, f"{root} does not exist (is the shared file system mounted here?); "
+                                            f"MEDQ_ARTIFACT_ROOT must be a folder every worker host sees")
+        return Check("artifacts", WARN, f"{root} does not exist yet; it is made on first use")
     probe = root / f".medq-doctor-{uuid.uuid4().hex}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as fh:
             fh.write(b"medq")
             fh.flush()
@@ -124,7 +135,7 @@ def _workers(settings, store) -> Check:
     from medq.common.store.models import utcnow
 
     try:
-        with store.session() as s:
+        with store.read_session() as s:
             workers = live_workers(s, utcnow(), settings.worker_ttl)
     except Exception as exc:
         return Check("workers", WARN, f"could not read the workers registry ({brief(exc)})")
@@ -145,7 +156,7 @@ def _shared(settings, store) -> Check:
     from medq.common.store.models import utcnow
 
     try:
-        with store.session() as s:
+        with store.read_session() as s:
             hosts = sorted({w.name.rpartition("@")[2] for w in live_workers(s, utcnow(), settings.worker_ttl)})
     except Exception as exc:
         return Check("shared artifacts", WARN, f"could not read the workers registry ({brief(exc)})")

@@ -15,8 +15,14 @@ from medq.common.errors import SpecError
 from medq.common.secrets import flower_credentials
 
 # Flower's options that carry a secret: refused on the command line, where `ps` shows them
-SECRET_OPTIONS = ("--basic-auth", "--basic_auth", "--oauth2-secret", "--oauth2_secret", "--cookie-secret",
-                  "--cookie_secret")
+SECRET_OPTIONS = ("basic_auth", "oauth2_secret", "cookie_secret")
+
+
+def option_name(arg: str) -> str | None:
+    """The option an argument sets as tornado's parser reads it (``-x``, ``--x``, ``-`` or ``_``)."""
+    if not arg.startswith("-"):
+        return None
+    return arg.lstrip("-").partition("=")[0].replace("-", "_")
 
 
 def flower_args(args: list[str]) -> list[str]:
@@ -30,12 +36,16 @@ def flower_args(args: list[str]) -> list[str]:
         else:
             joined.append(arg)
     for arg in joined:
-        name = arg.partition("=")[0]
-        if name in SECRET_OPTIONS:
-            raise SpecError(f"{name} on the command line is readable by every user of this host (ps); set "
-                            f"MEDQ_FLOWER_BASIC_AUTH or MEDQ_FLOWER_BASIC_AUTH_FILE (user:password), or "
+        if option_name(arg) in SECRET_OPTIONS:
+            raise SpecError(f"{arg.partition('=')[0]} on the command line is readable by every user of this host "
+                            f"(ps); set MEDQ_FLOWER_BASIC_AUTH or MEDQ_FLOWER_BASIC_AUTH_FILE (user:password), or "
                             f"MEDQ_FLOWER_OAUTH2_SECRET(_FILE), instead")
-    if not any(a.startswith("--address=") for a in joined):
+    addresses = [a for a in joined if option_name(a) == "address"]
+    if len(addresses) > 1:
+        raise SpecError(f"--address given {len(addresses)} times; give it once")
+    if addresses:  # one spelling, the one check_exposure reads
+        joined[joined.index(addresses[0])] = f"--address={addresses[0].partition('=')[2]}"
+    else:
         joined.append("--address=127.0.0.1")
     return joined
 

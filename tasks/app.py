@@ -75,3 +75,21 @@ from celery.signals import after_setup_logger, after_setup_task_logger  # noqa: 
 
 after_setup_logger.connect(_scrub_worker_logs, weak=False)
 after_setup_task_logger.connect(_scrub_worker_logs, weak=False)
+
+
+def _censored_conf(state, with_defaults=False, **kwargs):
+    """`celery inspect conf` (and Flower's worker "Config" tab), with Celery's own censoring of
+    passwords in URLs and of secret-looking keys (its built-in command shows them raw)."""
+    from celery.utils.saferepr import saferepr
+    from celery.utils.serialization import jsonify
+
+    return jsonify(state.app.conf.table(with_defaults=with_defaults, censored=True),
+                   keyfilter=lambda key: isinstance(key, str) and not key.startswith("__"),
+                   unknown_type_filter=saferepr)
+
+
+from celery.utils.serialization import strtobool  # noqa: E402
+from celery.worker.control import inspect_command  # noqa: E402
+
+inspect_command(name="conf", alias="dump_conf", signature="[include_defaults=False]",
+                args=[("with_defaults", strtobool)])(_censored_conf)

@@ -36,6 +36,7 @@ from medq.tasks import names
 
 log = logging.getLogger("medq.metrics")
 MIN_READ_INTERVAL = 1.0  # seconds: the store and broker are read at most this often
+RATE_WINDOW = 10.0  # seconds at least between the two reads a studies-per-second figure comes from
 SHARED_QUEUES = (names.GPU_QUEUE, names.CPU_QUEUE, names.REPORT_QUEUE, *names.INFER_QUEUES.values())
 
 
@@ -142,14 +143,19 @@ class MedqCollector:
                                     labels=["worker", "device"])
         progress = GaugeMetricFamily("medq_member_progress_ratio", "A running member's progress through its "
                                      "epochs (0..1)", labels=["worker", "device", "job_id", "seed"])
-        per_worker: dict[tuple[str, str], int] = {}
+        chunks = GaugeMetricFamily("medq_chunks_running", "Inference chunks running, by worker",
+                                   labels=["worker", "device"])
+        per_worker = {key: 0 for key in snap.live}  # an idle live worker reads 0, not nothing
         for member in snap.running:
             per_worker[(member.worker, member.device)] = per_worker.get((member.worker, member.device), 0) + 1
             progress.add_metric([member.worker, member.device, member.job, str(member.seed)], member.progress)
         for (worker, device), count in sorted(per_worker.items()):
             running.add_metric([worker, device], count)
+        for (worker, device), count in sorted({**{key: 0 for key in snap.live}, **snap.chunks_running}.items()):
+            chunks.add_metric([worker, device], count)
         yield running
         yield progress
+        yield chunks
         yield from self._studies(snap)
         for name, (help_text, kinds) in COUNTERS.items():
             counter = CounterMetricFamily(f"medq_{name}", help_text, labels=["kind"] if len(kinds) > 1 else None)
@@ -161,8 +167,8 @@ class MedqCollector:
         total = CounterMetricFamily("medq_studies", "Studies of an inference job by outcome (open jobs and those "
                                     "ended in the last hour)", labels=["job_id", "outcome"])
         pending = GaugeMetricFamily("medq_studies_pending", "Studies of an inference job not yet done", labels=["job_id"])
-        rate = GaugeMetricFamily("medq_studies_per_second", "Studies an inference job ended per second since the "
-                                 "previous read of the store (the first: since the job started)", labels=["job_id"])
+        rate = GaugeMetricFamily("medq_studies_per_second", "Studies an inference job ended per second over the "
+                                 "last 10 s or more (the first read: since the job started)", labels=["job_id"])
         now = time.monotonic()
         samples = {}
         for job in snap.infer_jobs:
@@ -171,7 +177,9 @@ class MedqCollector:
             pending.add_metric([job.job], job.studies.get("pending", 0))
             ended = sum(job.studies.get(o, 0) for o in STUDY_OUTCOMES)
             before = self._done.get(job.job)
-            if before is not None and now > before[0]:  # reads are MIN_READ_INTERVAL apart at least
+            if before is not None and now - before[0] < RATE_WINDOW:  # too short a gap: the figure stands
+                samples[job.job] = before
+            elif before is not None:
                 samples[job.job] = (now, ended, (ended - before[1]) / (now - before[0]))
             else:
                 elapsed = (snap.taken_at - _aware(job.started_at)).total_seconds() if job.started_at else 0.0
@@ -240,10 +248,17 @@ def cached(app, interval: float = MIN_READ_INTERVAL):
     lock, answers = threading.Lock(), {}
 
     def serve_cached(environ, start_response):
-        key = (environ.get("HTTP_ACCEPT", ""), environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT_ENCODING", ""))
+        from urllib.parse import parse_qs
+
+        # what changes the answer: the format (OpenMetrics or text), gzip, and the names asked for
+        accept, encoding = environ.get("HTTP_ACCEPT", ""), environ.get("HTTP_ACCEPT_ENCODING", "")
+        key = ("openmetrics" in accept, "gzip" in encoding,
+               tuple(sorted(parse_qs(environ.get("QUERY_STRING", "")).get("name[]", []))))
         with lock:
+            for stale in [k for k, a in answers.items() if time.monotonic() - a[0] >= interval]:
+                del answers[stale]  # nothing kept past its second: asking in many ways grows nothing
             answer = answers.get(key)
-            if answer is None or time.monotonic() - answer[0] >= interval:
+            if answer is None:
                 seen = {}
 
                 def keep(status, headers, exc_info=None):

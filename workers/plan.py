@@ -38,7 +38,9 @@ def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queue
             label=f"gpu{index}",
             queues=(*names.consume_order((names.worker_queue(nodename),)), *extra_queues),
             nodename=nodename,
-            env={"CUDA_VISIBLE_DEVICES": str(index), "MEDQ_DEVICE": "cuda:0", "MEDQ_WORKER_LABEL": f"gpu{index}"},
+            # PCI bus order: --gpus k is the GPU nvidia-smi and NVML (the metrics' gpu label) call k
+            env={"CUDA_VISIBLE_DEVICES": str(index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "MEDQ_DEVICE": "cuda:0",
+                 "MEDQ_WORKER_LABEL": f"gpu{index}"},
             own_queue=names.worker_queue(nodename),
         ))
     threads = str(max(1, (os.cpu_count() or 1) // max(1, cpu))) if cpu else "1"

@@ -80,10 +80,14 @@ class Supervisor:
         """Supervise until a signal (or ``until()`` returns True). Returns an exit code."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        if self.settings.metrics_port:
+            try:
+                self.start_metrics()
+            except OSError as exc:  # the port taken (another launcher on this host): no metrics, still workers
+                log.error("cannot serve metrics on %s:%d (%s); set another MEDQ_METRICS_PORT per launcher",
+                          self.settings.metrics_address, self.settings.metrics_port, exc.strerror)
         for child in self.children:
             self.start(child)
-        if self.settings.metrics_port:
-            self.start_metrics()
         self.mark_host()
         next_reap = next_admit = time.monotonic()
         try:
@@ -151,6 +155,8 @@ class Supervisor:
 
     def ready(self) -> tuple[bool, str]:
         """At least one worker process is alive and the last admission rounds reached the store."""
+        if self.stopping:
+            return False, "stopping: handing over and stopping the workers"
         alive = sum(self.alive_by_device().values())
         if not alive:
             return False, "no worker process is alive"
@@ -193,29 +199,6 @@ class Supervisor:
     def _reap(self) -> None:
         self._round("reaper", lambda: reap_once(self.store, self.app), say_every=30)
 
-    def _hand_over_members(self) -> None:
-        """Members running on our workers yield at their next step (the exact checkpoint a
-        preemption writes) before the workers are stopped: another worker resumes them and no
-        step is done twice. Up to MEDQ_SHUTDOWN_YIELD_TIMEOUT; a second signal stops waiting."""
-        nodes = [c.plan.nodename for c in self.children if c.process is not None and c.process.poll() is None]
-        if not nodes or self.settings.shutdown_yield_timeout <= 0:
-            return
-        try:
-            asked = preemption.yield_for_shutdown(self.store, nodes)
-            if not asked:
-                return
-            log.info("asked %d member(s) to hand over at their next step before stopping", len(asked))
-            deadline = time.monotonic() + self.settings.shutdown_yield_timeout
-            while self.stopping < 2 and time.monotonic() < deadline:
-                if not preemption.running_on(self.store, nodes):
-                    log.info("every member handed over")
-                    return
-                time.sleep(0.5)
-            log.warning("members still running after %.0f s; stopping the workers (they resume from their last "
-                        "checkpoint)", self.settings.shutdown_yield_timeout)
-        except Exception as exc:  # the store away: the leases lapse and the members resume as after a crash
-            log.warning("could not ask the members to hand over (%s)", brief(exc))
-
     def _on_signal(self, signum, _frame) -> None:
         self.stopping += 1
         if self.stopping > 1:
@@ -230,26 +213,60 @@ class Supervisor:
                     pass
 
     def shutdown(self, timeout: float = 60.0) -> None:
-        if self.metrics is not None:
-            self.metrics.shutdown()
-            self.metrics.server_close()
-            self.metrics = None
+        """Take our workers out of admission, ask the members they run to hand over at their next
+        step (the exact checkpoint a preemption writes: another worker resumes them and repeats no
+        step), and stop the workers warmly at once: Celery's warm shutdown takes no new message
+        and waits for the running task, which yields. Members claimed meanwhile are asked too.
+        Up to MEDQ_SHUTDOWN_YIELD_TIMEOUT for a hand-over, ``timeout`` for anything else; a
+        second signal makes it a cold shutdown (the members resume from their last checkpoint)."""
         try:  # admit nothing more to our workers; what they were admitted and did not take lapses
             admission.forget_launcher(self.store, self.launcher_id)
         except Exception as exc:
             log.warning("could not take this launcher's workers out of the registry (%s); they expire in %.0f s",
                         brief(exc), self.settings.worker_ttl)
-        self._hand_over_members()
+        nodes = [c.plan.nodename for c in self.children if c.process is not None and c.process.poll() is None]
+        hand_over = self.settings.shutdown_yield_timeout > 0
+        asked = self._ask_hand_over(nodes) if hand_over else set()
         self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + (self.settings.shutdown_yield_timeout if hand_over else 0)
+        while any(c.process is not None and c.process.poll() is None for c in self.children):
+            if time.monotonic() >= deadline:
+                break
+            if hand_over and self.stopping < 2:
+                asked |= self._ask_hand_over(nodes)
+            time.sleep(0.5)
+        if asked:
+            still = self._running_on(nodes)
+            if still:
+                log.warning("%d member(s) did not hand over in time; they resume from their last checkpoint", len(still))
+            else:
+                log.info("every member handed over (%d)", len(asked))
         for child in self.children:
             if child.process is None:
                 continue
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %ss; killing it", child.plan.nodename, timeout)
+            if child.process.poll() is None:
+                log.warning("%s did not stop in time; killing it", child.plan.nodename)
                 child.process.kill()
-                child.process.wait()
+            child.process.wait()
             if child.log_file is not None:
                 child.log_file.close()
+        if self.metrics is not None:  # served to the end: /readyz said "stopping" meanwhile
+            self.metrics.shutdown()
+            self.metrics.server_close()
+            self.metrics = None
+
+    def _ask_hand_over(self, nodes: list[str]) -> set[int]:
+        try:
+            asked = set(preemption.yield_for_shutdown(self.store, nodes))
+        except Exception as exc:  # the store away: the leases lapse and the members resume as after a crash
+            log.warning("could not ask the members to hand over (%s)", brief(exc))
+            return set()
+        if asked:
+            log.info("asked %d member(s) to hand over at their next step before stopping", len(asked))
+        return asked
+
+    def _running_on(self, nodes: list[str]) -> list[int]:
+        try:
+            return preemption.running_on(self.store, nodes)
+        except Exception:
+            return []

@@ -24,7 +24,10 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        # a server that does not answer fails a connection in 10 s instead of hanging a launcher's
+        # loop (and its liveness probe) on the operating system's TCP timeout
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
@@ -71,6 +74,8 @@ class Store:
         only when it conflicts, so don't."""
         with self.engine.connect() as connection:
             connection.execution_options(medq_read_only=True)
+            if connection.dialect.name == "postgresql":  # one snapshot for every read of the unit
+                connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with Session(bind=connection, expire_on_commit=False) as session, session.begin():
                 yield session
 

@@ -120,7 +120,9 @@ def claim_member(store: Store, member_id: int, owner: str, worker: str, device: 
         ).rowcount
         if taken != 1:
             return Claim(False, "another worker took it first")
-        if member.attempts:  # an earlier attempt ended unfinished (its worker died, a fault)
+        last = s.scalar(select(Attempt.state).where(Attempt.member_id == member_id)
+                        .order_by(Attempt.number.desc()).limit(1))
+        if last in ("running", "lost"):  # its worker died, or its message came again (not a retry: "retried")
             bump(s, "redeliveries", "member")
         for old in s.scalars(select(Attempt).where(Attempt.member_id == member_id, Attempt.state == "running")):
             old.state, old.ended_at = "lost", now
@@ -216,8 +218,8 @@ def release_member(store: Store, member_id: int, owner: str, reason: str,
         member.admitted_at = now + timedelta(seconds=retry_in) if member.admitted_to else None
         bump(s, "transient_retries", "member")
         for attempt in member.attempt_rows:
-            if attempt.state == "running":
-                attempt.state, attempt.ended_at, attempt.error = "lost", now, reason
+            if attempt.state == "running":  # its task retries: a transient fault, not a lost worker
+                attempt.state, attempt.ended_at, attempt.error = "retried", now, reason
         return True
 
 

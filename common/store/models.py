@@ -183,7 +183,7 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
     number: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled, lost, preempted
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled, lost, retried, preempted
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
     start_epoch: Mapped[int] = mapped_column(default=0)  # > 0: resumed from a checkpoint

@@ -53,6 +53,8 @@ class Snapshot:
     infer_jobs: list[InferJob] = field(default_factory=list)
     workers_online: dict[str, int] = field(default_factory=dict)  # device -> count
     worker_queues: list[str] = field(default_factory=list)  # live workers' own queues
+    live: list[tuple[str, str]] = field(default_factory=list)  # live workers: (node name, "gpu"/"cpu")
+    chunks_running: dict[tuple[str, str], int] = field(default_factory=dict)  # (worker, device) -> inference chunks
     counters: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
@@ -76,6 +78,11 @@ def snapshot(store: Store, worker_ttl: float) -> Snapshot:
         for worker in workers:
             snap.workers_online[worker.device] = snap.workers_online.get(worker.device, 0) + 1
         snap.worker_queues = [w.queue for w in workers]
+        snap.live = [(w.name, w.device) for w in workers]
+        for worker, device, count in s.execute(select(Chunk.worker, Chunk.device, func.count())
+                                               .where(Chunk.state == "running").group_by(Chunk.worker, Chunk.device)):
+            key = (worker or "?", device_class(device))
+            snap.chunks_running[key] = snap.chunks_running.get(key, 0) + count
         snap.infer_jobs = _infer_jobs(s, now)
         snap.counters = read_counters(s)
     return snap
@@ -85,7 +92,8 @@ def _progress(row) -> float:
     if not row.total_epochs:
         return 0.0
     within = row.step / row.steps_per_epoch if row.steps_per_epoch else 0.0
-    return max(0.0, min(1.0, (row.epoch + min(within, 1.0)) / row.total_epochs))
+    # ``epoch`` is 1-based, the epoch in progress (or just finished, with every step done)
+    return max(0.0, min(1.0, (max(0, row.epoch - 1) + min(within, 1.0)) / row.total_epochs))
 
 
 def _waiting(s, snap: Snapshot) -> None:
@@ -114,8 +122,8 @@ def _waiting(s, snap: Snapshot) -> None:
 def _infer_jobs(s, now: datetime) -> list[InferJob]:
     recent = or_(Job.state.in_((State.QUEUED.value, State.RUNNING.value)),
                  and_(Job.finished_at.is_not(None), Job.finished_at > now - RECENT))
-    jobs = s.execute(select(Job.id, Job.started_at).where(Job.kind == INFER_KIND, recent)
-                     .order_by(Job.created_at.desc()).limit(MAX_INFER_JOBS)).all()
+    jobs = s.execute(select(Job.id, Job.started_at).where(Job.kind == INFER_KIND, recent)  # open ones first
+                     .order_by(Job.finished_at.is_(None).desc(), Job.created_at.desc()).limit(MAX_INFER_JOBS)).all()
     if not jobs:
         return []
     counts: dict[str, dict[str, int]] = {job_id: {k: 0 for k in (*STUDY_OUTCOMES, "pending")} for job_id, _ in jobs}

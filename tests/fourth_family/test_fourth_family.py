@@ -78,6 +78,6 @@ def test_a_transient_fault_during_a_member_is_retried_and_counted(cluster, discs
     done = cluster.wait(job_id, ended, timeout=120)
     assert done["state"] == "succeeded", cluster.logs()
     first, second = cluster.attempts(job_id, 0)
-    assert first.state == "lost" and "transient fault 1 of 4: OSError" in first.error
+    assert first.state == "retried" and "transient fault 1 of 4: OSError" in first.error
     assert second.state == "succeeded"
     assert "goes back to the queue and runs again in 10 s" in cluster.full_logs()

@@ -69,6 +69,12 @@ def test_no_password_in_metrics_logs_doctor_flower_or_errors(secret_cluster, tmp
     assert "redis://:***@127.0.0.1" in doctor.stdout
     _no_secret(doctor.stdout + doctor.stderr, secrets, "medq doctor")
 
+    # `celery inspect conf` (Flower's worker "Config" tab too) shows the worker's configuration
+    conf = subprocess.run([sys.executable, "-m", "celery", "-A", "medq.tasks.app", "inspect", "conf", "--json"],
+                          env=cluster.env, cwd=ROOT, text=True, capture_output=True, timeout=60)
+    assert conf.returncode == 0 and "medq_settings" in conf.stdout, conf.stdout + conf.stderr
+    _no_secret(conf.stdout + conf.stderr, secrets, "celery inspect conf")
+
     flower_port = free_port()
     flower = subprocess.Popen([sys.executable, "-m", "medq.scheduler", "flower", "--port", str(flower_port),
                                "--address", "0.0.0.0"], env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE,

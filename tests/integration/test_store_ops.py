@@ -83,7 +83,7 @@ def test_a_snapshot_says_what_runs_what_waits_where_and_how_studies_ended(store)
     assert snap.jobs == {("ensemble", "running"): 1, ("infer", "queued"): 1}
     (member,) = snap.running
     assert (member.worker, member.device, member.seed) == (worker, "cpu", 0)
-    assert member.progress == (1 + 0.5) / 4
+    assert member.progress == (0 + 0.5) / 4  # half of its first epoch
     assert snap.waiting[ADMISSION_QUEUE][0] == 2, "two members wait in the store for a worker"
     count, oldest = snap.waiting["infer.high"]
     assert count == 2 and utcnow() - timedelta(seconds=60) < oldest.replace(tzinfo=utcnow().tzinfo) <= utcnow()

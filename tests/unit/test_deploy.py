@@ -41,7 +41,7 @@ METRICS = {
     # cluster-wide: from the store and the broker
     "medq_store_up", "medq_broker_up",
     "medq_queue_messages", "medq_queue_oldest_age_seconds",
-    "medq_jobs", "medq_workers_online", "medq_members_running", "medq_member_progress_ratio",
+    "medq_jobs", "medq_workers_online", "medq_members_running", "medq_member_progress_ratio", "medq_chunks_running",
     "medq_studies_total", "medq_studies_pending", "medq_studies_per_second",
     "medq_lease_reaps_total", "medq_redeliveries_total", "medq_resends_total",
     "medq_transient_retries_total", "medq_preemptions_total",

@@ -17,8 +17,11 @@ def test_a_fresh_store_fails_until_migrated_and_doctor_changes_nothing(tmp_path)
     cluster = Cluster(tmp_path / "home")
     first = cluster.medq("doctor", "--probe")
     assert first.returncode == 1
-    assert "FAIL  migrations" in first.stdout and "run `medq db upgrade`" in first.stdout
-    assert "1 check(s) failed: migrations" in first.stderr
+    assert "FAIL  store" in first.stdout and "no store there yet: run `medq db upgrade`" in first.stdout
+    assert "2 check(s) failed: store, migrations" in first.stderr
+    assert not (tmp_path / "home" / "medq.sqlite").exists(), "doctor must not make a store"
+    assert Store(cluster.database_url).schema_version() is None  # now an empty SQLite file: no schema
+    assert "the store has no schema yet" in cluster.medq("doctor", "--probe").stdout
     assert Store(cluster.database_url).schema_version() is None, "doctor must not migrate"
     assert cluster.medq("db", "upgrade").returncode == 0
     second = cluster.medq("doctor", "--probe", "--json")
@@ -47,10 +50,11 @@ def test_gpus_asked_for_but_not_visible_and_an_unshared_artifact_root_fail(tmp_p
     assert _checks(cluster.medq("doctor", "--probe", "--json"))["shared artifacts"]["status"] == "ok"
 
 
-def test_an_artifact_root_that_cannot_be_written_is_named(tmp_path):
+def test_an_artifact_root_that_is_not_there_is_named_and_not_made(tmp_path):
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
     cluster = Cluster(tmp_path / "home", artifact_root=str(blocked / "artifacts"))
     checks = _checks(cluster.medq("doctor", "--probe", "--json"))
     assert checks["artifacts"]["status"] == "FAIL"
     assert str(blocked / "artifacts") in checks["artifacts"]["detail"] and "MEDQ_ARTIFACT_ROOT" in checks["artifacts"]["detail"]
+    assert "mounted" in checks["artifacts"]["detail"]

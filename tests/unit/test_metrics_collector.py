@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from medq.common import gpus
 from medq.common.settings import load_settings
-from medq.common.store import Store, jobs
+from medq.common.store import Store, admission, jobs
 from medq.workers.metrics import MedqCollector, make_registry, serve
 
 
@@ -145,8 +145,11 @@ def test_every_metric_the_dashboard_and_alerts_use_is_one_medq_serves(setup, fak
     store, app, settings = setup
     ops.create_infer_job(store, "inferjob0001", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
     jobs.create_job(store, "ensemble", {}, {"split": {}}, [0], 4, project="labA")
+    admission.register_workers(store, "L1", [("gpu0-1@h", "w.gpu0-1@h", "gpu")])
     collector = MedqCollector(store, app, settings, launcher_workers=lambda: {"gpu": 2})
     _, samples = _samples(collector)
     served = {name for name, _ in samples}
-    assert METRICS - served <= {"medq_member_progress_ratio", "medq_members_running"}, METRICS - served
+    assert samples[("medq_members_running", (("device", "gpu"), ("worker", "gpu0-1@h")))] == 0, "idle reads 0"
+    assert samples[("medq_chunks_running", (("device", "gpu"), ("worker", "gpu0-1@h")))] == 0
+    assert METRICS - served == {"medq_member_progress_ratio"}, METRICS - served  # nothing trains
     assert {name for name in served if name.startswith("medq_")} <= METRICS

@@ -63,12 +63,16 @@ def test_flower_off_loopback_needs_auth_and_gets_it_through_its_environment():
     assert env == {"FLOWER_BASIC_AUTH": "admin:pw-1,ops:pw-2"}
     assert check_exposure(args, env) == "0.0.0.0"
     assert check_exposure(flower_args(["--port=5555"]), {}) == "127.0.0.1"  # loopback: no auth needed
+    with pytest.raises(SpecError, match="refusing"):  # tornado's single-dash spelling is the same option
+        check_exposure(flower_args(["-address=0.0.0.0"]), {})
     assert not any("pw-1" in a for a in args)
 
 
 @pytest.mark.parametrize("bad, message", [
     (["--basic-auth=admin:pw"], "readable by every user of this host"),
     (["--basic_auth", "admin:pw"], "readable by every user of this host"),
+    (["-basic_auth=admin:pw"], "readable by every user of this host"),
+    (["--address", "127.0.0.1", "--address", "0.0.0.0"], "--address given 2 times"),
 ])
 def test_a_secret_on_flowers_command_line_is_refused(bad, message):
     with pytest.raises(SpecError, match=message):
@@ -91,3 +95,21 @@ def test_flower_oauth_needs_its_key_secret_and_redirect_and_a_bad_entry_is_named
 def test_a_metrics_port_out_of_range_is_refused_at_load():
     with pytest.raises(SpecError, match="MEDQ_METRICS_PORT must be a port number"):
         load_settings({"MEDQ_METRICS_PORT": "70000"})
+
+
+def test_the_settings_celery_shows_as_configuration_carry_no_password():
+    """`celery inspect conf` and Flower's worker page show app.conf, medq's settings included."""
+    from celery.utils.saferepr import saferepr
+    from celery.utils.serialization import jsonify
+
+    from medq.tasks.app import _censored_conf, make_app
+
+    settings = load_settings({"MEDQ_DATABASE_URL": "postgresql+psycopg://u:db-pw-1@h/x",
+                              "MEDQ_BROKER_URL": "redis://:broker-pw-2@h:6379/0", "MEDQ_REDIS_PASSWORD": "redis-pw-3",
+                              "MEDQ_FLOWER_BASIC_AUTH": "a:flower-pw-4"})
+    assert "database_url='postgresql+psycopg://u:***@h/x'" in repr(settings)
+    app = make_app(settings)
+    shown = repr(jsonify(_censored_conf(type("State", (), {"app": app})()), unknown_type_filter=saferepr))
+    assert "medq_settings" in shown
+    for secret in ("db-pw-1", "broker-pw-2", "redis-pw-3", "flower-pw-4"):
+        assert secret not in shown and secret not in repr(settings) and secret not in str(settings)
