@@ -12,6 +12,7 @@ import pytest
 
 from medq.common.store import Store
 from medq.common.store import preemption
+from medq.common.store.views import find_job
 from tests.conftest import TINY
 from tests.faults.conftest import pool_process
 from tests.integration.harness import ended
@@ -112,7 +113,8 @@ def test_a_member_sigkilled_while_it_yields_resumes_from_its_last_checkpoint(sha
            and m["step"] >= 1, what="the member in its second epoch")
     member_id = _member_id(store, job_id)
     assert preemption.request_preemption(store, member_id, "the test asks")
-    assert cluster.status(job_id)["members"][0]["yielding"]
+    # read in-process, in milliseconds: `medq status` (a second) may come after the yield itself
+    assert find_job(store, job_id)["members"][0]["yielding"]
     time.sleep(0.6)  # the heartbeat has seen it (every 0.5 s here): the member is stopping, saving or yielding
     os.kill(pool_process(launcher.pid), signal.SIGKILL)
     view = cluster.wait(job_id, ended, timeout=300)
