@@ -259,7 +259,9 @@ class Supervisor:
         try:
             asked = set(preemption.yield_for_shutdown(self.store, nodes))
         except Exception as exc:  # the store away: the leases lapse and the members resume as after a crash
-            log.warning("could not ask the members to hand over (%s)", brief(exc))
+            if not self.failures.get("hand-over"):  # once, not every half second
+                log.warning("could not ask the members to hand over (%s)", brief(exc))
+            self.failures["hand-over"] = self.failures.get("hand-over", 0) + 1
             return set()
         if asked:
             log.info("asked %d member(s) to hand over at their next step before stopping", len(asked))
