@@ -228,9 +228,13 @@ class Supervisor:
         hand_over = self.settings.shutdown_yield_timeout > 0
         asked = self._ask_hand_over(nodes) if hand_over else set()
         self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + timeout + (self.settings.shutdown_yield_timeout if hand_over else 0)
+        start = time.monotonic()
         while any(c.process is not None and c.process.poll() is None for c in self.children):
-            if time.monotonic() >= deadline:
+            waited = time.monotonic() - start
+            # ``timeout`` for the workers to stop; longer only while a member is still handing over
+            if waited >= timeout + (self.settings.shutdown_yield_timeout if hand_over else 0):
+                break
+            if waited >= timeout and not (hand_over and self.stopping < 2 and self._running_on(nodes)):
                 break
             if hand_over and self.stopping < 2:
                 asked |= self._ask_hand_over(nodes)
