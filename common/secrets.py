@@ -62,6 +62,17 @@ def secret_values(settings) -> list[str]:
     return sorted({value for value in found if value and len(value) >= 3}, key=len, reverse=True)
 
 
+def read_secret_file(path: str, setting: str) -> str:
+    """A secret from a file (a mounted Kubernetes or Docker secret), stripped; a file that cannot
+    be read is a SpecError naming the setting and the file."""
+    from medq.common.errors import SpecError
+
+    try:
+        return open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise SpecError(f"{setting} {path}: cannot be read ({exc.strerror})") from None
+
+
 def flower_credentials(settings, missing_ok: bool = False) -> list[str]:
     """Flower's basic-auth entries ``user:password``: MEDQ_FLOWER_BASIC_AUTH, or one per line (or
     comma-separated) in MEDQ_FLOWER_BASIC_AUTH_FILE."""
@@ -70,12 +81,11 @@ def flower_credentials(settings, missing_ok: bool = False) -> list[str]:
     raw = settings.flower_basic_auth
     if not raw and settings.flower_basic_auth_file:
         try:
-            raw = open(settings.flower_basic_auth_file, encoding="utf-8").read()
-        except OSError as exc:
+            raw = read_secret_file(settings.flower_basic_auth_file, "MEDQ_FLOWER_BASIC_AUTH_FILE")
+        except SpecError:
             if missing_ok:
                 return []
-            raise SpecError(f"MEDQ_FLOWER_BASIC_AUTH_FILE {settings.flower_basic_auth_file}: cannot be read "
-                            f"({exc.strerror})") from None
+            raise
     entries = [e.strip() for line in raw.splitlines() for e in line.split(",") if e.strip()]
     if not missing_ok:
         for number, entry in enumerate(entries, 1):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from medq.common.errors import SpecError
-from medq.common.secrets import flower_credentials
+from medq.common.secrets import flower_credentials, read_secret_file
 
 # Flower's options that carry a secret: refused on the command line, where `ps` shows them
 SECRET_OPTIONS = ("basic_auth", "oauth2_secret", "cookie_secret")
@@ -57,8 +57,9 @@ def flower_env(settings) -> dict[str, str]:
     if credentials:
         env["FLOWER_BASIC_AUTH"] = ",".join(credentials)
     if settings.flower_auth:
-        secret = settings.flower_oauth2_secret or _read_secret(settings.flower_oauth2_secret_file,
-                                                                "MEDQ_FLOWER_OAUTH2_SECRET_FILE")
+        secret = settings.flower_oauth2_secret or (
+            read_secret_file(settings.flower_oauth2_secret_file, "MEDQ_FLOWER_OAUTH2_SECRET_FILE")
+            if settings.flower_oauth2_secret_file else "")
         missing = [name for name, value in (("MEDQ_FLOWER_OAUTH2_KEY", settings.flower_oauth2_key),
                                             ("MEDQ_FLOWER_OAUTH2_SECRET", secret),
                                             ("MEDQ_FLOWER_OAUTH2_REDIRECT_URI", settings.flower_oauth2_redirect_uri))
@@ -70,15 +71,6 @@ def flower_env(settings) -> dict[str, str]:
         if settings.flower_auth_provider:
             env["FLOWER_AUTH_PROVIDER"] = settings.flower_auth_provider
     return env
-
-
-def _read_secret(path: str, name: str) -> str:
-    if not path:
-        return ""
-    try:
-        return open(path, encoding="utf-8").read().strip()
-    except OSError as exc:
-        raise SpecError(f"{name} {path}: cannot be read ({exc.strerror})") from None
 
 
 def is_loopback(address: str) -> bool:

@@ -166,3 +166,13 @@ def tmpfs(path, megabytes: int):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory):
+    """120 synthetic radiographs: an epoch of a few seconds on a CPU worker."""
+    from medq.common.families.chest.synth import synth_chest
+
+    folder = tmp_path_factory.mktemp("chest120")
+    synth_chest(folder, n=120, seed=3)
+    return folder

@@ -103,11 +103,9 @@ class PacsAccess:
     def from_settings(cls, settings: Any) -> "PacsAccess":
         password = settings.pacs_password
         if not password and settings.pacs_password_file:
-            try:
-                password = open(settings.pacs_password_file, encoding="utf-8").read().strip()
-            except OSError as exc:
-                raise SpecError(f"MEDQ_PACS_PASSWORD_FILE {settings.pacs_password_file}: cannot be read "
-                                f"({exc.strerror})") from None
+            from medq.common.secrets import read_secret_file
+
+            password = read_secret_file(settings.pacs_password_file, "MEDQ_PACS_PASSWORD_FILE")
         return cls(settings.pacs_username, password, float(settings.pacs_timeout), int(settings.pacs_attempts),
                    float(settings.pacs_backoff))
 

@@ -41,15 +41,6 @@ def _until(check, timeout: float = 120, poll: float = 0.2, what: str = ""):
     return value
 
 
-@pytest.fixture(scope="module")
-def big_dataset(tmp_path_factory):
-    from medq.common.families.chest.synth import synth_chest
-
-    folder = tmp_path_factory.mktemp("chest120")
-    synth_chest(folder, n=120, seed=3)
-    return folder
-
-
 def test_metrics_match_the_store_during_a_job_and_a_killed_worker_moves_the_reap_counter(
         cluster, big_dataset, tmp_path):
     from medq.common.families.chest.synth import synth_chest

@@ -35,16 +35,6 @@ def sharing_cluster(cluster):
     return cluster
 
 
-@pytest.fixture(scope="module")
-def big_dataset(tmp_path_factory):
-    """120 synthetic radiographs: an epoch of a few seconds on a CPU worker."""
-    from medq.common.families.chest.synth import synth_chest
-
-    folder = tmp_path_factory.mktemp("chest120")
-    synth_chest(folder, n=120, seed=3)
-    return folder
-
-
 def _train(cluster, data, seeds: int) -> str:
     done = cluster.medq("submit", "ensemble", "--data", str(data), "--seeds", str(seeds), *EPOCHS, *TINY,
                         "--project", "labA")
