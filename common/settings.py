@@ -1,7 +1,9 @@
-"""medq's settings: one typed object read from MEDQ_* environment variables.
+"""medq's settings: one typed object (pydantic-settings) read from MEDQ_* environment variables.
 
 Nothing else in medq reads ``os.environ`` for configuration. An optional TOML file named by
-``MEDQ_CONFIG`` supplies defaults (keys are the field names); environment variables win.
+``MEDQ_CONFIG`` supplies defaults (keys are the field names); environment variables win. A
+``MEDQ_*`` variable that names no setting is warned about once per process, with the nearest
+setting's name (a typo must not be silently ignored); ``medq config`` shows what is in effect.
 
 With nothing set, medq runs on one machine on the embedded default: a SQLite-backed broker
 (kombu's SQLAlchemy transport, see tasks/embedded_broker.py) and a SQLite results store under ``MEDQ_HOME``.
@@ -10,25 +12,40 @@ Torch-free and celery-free, so ``medq --help`` starts fast.
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import logging
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import datetime, time, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings.sources import PydanticBaseSettingsSource
 
 from medq.common.errors import SpecError
 from medq.common.secrets import mask_url
 
 PREFIX = "MEDQ_"
-
+log = logging.getLogger("medq.settings")
 
 SECRET_FIELDS = frozenset({"redis_password", "pacs_password", "flower_basic_auth", "flower_oauth2_secret"})
 URL_FIELDS = frozenset({"broker_url", "database_url", "result_backend"})
+# MEDQ_* names that are not settings: the TOML file's path, and what medq's tests and deploy files read.
+NOT_SETTINGS = frozenset({"MEDQ_CONFIG", "MEDQ_TEST_POSTGRES_URL", "MEDQ_CHROMIUM", "MEDQ_RACE_ROUNDS",
+                          "MEDQ_PG_PASSWORD", "MEDQ_GPUS", "MEDQ_DATA"})
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("medq_environ", default=None)
+_WARNED: set[str] = set()
 
 
-@dataclass(frozen=True, repr=False)
-class Settings:
-    home: Path = Path.home() / ".medq"
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", env_ignore_empty=True)
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".medq")
     broker_url: str = ""  # empty: the embedded SQLite broker under home
     database_url: str = ""  # empty: the SQLite store under home
     artifact_root: str = ""  # empty: home/artifacts; a shared file system when distributed
@@ -47,15 +64,18 @@ class Settings:
     device: str = "cpu"  # set by the worker launcher: "cuda:0" (with CUDA_VISIBLE_DEVICES) or "cpu"
     worker_label: str = ""  # set by the worker launcher: "gpu3", "cpu0"
     result_backend: str = ""  # only `medq bench queue` uses results; jobs report through the store
-    redis_password: str = dataclasses.field(default="", repr=False)
+    redis_password: str = ""
     broker_use_ssl: bool = False
     log_level: str = "INFO"
+    # The time zone of every time window (--window 22:00-06:00), an IANA name ("Europe/Zurich");
+    # empty: the host's. Set it on every host of a cluster so that they agree.
+    timezone: str = ""
     # Plug-in model families beyond the built-in ones: "package.module:FAMILY,..." (the
     # submitter and every worker need the same list; common/families/registry.py).
     families: str = ""
     # A PACS over DICOMweb (--pacs, --send-to): HTTP basic credentials, never printed, and patience.
     pacs_username: str = ""
-    pacs_password: str = dataclasses.field(default="", repr=False)
+    pacs_password: str = ""
     pacs_password_file: str = ""  # a file holding the password (a mounted secret), read when needed
     pacs_timeout: float = 30.0  # seconds to wait for an answer
     pacs_attempts: int = 3  # tries of each request (a refused connection, a timeout, 408/429/5xx)
@@ -84,16 +104,31 @@ class Settings:
     metrics_cluster: bool = True
     # Flower (`medq flower`): basic auth "user:password[,user:password]" or OAuth (Flower's --auth
     # e-mail regex, provider class, key, secret, redirect URI); secrets also from a file, never printed.
-    flower_basic_auth: str = dataclasses.field(default="", repr=False)
+    flower_basic_auth: str = ""
     flower_basic_auth_file: str = ""
     flower_auth: str = ""
     flower_auth_provider: str = ""
     flower_oauth2_key: str = ""
-    flower_oauth2_secret: str = dataclasses.field(default="", repr=False)
+    flower_oauth2_secret: str = ""
     flower_oauth2_secret_file: str = ""
     flower_oauth2_redirect_uri: str = ""
 
-    def __post_init__(self) -> None:
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _environ()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _Environ(settings_cls, environ)]
+        if environ.get(PREFIX + "CONFIG"):
+            sources.append(_TomlFile(settings_cls, environ[PREFIX + "CONFIG"]))
+        return tuple(sources)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
         from medq.common.sharing.projects import check_project, parse_quotas, parse_shares
 
         if self.project:
@@ -108,21 +143,49 @@ class Settings:
         for name in ("preempt_min_run", "preempt_grace"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
+        self.tz  # an unknown time zone is refused here, not at the first window
+        return self
 
     def __repr__(self) -> str:
         """Every field, with passwords masked: the settings travel in Celery's configuration
         (`celery inspect conf`, Flower's worker page, `celery report`), where they are shown."""
-        shown = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in SECRET_FIELDS and value:
-                value = "***"
-            elif f.name in URL_FIELDS and value:
-                value = mask_url(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in self.shown().items())})"
 
     __str__ = __repr__
+
+    def shown(self) -> dict[str, object]:
+        """Every field's value as a person may see it: secrets ``***``, URLs' passwords masked."""
+        shown = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value:
+                value = "***"
+            elif name in URL_FIELDS and value:
+                value = mask_url(value)
+            shown[name] = value
+        return shown
+
+    @property
+    def tz(self) -> tzinfo:
+        """The time zone of time windows: ``MEDQ_TIMEZONE``, else the host's."""
+        if not self.timezone:
+            return datetime.now().astimezone().tzinfo
+        try:
+            return ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SpecError(f"{PREFIX}TIMEZONE: {self.timezone!r} is not a time zone name "
+                            "(an IANA name such as Europe/Zurich or America/New_York)") from None
+
+    @property
+    def timezone_label(self) -> str:
+        """The zone windows are read in, as ``medq status`` and ``medq config`` say it."""
+        if self.timezone:
+            return self.timezone
+        return f"{datetime.now().astimezone().tzname()} (the host's; set MEDQ_TIMEZONE to fix it)"
+
+    def local_time(self, now: datetime | None = None) -> time:
+        """The wall-clock time in the windows' zone: what ``--window 22:00-06:00`` is compared with."""
+        return (now or datetime.now().astimezone()).astimezone(self.tz).time()
 
     @property
     def sharing(self):
@@ -159,40 +222,83 @@ class Settings:
         }
 
 
-def _coerce(field: dataclasses.Field, raw, source: str):
-    kind = field.type
-    try:
-        if kind == "Path":
-            return Path(raw).expanduser()
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                raise ValueError(text)
-            return text in {"1", "true", "yes", "on"}
-        return str(raw)
-    except ValueError:
-        raise SpecError(f"{source}: {raw!r} is not a valid {kind}") from None
+def _environ() -> Mapping[str, str]:
+    environ = _ENVIRON.get()
+    return os.environ if environ is None else environ
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (os.environ unless
+    ``load_settings`` was handed one)."""
+
+    def __init__(self, settings_cls, environ: Mapping[str, str]):
+        self._given = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        return {key.lower(): value for key, value in self._given.items() if value != ""}
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The MEDQ_CONFIG file; a key that names no setting is refused (it is a typo)."""
+
+    def __init__(self, settings_cls, path: str):
+        if not Path(path).is_file():
+            raise SpecError(f"{PREFIX}CONFIG: no file {path}")
+        super().__init__(settings_cls, toml_file=path)
+        unknown = sorted(set(self.toml_data) - set(settings_cls.model_fields))
+        if unknown:
+            raise SpecError(f"{path}: unknown setting {unknown[0]!r}{_nearest(unknown[0])}; "
+                            f"valid: {', '.join(sorted(settings_cls.model_fields))}")
+
+
+def _nearest(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), list(Settings.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``MEDQ_*`` variables that name no setting (and are none of medq's other variables)."""
+    fields = {PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(key for key in environ if key.upper().startswith(PREFIX) and key.upper() not in fields
+                  and key.upper() not in NOT_SETTINGS)
+
+
+def source_of(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where a setting's value comes from: its environment variable, the MEDQ_CONFIG file, or the default."""
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    if env.get(PREFIX + name.upper(), "") != "":
+        return PREFIX + name.upper()
     config = env.get(PREFIX + "CONFIG")
-    if config:
+    if config and Path(config).is_file():
         with open(config, "rb") as fh:
-            for key, raw in tomllib.load(fh).items():
-                if key not in fields:
-                    raise SpecError(f"{config}: unknown setting {key!r}; valid: {', '.join(sorted(fields))}")
-                values[key] = _coerce(fields[key], raw, f"{config}: {key}")
-    for name, field in fields.items():
-        raw = env.get(PREFIX + name.upper())
-        if raw is not None and raw != "":
-            values[name] = _coerce(field, raw, PREFIX + name.upper())
-    return Settings(**values)
+            if name in tomllib.load(fh):
+                return config
+    return "default"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    for name in unknown_variables(env):
+        if name not in _WARNED:
+            _WARNED.add(name)
+            close = difflib.get_close_matches(name.upper(), [PREFIX + f.upper() for f in Settings.model_fields], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            log.warning("%s is not a medq setting and is ignored%s; `medq config` lists them", name, hint)
+    token = _ENVIRON.set(env)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SpecError(_first_problem(exc, env)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{env.get(PREFIX + 'CONFIG')}: not TOML ({exc})") from None
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _first_problem(exc: ValidationError, env: Mapping[str, str]) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    field = Settings.model_fields.get(name)
+    kind = getattr(field.annotation, "__name__", str(field.annotation)) if field else "value"
+    return f"{source_of(name, env)}: {error['input']!r} is not a valid {kind}"

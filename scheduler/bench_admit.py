@@ -15,10 +15,11 @@ import json
 import statistics
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import click
+
+from medq.common.settings import load_settings
 
 
 @click.command("admit")
@@ -52,7 +53,7 @@ def run(url: str, members: int, workers: int, projects: int) -> dict:
         for p in range(projects):
             job_id, _ = jobs.create_job(store, "ensemble", {}, {"split": {}}, list(range(per)), 1, project=f"p{p}")
             job_ids.append(job_id)
-        now_local = datetime.now().time()
+        now_local = load_settings().local_time()
         busy_round = _rounds_with_nothing_free(store, sharing, now_local, names, launcher)
         rounds, admitted = [], 0
         while True:

@@ -99,3 +99,40 @@ def flower(ctx) -> None:
     env = {**os.environ, **flower_env(settings)}  # Flower's own FLOWER_* variables count too
     check_exposure(args, env)
     os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "medq.tasks.app", "flower", *args], env)
+
+
+@click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def config(as_json) -> None:
+    """The settings in effect: each MEDQ_* variable's value (passwords masked) and where it
+    came from (the environment, the MEDQ_CONFIG file, or the default). MEDQ_* variables that
+    name no setting are listed as ignored.
+
+    \b
+    Examples:
+      medq config
+      MEDQ_CONFIG=/etc/medq.toml medq config --json
+    """
+    import os
+
+    from medq.common.settings import PREFIX, source_of, unknown_variables
+
+    settings = load_settings()
+    rows = [{"variable": PREFIX + name.upper(), "value": str(value), "source": source_of(name)}
+            for name, value in settings.shown().items()]
+    ignored = unknown_variables(os.environ)
+    if as_json:
+        click.echo(json.dumps({"settings": rows, "ignored": ignored, "timezone": settings.timezone_label}, indent=2))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from medq.scheduler.render import console
+
+    table = Table(title=f"medq settings (time windows in {escape(settings.timezone_label)})")
+    for column in ("variable", "value", "source"):
+        table.add_column(column)
+    for row in rows:
+        style = "" if row["source"] == "default" else "bold"
+        table.add_row(row["variable"], escape(row["value"]), escape(row["source"]), style=style)
+    console().print(table)

@@ -20,7 +20,7 @@ def queue(as_json) -> None:
     from medq.scheduler.cli_support import current_store
 
     settings = load_settings()
-    view = queue_view(current_store(), settings.sharing, datetime.now().time(), settings.worker_ttl)
+    view = queue_view(current_store(), settings.sharing, settings.local_time(), settings.worker_ttl)
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
@@ -28,7 +28,7 @@ def queue(as_json) -> None:
 
     from medq.scheduler.render import console
 
-    title = f"{view['workers']} live worker(s), {view['free']} free"
+    title = f"{view['workers']} live worker(s), {view['free']} free; windows in {settings.timezone_label}"
     if view["yielding"]:
         title += f", {view['yielding']} yielding"
     table = Table(title=title)

@@ -49,7 +49,7 @@ def print_infer_summary(store, job_id: str) -> None:
     from medq.common.store.views import infer_view
     from medq.scheduler.infer_views import summary_lines
 
-    for line in summary_lines(infer_view(store, job_id)):
+    for line in summary_lines(infer_view(store, job_id), load_settings().timezone_label):
         click.echo(line)
 
 
@@ -91,3 +91,19 @@ def announce(job_id: str, wait: bool) -> None:
 def resume_and_announce(job: str, kind: str, wait: bool) -> None:
     """``medq submit KIND --resume JOB``: the job's failed or cancelled members queued again."""
     announce(resume_training(job, kind), wait)
+
+
+def complete_job(ctx, param, incomplete: str):
+    """Shell completion of job ids (`medq status 3f<TAB>`): the newest jobs whose id starts so,
+    with their kind and state as help. Quiet when the store cannot be read."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from medq.common.store import open_store
+        from medq.common.store.views import list_jobs
+
+        jobs = list_jobs(open_store(load_settings(), migrate=False), limit=200)
+    except Exception:
+        return []
+    return [CompletionItem(j["job_id"], help=f"{j['kind']} {j['state']}") for j in jobs
+            if j["job_id"].startswith(incomplete)]

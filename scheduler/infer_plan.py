@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 from medq.common.errors import SpecError
@@ -79,7 +78,7 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, proje
         from medq.tasks.send import send_chunk
 
         app = app_for(settings)
-        store_ops.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
+        store_ops.dispatch_chunks(store, settings.local_time(), lambda cid, prio: send_chunk(app, cid, prio),
                                   job_id=job_id)
     except Exception as exc:
         fail_job(store, job_id, f"could not plan or enqueue: {describe_enqueue_error(exc)}")

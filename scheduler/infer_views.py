@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
 from medq.common.families.base import Family
 
@@ -18,18 +18,24 @@ def job_family(spec: dict, plan: dict) -> Family:
 
 
 def write_csv(out: IO[str], studies: Iterable, family: Family, plan: dict, sends_of=None) -> int:
-    """One row per study, in the columns of the model's family (its ``inference.csv_columns``).
-    ``sends_of(study ids)``: each study's sends to the PACS, attached as ``study.sends``."""
+    """One row per study, in the columns of the model's family (its ``inference.csv_columns``)."""
     writer = csv.writer(out)
     writer.writerow(family.inference.csv_columns(plan))
     n = 0
+    for row in study_rows(studies, family, sends_of):
+        writer.writerow(row)
+        n += 1
+    return n
+
+
+def study_rows(studies: Iterable, family: Family, sends_of=None) -> Iterator[list]:
+    """Each study's row under the family's columns, streamed. ``sends_of(study ids)``: each
+    study's sends to the PACS, attached as ``study.sends``, asked once per thousand studies."""
     for batch in _batches(studies, 1000):
         found = sends_of([study.id for study in batch]) if sends_of else {}
         for study in batch:
             study.sends = found.get(study.id, [])
-            writer.writerow(family.inference.csv_row(study))
-            n += 1
-    return n
+            yield family.inference.csv_row(study)
 
 
 def _batches(items: Iterable, size: int):
@@ -43,10 +49,13 @@ def _batches(items: Iterable, size: int):
         yield batch
 
 
-def summary_lines(view: dict) -> list[str]:
+def summary_lines(view: dict, timezone: str = "") -> list[str]:
+    """The lines of `medq status JOB` for an inference job; ``timezone``: the zone its window is read in."""
     s = view["studies"]
+    zone = f" {timezone}" if timezone else ""
     lines = [f"job {view['job_id']} (infer, priority {view['priority']}"
-             + (f", window {view['window']}" + (" lifted" if view["window_lifted"] else "") if view["window"] else "")
+             + (f", window {view['window']}{zone}" + (" lifted" if view["window_lifted"] else "")
+                if view["window"] else "")
              + f"): {view['state']}",
              f"studies: {s['total']} total, {s['done']} done, {s['failed']} failed, {s['skipped']} skipped, "
              f"{s['remaining']} remaining; {s['review']} flagged for review",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 from medq.common.errors import JobError, describe, is_transient, transient_reason
@@ -45,7 +44,7 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) 
     try:
         claim = retrying(f"claim chunk {chunk_id}", lambda: store_ops.claim_chunk(
             store, chunk_id, owner, self.request.hostname or settings.worker_label, settings.device,
-            settings.lease_seconds, settings.max_attempts, datetime.now().time()))
+            settings.lease_seconds, settings.max_attempts, settings.local_time()))
     except StoreUnavailable as exc:
         return retry_later(self, exc)
     if not claim.run:

@@ -10,7 +10,6 @@ rounds, so the shares and quotas are theirs (set them alike on every launcher).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from medq.common.errors import brief
 from medq.common.store import admission
@@ -21,7 +20,7 @@ log = logging.getLogger("medq.dispatch")
 
 
 def dispatch_once(store: Store, app, settings) -> admission.Round:
-    decided = admission.admit(store, settings.sharing, datetime.now().time(), settings.worker_ttl)
+    decided = admission.admit(store, settings.sharing, settings.local_time(), settings.worker_ttl)
     for item in decided.admitted:
         try:
             send_member(app, item.member_id, item.queue, item.admission, job=item.job_id, seed=item.seed)

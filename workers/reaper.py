@@ -10,7 +10,7 @@ launcher: each row is taken with a guarded update, and a duplicate message is ha
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from medq.common.store import admission, inference, preemption, recovery
 from medq.common.store.db import Store
@@ -47,7 +47,7 @@ def preempt_for_inference(store: Store, settings) -> list[tuple[int, str]]:
     """High-priority inference chunks that waited past ``MEDQ_PREEMPT_GRACE`` with no worker free to take them:
     the sharing policy picks the training members that yield (their next step's checkpoint)."""
     asked = preemption.preempt_for_waiting(store, settings.sharing, timedelta(seconds=settings.preempt_grace),
-                                           datetime.now().time())
+                                           settings.local_time())
     for member_id, reason in asked:
         log.warning("member %s asked to yield its worker (%s)", member_id, reason)
     return asked
@@ -85,7 +85,8 @@ def resend_lost(store: Store, app, grace_s: float) -> tuple[list[int], list[int]
 
 def dispatch_and_reap_chunks(store: Store, app) -> tuple[int, list[int]]:
     """Queue waiting chunks of inference jobs whose window is open; re-enqueue lapsed ones."""
-    sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio))
+    sent = inference.dispatch_chunks(store, app.conf.medq_settings.local_time(),
+                                      lambda cid, prio: send_chunk(app, cid, prio))
     lapsed = recovery.reap_lapsed_chunks(store, lambda cid, prio: send_chunk(app, cid, prio))
     for chunk_id in lapsed:
         log.warning("chunk %s: lease lapsed; re-enqueued (its done studies are not redone)", chunk_id)

@@ -270,7 +270,7 @@ def test_kustomize_builds(path):
 
 # -- settings, secrets and environment -------------------------------------------------------
 def settings_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(Settings)}
+    return set(Settings.model_fields)
 
 
 def test_every_medq_variable_is_a_setting():
