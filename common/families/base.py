@@ -61,6 +61,7 @@ class MemberMetric:
     column: str  # "val_error_px" or "val_score"
     label: str  # "val px", "val Dice", "val MRE"
     digits: int = 2
+    unit: str = ""  # "px", "mm"; "" for a ratio such as Dice (Family.member_unit may tell it per job)
 
 
 # --- what result tables are made of (plain data; scheduler/render.py draws them) ----------------
@@ -105,7 +106,7 @@ class Family:
 
     kind: ClassVar[str]  # the job kind: the word of `medq submit <kind>`, stored on every job row
     title: ClassVar[str]  # for people: "chest-landmark ensemble"
-    member_metric: ClassVar[MemberMetric] = MemberMetric("val_error_px", "val px")
+    member_metric: ClassVar[MemberMetric] = MemberMetric("val_error_px", "val px", unit="px")
     # the validation metrics its loop reports by name each epoch (Progress.metrics), for people:
     # the training history's curves are labelled with these
     history_metrics: ClassVar[dict[str, str]] = {}
@@ -119,6 +120,10 @@ class Family:
 
     def total_epochs(self, spec: Any) -> int:
         return int(spec.epochs)
+
+    def member_unit(self, plan: dict[str, Any]) -> str:
+        """The unit of ``member_metric`` for a job of this plan (`medq watch` prints it)."""
+        return self.member_metric.unit
 
     # -- at submit (torch-free) --------------------------------------------------------------------
     def plan(self, spec: Any, data_dir: Path, **options: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ SDR_KEYS = ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")
 class CephFamily(Family):
     kind = "hrnet"
     title = "cephalometric HRNet"
-    member_metric = MemberMetric("val_score", "val MRE")  # mm, or px when the spacing is unknown
+    member_metric = MemberMetric("val_score", "val MRE", unit="mm")  # mm, or px when the spacing is unknown
     history_metrics = {"val_mre_mm": "val MRE (mm)", "val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.ceph.infer:INFERENCE"
     report_ref = "medq.common.families.ceph.report"
@@ -32,6 +32,9 @@ class CephFamily(Family):
         from medq.common.families.ceph.spec import HRNetSpec
 
         return HRNetSpec.from_dict(data)
+
+    def member_unit(self, plan: dict[str, Any]) -> str:
+        return "mm" if plan.get("spacing_known", True) else "px"
 
     def plan(self, spec, data_dir: Path, test_dirs: Sequence[Path] = (), **options: Any) -> dict[str, Any]:
         """Every annotation and image of the training data and of each test set checked, and the

@@ -21,7 +21,7 @@ METRICS = (("mean_error_px", "mean px", 2), ("median_error_px", "median px", 2),
 class ChestFamily(Family):
     kind = "ensemble"
     title = "chest-landmark ensemble"
-    member_metric = MemberMetric("val_error_px", "val px")
+    member_metric = MemberMetric("val_error_px", "val px", unit="px")
     history_metrics = {"val_error_px": "val error (px)"}
     inference_ref = "medq.common.families.chest.infer:INFERENCE"
     report_ref = "medq.common.families.chest.report"
