@@ -1,3 +1,3 @@
 from medq.scheduler.cli import main
 
-main()
+main(prog_name="medq")  # `python -m medq.scheduler` reads as `medq` in usage lines and completion

@@ -12,15 +12,32 @@ import click
 from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.errors import MedqError
 from medq.common.settings import load_settings
-from medq.scheduler.cli_support import current_store, print_infer_summary, resolve_job, resume_training, server_problem
+from medq.scheduler.cli_support import (complete_job, current_store, print_infer_summary, resolve_job, resume_training,
+                                         server_problem)
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
 class MedqGroup(click.Group):
-    """Turns medq's own errors into a clear message and exit code 2, and a server that cannot be
-    reached (or refuses the password) into one naming it, password masked, and exit code 3; no
-    traceback for either."""
+    """One error style for medq's errors and click's alike: ``error: ...`` on stderr and exit
+    code 2 (a usage error also shows the usage line first); a server that cannot be reached (or
+    refuses the password) gets a message naming it, password masked, and exit code 3. No
+    traceback for any of them."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                click.echo(f"{exc.ctx.get_usage()}\nTry '{exc.ctx.command_path} --help' for help.\n", err=True)
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        sys.exit(0)
 
     def invoke(self, ctx):
         try:
@@ -28,6 +45,8 @@ class MedqGroup(click.Group):
         except MedqError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except Exception as exc:
             problem = server_problem(exc)
             if problem is None:
@@ -48,11 +67,10 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 def resume(job) -> None:
     """Go on with a job: an inference job's remaining studies now (lifting its window, retrying
     failed chunks); a training job's failed or cancelled members from their last checkpoints."""
-    from datetime import datetime
 
     from medq.common.store import inference
     from medq.common.store.views import find_job
@@ -65,14 +83,14 @@ def resume(job) -> None:
         resume_training(job_id)
         return
     reopened = inference.resume_job(store, job_id)
-    sent = inference.dispatch_chunks(store, datetime.now().time(), lambda cid, prio: send_chunk(app, cid, prio),
+    sent = inference.dispatch_chunks(store, load_settings().local_time(), lambda cid, prio: send_chunk(app, cid, prio),
                                      job_id=job_id)
     click.echo(f"job {job_id}: {reopened} chunk(s) reopened, {sent} queued")
 
 
 # -- status, watch, results, cancel ----------------------------------------------------------
 @main.command()
-@click.argument("job", required=False)
+@click.argument("job", required=False, shell_complete=complete_job)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--limit", default=20, show_default=True)
 def status(job, as_json, limit) -> None:
@@ -121,57 +139,144 @@ def status(job, as_json, limit) -> None:
 
 
 @main.command()
-@click.argument("job")
-def watch(job) -> None:
-    """Live progress bars until the job ends."""
+@click.argument("job", shell_complete=complete_job)
+@click.option("--every", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="when stdout is not a terminal: seconds between progress lines (also one at each change of state)")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds between reads of the store")
+def watch(job, every, interval) -> None:
+    """Follow a job until it ends: on a terminal, a bar for the whole job and one per member
+    (elapsed time since it started, ETA, speed); in a log or a pipe, time-stamped lines every
+    --every seconds. Ends with a line saying how the job ended; exit code 0 if it succeeded.
+
+    \b
+    Examples:
+      medq watch 3f2a
+      medq watch 3f2a --every 300 >> /var/log/medq-night.log
+    """
     from medq.scheduler.render import console
     from medq.scheduler.watch import watch_job
 
     store = current_store()
-    state = watch_job(store, resolve_job(store, job), console())
+    state = watch_job(store, resolve_job(store, job), console(), interval=interval, every=every)
     sys.exit(0 if state == "succeeded" else 1)
 
 
 @main.command()
-@click.argument("job")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--csv", "as_csv", is_flag=True, help="inference: one row per study")
+@click.argument("job", shell_complete=complete_job)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv", "parquet"]), default=None,
+              help="table (default), json (the whole record), or one record per study (inference) or per "
+                   "member, combination and evaluation set (training): jsonl, csv, parquet (needs pyarrow)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write to this file instead of standard output (needed for parquet)")
+@click.option("--json", "as_json", is_flag=True, help="the same as --format json")
+@click.option("--csv", "as_csv", is_flag=True, help="the same as --format csv")
 @click.option("--failed", is_flag=True, help="inference: each failed or skipped study with its reason, and each whose outputs the PACS did not accept")
-def results(job, as_json, as_csv, failed) -> None:
-    """Metrics of a training job; per-study records of an inference job."""
-    from medq.common.store.views import job_results
+def results(job, fmt, output, as_json, as_csv, failed) -> None:
+    """Metrics of a training job; per-study records of an inference job.
 
+    \b
+    Examples:
+      medq results 3f2a                       # tables
+      medq results 3f2a --format csv > metrics.csv
+      medq results 7c1d --format jsonl | jq .qc_reasons
+      medq results 7c1d --failed              # the studies that failed, with why
+      medq results 7c1d --format parquet -o studies.parquet
+    """
+    from medq.common.store.views import job_results
+    from medq.scheduler.results_out import check_format
+
+    chosen = [f for f, on in ((fmt, fmt is not None), ("json", as_json), ("csv", as_csv)) if on]
+    if len(set(chosen)) > 1:
+        raise click.UsageError(f"give one format, not {' and '.join(sorted(set(chosen)))}")
+    fmt = chosen[0] if chosen else ("csv" if failed else "table")
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet writes a binary file: give -o FILE")
     store = current_store()
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
-    if view["kind"] == INFER_KIND:
-        if as_csv or failed:
-            from medq.common.store import inference
-            from medq.scheduler.infer_views import job_family, write_csv
+    check_format(view["kind"], fmt, failed, INFER_KIND, REPORT_KIND)
 
-            spec, plan = inference.job_spec_and_plan(store, job_id)
-            studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
-            from medq.common.store.sends import sends_of
+    def write(out) -> None:
+        if view["kind"] == INFER_KIND:
+            _infer_results(store, job_id, fmt, failed, out)
+        elif fmt == "json":
+            out.write(json.dumps(view, indent=2) + "\n")
+        elif fmt == "table":
+            from medq.scheduler.render import console, print_results
 
-            write_csv(sys.stdout, studies, job_family(spec, plan), plan, lambda ids: sends_of(store, ids))
-        elif as_json:
-            from medq.common.store.views import infer_view
-
-            click.echo(json.dumps(infer_view(store, job_id), indent=2))
+            print_results(console() if output is None else _file_console(out), view)
         else:
-            print_infer_summary(store, job_id)
-            click.echo(f"per-study rows: medq results {job_id} --csv; failures: medq results {job_id} --failed")
-        return
-    if as_json:
-        click.echo(json.dumps(view, indent=2))
-        return
-    from medq.scheduler.render import console, print_results
+            from medq.scheduler.results_out import training_records, write_records
 
-    print_results(console(), view)
+            columns, records = training_records(view)
+            write_records(fmt, columns, records, out)
+
+    _emit(output, fmt == "parquet", write)
+
+
+def _infer_results(store, job_id: str, fmt: str, failed: bool, out) -> None:
+    from medq.common.store import inference
+    from medq.common.store.views import infer_view
+
+    if fmt == "json":
+        out.write(json.dumps(infer_view(store, job_id), indent=2) + "\n")
+        return
+    if fmt == "table" and not failed:
+        for line in _infer_summary(store, job_id):
+            out.write(line + "\n")
+        out.write(f"per-study rows: medq results {job_id} --format csv|jsonl|parquet; "
+                  f"failures: medq results {job_id} --failed\n")
+        return
+    from medq.common.store.sends import sends_of
+    from medq.scheduler.infer_views import job_family, study_rows
+    from medq.scheduler.results_out import study_records, write_records
+
+    spec, plan = inference.job_spec_and_plan(store, job_id)
+    family = job_family(spec, plan)
+    studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
+    columns = family.inference.csv_columns(plan)
+    rows = study_rows(studies, family, lambda ids: sends_of(store, ids))
+    write_records("csv" if fmt == "table" else fmt, columns, study_records(columns, rows), out)
+
+
+def _infer_summary(store, job_id: str) -> list[str]:
+    from medq.common.store.views import infer_view
+    from medq.scheduler.infer_views import summary_lines
+
+    return summary_lines(infer_view(store, job_id), load_settings().timezone_label)
+
+
+def _file_console(out):
+    from rich.console import Console
+
+    return Console(file=out, width=120, no_color=True)
+
+
+def _emit(path: str | None, binary: bool, write) -> None:
+    """``write(stream)`` to standard output, or to the file given with -o: written whole, or
+    not at all (a stopped export leaves no half file)."""
+    if path is None:
+        write(sys.stdout.buffer if binary else sys.stdout)
+        return
+    import io
+
+    from medq.common.atomic_files import write_atomic
+
+    def to_file(handle) -> None:
+        if binary:
+            write(handle)
+            return
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        write(text)
+        text.flush()
+        text.detach()
+
+    write_atomic(Path(path), to_file)
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 def cancel(job) -> None:
     """Stop a job: queued members now, running ones within an epoch. Survives restarts."""
     from medq.common.store import jobs
@@ -248,12 +353,12 @@ from medq.scheduler.bench import bench  # noqa: E402  (a command group of its ow
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
-from medq.scheduler.cli_ops import doctor, flower, metrics  # noqa: E402
+from medq.scheduler.cli_ops import config, doctor, flower, metrics  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)
 main.add_command(queue)
-for command in (doctor, flower, metrics):
+for command in (config, doctor, flower, metrics):
     main.add_command(command)
 
 from medq.scheduler.bench_admit import bench_admit  # noqa: E402

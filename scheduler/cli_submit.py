@@ -10,8 +10,10 @@ import click
 
 from medq.common.settings import load_settings
 from medq.scheduler.cli_sharing import placement_options, project_option
+from medq.common.families.chest.spec import LANDMARK_BACKBONES, LANDMARK_LOSSES
+from medq.common.families.ct_lesions.spec import SEG_ARCHS
 from medq.scheduler.cli_support import (
-    announce, current_store, print_infer_summary, resume_and_announce, wait_and_report,
+    announce, complete_job, current_store, print_infer_summary, resume_and_announce, wait_and_report,
 )
 
 
@@ -84,7 +86,13 @@ def submit() -> None:
 def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, placement, wait) -> None:
     """A training job of any registered model family, by its job KIND (an unknown one lists the
     valid ones), its spec given as JSON fields. Plug-in families (MEDQ_FAMILIES) are submitted
-    this way; the built-in ones also have commands of their own with an option per field."""
+    this way; the built-in ones also have commands of their own with an option per field.
+
+    \b
+    Examples:
+      medq submit train ensemble --data data/chest --set epochs=10 --set loss=wing --seeds 3
+      medq submit train mylab.family --data /data/x --spec spec.json --wait
+    """
     import json
 
     from medq.common.families.registry import family
@@ -112,8 +120,9 @@ def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, placement, wai
 @click.option("--seeds", default=5, show_default=True, help="number of members (seeds 0..N-1)")
 @click.option("--epochs-head", default=5, show_default=True, help="phase 1: frozen backbone")
 @click.option("--epochs", default=40, show_default=True, help="phase 2: all layers")
-@click.option("--loss", default="complete", show_default=True, help="mse, wing, symmetry, distance, complete")
-@click.option("--model", "backbone", default="resnet18", show_default=True, help="backbone name")
+@click.option("--loss", type=click.Choice(LANDMARK_LOSSES), default="complete", show_default=True)
+@click.option("--model", "backbone", type=click.Choice(LANDMARK_BACKBONES), default="resnet18", show_default=True,
+              help="the backbone")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--patience", default=10, show_default=True, help="early stopping (epochs)")
@@ -126,7 +135,14 @@ def submit_train_cmd(kind, data_dir, spec_file, overrides, seeds, placement, wai
 @click.option("--wait", is_flag=True, help="follow progress and print the results")
 def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, batch_size, image_size, patience,
                         pretrained, lr_backbone, lr_head, split_seed, placement, wait) -> None:
-    """A seed ensemble of the chest-landmark regressor, one member per worker."""
+    """A seed ensemble of the chest-landmark regressor, one member per worker.
+
+    \b
+    Examples:
+      medq data synth-chest data/chest --n 300 --seed 1
+      medq submit ensemble --data data/chest --seeds 5 --loss complete --wait
+      medq submit ensemble --data /shared/chest --seeds 5 --project labA --priority low
+    """
     from medq.common.families.chest.spec import EnsembleSpec
     from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
@@ -175,7 +191,13 @@ def submit_ensemble_cmd(data_dir, seeds, epochs_head, epochs, loss, backbone, ba
 def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sigma, refine, epochs, batch_size, lr,
                      warmup_epochs, amp, channels_last, progressive, top_k, flip_pairs, patience, pretrained,
                      loader_workers, split_seed, resume_job, placement, wait) -> None:
-    """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres."""
+    """HRNet heatmap training for cephalometric landmarks; MRE and SDR in millimetres.
+
+    \b
+    Examples:
+      medq data synth-ceph data/ceph --n 40 --n-test 10
+      medq submit hrnet --data data/ceph --test-dir data/ceph/RawImage/Test1Data --epochs 60 --wait
+    """
     from medq.common.families.ceph.spec import HRNetSpec
     from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
@@ -212,7 +234,8 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
 @click.option("--data", "data_dir", type=click.Path(path_type=Path),
               help="a MedSeg folder (images_<name>.npy HU + masks_<name>.npy, + volumes_<name>.npy) or a NIfTI "
                    "folder (imagesTr/<case>[_0000].nii.gz + labelsTr/<case>.nii.gz, optional dataset.json)")
-@click.option("--arch", default="unetplusplus", show_default=True, help="segmentation-models-pytorch architecture")
+@click.option("--arch", type=click.Choice(SEG_ARCHS), default="unetplusplus", show_default=True,
+              help="segmentation-models-pytorch architecture")
 @click.option("--encoder", default="efficientnet-b3", show_default=True,
               help="smp encoder name, or any timm model as tu-<name>")
 @click.option("--image-size", default=384, show_default=True)
@@ -241,7 +264,13 @@ def submit_hrnet_cmd(data_dir, fmt, annotator, test_dirs, width, image_size, sig
 def submit_segment_cmd(data_dir, arch, encoder, image_size, epochs, batch_size, lr, max_lr, amp, patience,
                        lesion_weight, loss_weights, gamma, class_weights, empty, pretrained, loader_workers, split_seed,
                        resume_job, placement, wait) -> None:
-    """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split."""
+    """UNet++ (any smp model) for CT lesions; Dice and IoU per class on the test split.
+
+    \b
+    Examples:
+      medq data synth-ct data/ct --n 40
+      medq submit segment --data data/ct --encoder resnet34 --image-size 128 --epochs 20 --wait
+    """
     from medq.common.families.ct_lesions.spec import SegmentSpec
     from medq.common.specs import SplitSpec
     from medq.scheduler.submit import submit_training
@@ -314,7 +343,15 @@ def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, ou
                      preempt, placement, batch_size, loader_workers, skip_done, spread_limit_fraction, wait) -> None:
     """Landmarks (or, with a segmentation model, lesion masks and volumes) for every study of an
     archive or of a PACS query, with the failures listed. A segmentation model's study is a .npy
-    or NIfTI volume or a DICOM series; DICOM studies get DICOM SEG and SR outputs."""
+    or NIfTI volume or a DICOM series; DICOM studies get DICOM SEG and SR outputs.
+
+    \b
+    Examples:
+      medq submit infer --archive /exports/2026-11 --model 3f2a --window 22:00-06:00
+      medq submit infer --archive scans.tar --model 7c1d --out /data/seg-out --priority high
+      medq submit infer --pacs http://pacs:8042/dicom-web --query ModalitiesInStudy=CT \\
+          --model 7c1d --out /data/seg-out --send-to http://pacs:8042/dicom-web
+    """
     from medq.scheduler.infer_plan import submit_infer
 
     if (archive is None) == (pacs is None):
@@ -343,7 +380,7 @@ def submit_infer_cmd(archive, pacs, query, send_to, outputs, seg_type, model, ou
 
 
 @submit.command("report")
-@click.argument("jobs", nargs=-1, required=True)
+@click.argument("jobs", nargs=-1, required=True, shell_complete=complete_job)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder for the HTML (and PDF)  [default: the report job's folder under MEDQ_ARTIFACTS]")
 @click.option("--pdf", is_flag=True, help="also print the page to PDF (headless Chromium on the worker)")
@@ -353,7 +390,13 @@ def submit_report_cmd(jobs, out_dir, pdf, project, wait) -> None:
     """An evaluation report of one training job, of several training jobs of one family side by
     side (same test split), or of one inference job: one self-contained HTML file. A job still
     running is shown as of now. Refused before anything is enqueued: an unknown job, jobs of two
-    families, different test splits, a job with nothing to show yet."""
+    families, different test splits, a job with nothing to show yet.
+
+    \b
+    Examples:
+      medq submit report 3f2a --wait
+      medq submit report 3f2a 9b41 --pdf --out reports/
+    """
     from medq.scheduler.report_plan import submit_report
 
     settings = load_settings()
