@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     redis_password: str = ""
     broker_use_ssl: bool = False
     log_level: str = "INFO"
+    # Artifacts (common/store/retention.py): days after a job ended when the resume checkpoints
+    # (last.pt) of its succeeded members go; weights files always stay. 0: only `medq gc` removes
+    # them (7 days unless told otherwise); more: every launcher also does it once an hour.
+    retention_days: float = 0.0
     # The time zone of every time window (--window 22:00-06:00), an IANA name ("Europe/Zurich");
     # empty: the host's. Set it on every host of a cluster so that they agree.
     timezone: str = ""
@@ -140,7 +144,7 @@ class Settings(BaseSettings):
                 raise SpecError(f"{PREFIX}{name.upper()} must be more than 0, got {getattr(self, name)}")
         if not 0 <= self.metrics_port <= 65535:
             raise SpecError(f"{PREFIX}METRICS_PORT must be a port number (0: off), got {self.metrics_port}")
-        for name in ("preempt_min_run", "preempt_grace"):
+        for name in ("preempt_min_run", "preempt_grace", "retention_days"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
         self.tz  # an unknown time zone is refused here, not at the first window

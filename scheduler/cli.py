@@ -353,12 +353,12 @@ from medq.scheduler.bench import bench  # noqa: E402  (a command group of its ow
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
-from medq.scheduler.cli_ops import config, doctor, flower, metrics  # noqa: E402
+from medq.scheduler.cli_ops import config, doctor, flower, gc, metrics  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)
 main.add_command(queue)
-for command in (config, doctor, flower, metrics):
+for command in (config, doctor, flower, gc, metrics):
     main.add_command(command)
 
 from medq.scheduler.bench_admit import bench_admit  # noqa: E402

@@ -90,10 +90,13 @@ def flower(ctx) -> None:
     """Flower, the live Celery dashboard, on medq's broker (e.g. --port 5555; options go to
     Flower). Loopback unless --address says otherwise, and then only with authentication:
     MEDQ_FLOWER_BASIC_AUTH=user:password (or _FILE), or OAuth (MEDQ_FLOWER_AUTH, MEDQ_FLOWER_OAUTH2_*)."""
+    import importlib.util
     import os
 
     from medq.scheduler.flower import check_exposure, flower_args, flower_env
 
+    if importlib.util.find_spec("flower") is None:
+        raise click.UsageError("Flower is not installed: pip install 'medq[flower]'")
     settings = load_settings()
     args = flower_args(ctx.args)
     env = {**os.environ, **flower_env(settings)}  # Flower's own FLOWER_* variables count too
@@ -136,3 +139,44 @@ def config(as_json) -> None:
         style = "" if row["source"] == "default" else "bold"
         table.add_row(row["variable"], escape(row["value"]), escape(row["source"]), style=style)
     console().print(table)
+
+
+@click.command("gc")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=None,
+              help="days since a job ended before its resume checkpoints go  [default: MEDQ_RETENTION_DAYS, else 7]")
+@click.option("--orphans", is_flag=True, help="also job folders whose job is not in the store")
+@click.option("--dry-run", is_flag=True, help="say what would go and what it would free; remove nothing")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def gc(days, orphans, dry_run, as_json) -> None:
+    """Free the artifact root: the resume checkpoints (last.pt) of succeeded members of jobs
+    that ended long enough ago, half-written files, and with --orphans the folders of jobs the
+    store no longer has. Every weights file (best, top-k, init) stays, and so does whatever
+    `medq resume` needs.
+
+    \b
+    Examples:
+      medq gc --dry-run
+      medq gc --older-than 30 --orphans
+    """
+    from datetime import timedelta
+
+    from medq.common.store import retention
+    from medq.scheduler.cli_support import current_store
+
+    settings = load_settings()
+    days = days if days is not None else (settings.retention_days or 7.0)
+    store = current_store()
+    removals = retention.plan(store, settings.artifacts, timedelta(days=days), orphans=orphans)
+    freed = 0 if dry_run else retention.remove(store, removals)
+    total = sum(r.bytes for r in removals)
+    if as_json:
+        click.echo(json.dumps({"artifacts": str(settings.artifacts), "dry_run": dry_run, "older_than_days": days,
+                               "bytes": total if dry_run else freed,
+                               "removed": [{"path": str(r.path), "bytes": r.bytes, "why": r.why} for r in removals]},
+                              indent=2))
+        return
+    for r in removals:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {retention.human(r.bytes):>10}  {r.path}  ({r.why})")
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {retention.human(total if dry_run else freed)} in {len(removals)} item(s) under "
+               f"{settings.artifacts} (jobs ended over {days:g} days ago)")

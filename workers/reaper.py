@@ -10,9 +10,10 @@ launcher: each row is taken with a guarded update, and a duplicate message is ha
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
-from medq.common.store import admission, inference, preemption, recovery
+from medq.common.store import admission, inference, preemption, recovery, retention
 from medq.common.store.db import Store
 from medq.common.store.models import utcnow
 from medq.tasks import names
@@ -40,7 +41,32 @@ def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
         preempt_for_inference(store, app.conf.medq_settings)
     except Exception as exc:
         log.warning("could not look for inference waiting on training (%s); next round", type(exc).__name__)
+    collect_garbage(store, app.conf.medq_settings)
     return lapsed, evaluations
+
+
+GC_EVERY_S = 3600.0
+_last_gc: list[float] = []  # when this process last collected (monotonic)
+
+
+def collect_garbage(store: Store, settings, now: float | None = None) -> int:
+    """With ``MEDQ_RETENTION_DAYS`` set: once an hour, what `medq gc` removes by default (resume
+    checkpoints of succeeded members of jobs that ended that long ago, half-written files).
+    Every launcher may do it; a file another took first is skipped. Returns the bytes freed."""
+    now = time.monotonic() if now is None else now
+    if not settings.retention_days or (_last_gc and now - _last_gc[-1] < GC_EVERY_S):
+        return 0
+    _last_gc[:] = [now]
+    try:
+        removals = retention.plan(store, settings.artifacts, timedelta(days=settings.retention_days))
+        freed = retention.remove(store, removals)
+    except Exception as exc:
+        log.warning("could not collect old artifacts (%s); in an hour", type(exc).__name__)
+        return 0
+    if removals:
+        log.info("retention: removed %d old resume checkpoint(s) and partial file(s), freed %s",
+                 len(removals), retention.human(freed))
+    return freed
 
 
 def preempt_for_inference(store: Store, settings) -> list[tuple[int, str]]:

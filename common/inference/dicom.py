@@ -189,7 +189,10 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as exc:
         if syntax.is_compressed and "plugin" in str(exc).lower():
-            raise StudyError(f"compressed transfer syntax {syntax.name} and no decoder installed") from None
+            # a decoder is installed (_check_decoder) and every one refused these bytes: say why
+            reasons = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+            raise StudyError(f"{syntax.name} pixel data that no installed decoder could decode"
+                             + (f" ({reasons[0][:200]})" if reasons else "")) from None
         raise StudyError(f"truncated or corrupt pixel data ({type(exc).__name__})") from None
     if arr.shape[:2] != (int(ds.Rows), int(ds.Columns)):
         raise StudyError(f"pixel data of shape {arr.shape} does not match Rows x Columns")

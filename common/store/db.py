@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from medq.common.errors import SpecError
 from medq.common.settings import Settings, load_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -27,7 +28,11 @@ def make_engine(url: str) -> Engine:
         # a server that does not answer fails a connection in 10 s instead of hanging a launcher's
         # loop (and its liveness probe) on the operating system's TCP timeout
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
-        return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
+        try:
+            return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
+        except ModuleNotFoundError as exc:  # the driver is an extra: medq[postgres]
+            extra = " (pip install 'medq[postgres]')" if exc.name == "psycopg" else ""
+            raise SpecError(f"MEDQ_DATABASE_URL needs the database driver {exc.name!r}{extra}") from None
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})

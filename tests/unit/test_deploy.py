@@ -633,3 +633,29 @@ def test_dashboard_deduplicates_the_cluster_wide_series():
     for where, expr in dashboard_queries():
         if set(METRIC_NAME.findall(expr)) - local:
             assert re.match(r"\s*(max|min)\b", expr), f"{where}: {expr} is not the max (or min) over endpoints"
+
+
+# -- packaging ---------------------------------------------------------------------------------
+def test_the_constraints_file_pins_every_dependency_within_its_declared_range():
+    """deploy/constraints.txt (the container image installs with it) must satisfy pyproject's
+    ranges, for the core and every extra; torch and torchvision follow the host's CUDA."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra, reqs in project["optional-dependencies"].items() if extra != "test"
+               for r in reqs if not r.startswith("medq[")]
+    unpinned = {"torch", "torchvision"}
+    missing = [str(r) for r in wanted if canonicalize_name(r.name) not in pins | dict.fromkeys(unpinned, "")]
+    outside = [f"{r} (pinned {pins[canonicalize_name(r.name)]})" for r in wanted
+               if canonicalize_name(r.name) in pins and not r.specifier.contains(pins[canonicalize_name(r.name)])]
+    assert not missing and not outside, (missing, outside)
+    assert not unpinned & set(pins)

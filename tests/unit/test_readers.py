@@ -202,6 +202,30 @@ def test_a_compressed_syntax_without_a_decoder_is_refused_by_name():
                                   "and no decoder installed")
 
 
+@pytest.mark.parametrize("name, syntax", [("JPEG-LL.dcm", "JPEG Lossless"), ("JPGExtended.dcm", "JPEG Extended"),
+                                          ("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless")])
+def test_jpeg_lossless_and_extended_decode_with_the_dicom_extra(name, syntax):
+    """medq[dicom] (pylibjpeg) decodes what Pillow cannot; without it they are refused by name."""
+    data = file_bytes(name)
+    ds = dcmread(io.BytesIO(data))
+    assert ds.file_meta.TransferSyntaxUID.name.startswith(syntax)
+    if not get_decoder(ds.file_meta.TransferSyntaxUID).is_available:
+        with pytest.raises(StudyError, match=f"^compressed transfer syntax {syntax}.* and no decoder installed"):
+            decode_image(data)
+        pytest.skip("medq[dicom] is not installed (the CI installs it)")
+    image = decode_image(data)
+    assert image.pixels.shape == (ds.Rows, ds.Columns) and image.pixels.std() > 10
+
+
+def test_pixel_data_every_installed_decoder_refuses_says_why_not_that_none_is_installed():
+    data = file_bytes("JPEG-lossy.dcm")  # a 12-bit JPEG Extended file libjpeg finds a misplaced marker in
+    if not get_decoder(dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID).is_available:
+        pytest.skip("medq[dicom] is not installed (the CI installs it)")
+    with pytest.raises(StudyError, match=r"^JPEG Extended \(Process 2 and 4\) pixel data that no installed decoder "
+                                         r"could decode \(pylibjpeg: .*misplaced marker"):
+        decode_image(data)
+
+
 def test_jpeg2000_decodes_when_a_decoder_is_installed_and_is_refused_otherwise():
     data = file_bytes("JPEG2000.dcm")
     if not get_decoder(JPEG2000).is_available:
