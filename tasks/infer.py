@@ -37,8 +37,10 @@ NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "loader
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
-def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) -> str:
-    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``)."""
+def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0, job: str = "", kind: str = "",
+                chunk: int | None = None, **_readable) -> str:
+    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``); ``job``,
+    ``kind`` and ``chunk`` (its index) are for people reading Flower or ``celery inspect``."""
     settings = app.conf.medq_settings
     store = open_store(settings)
     owner = owner or uuid.uuid4().hex
@@ -164,7 +166,8 @@ def _retry(task, store, chunk_id: int, owner: str, claim, faults: int, exc: Base
              lambda: store_ops.hold_chunk(store, chunk_id, owner, lease, f"transient fault {count}: {reason}; "
                                                                          f"trying again in {delay} s"),
              "its lease will lapse and the reaper queues it again")
-    raise task.retry(args=[chunk_id], kwargs={"owner": owner, "faults": count}, countdown=delay, max_retries=None)
+    raise task.retry(args=[chunk_id], kwargs={**(task.request.kwargs or {}), "owner": owner, "faults": count},
+                     countdown=delay, max_retries=None)
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:
