@@ -52,11 +52,16 @@ class Round:
 
 # --- the workers registry: launchers say which workers they run, and that they are alive ---
 
-def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, str, str]]) -> None:
+def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, str, str]],
+                     ttl: float | None = None) -> list[str]:
     """``workers``: (Celery node name, its own queue, "gpu" or "cpu") of the launcher's live
-    worker processes. Rows of this launcher not listed (a worker that died) are removed."""
+    worker processes. Rows of this launcher not listed (a worker that died) are removed. With
+    ``ttl``, a name another launcher said it runs within ``ttl`` seconds stays that launcher's
+    (node names are stable, so two launchers on one host could otherwise share one): the names
+    not taken for that reason are returned."""
     now = utcnow()
     rows = {name: (queue, device) for name, queue, device in workers}
+    held: list[str] = []
     with store.session() as s:
         known = {w.name: w for w in s.scalars(select(Worker).where(Worker.launcher == launcher))}
         for name, worker in known.items():
@@ -66,8 +71,22 @@ def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, s
             worker = known.get(name) or s.get(Worker, name)
             if worker is None:
                 s.add(Worker(name=name, queue=queue, launcher=launcher, device=device, seen_at=now))
+            elif ttl is not None and worker.launcher != launcher and worker.seen_at > now - timedelta(seconds=ttl):
+                held.append(name)
             else:
                 worker.queue, worker.launcher, worker.device, worker.seen_at = queue, launcher, device, now
+    return held
+
+
+def names_in_use(store: Store, launcher: str, names: Iterable[str], ttl: float) -> dict[str, tuple[str, float]]:
+    """Of ``names``, those another launcher said it runs within ``ttl`` seconds: name ->
+    (that launcher, seconds since it said so)."""
+    now = utcnow()
+    with store.session() as s:
+        rows = s.execute(select(Worker.name, Worker.launcher, Worker.seen_at)
+                         .where(Worker.name.in_(list(names)), Worker.launcher != launcher,
+                                Worker.seen_at > now - timedelta(seconds=ttl))).all()
+    return {name: (other, (now - seen).total_seconds()) for name, other, seen in rows}
 
 
 def forget_launcher(store: Store, launcher: str) -> None:

@@ -4,6 +4,11 @@ names, progress in Flower's task view, and the resend wait that purges and revok
 from __future__ import annotations
 
 import inspect
+import socket
+import subprocess
+import sys
+import threading
+import time as clock
 from datetime import time
 
 import pytest
@@ -83,3 +88,67 @@ def test_tasks_take_old_and_new_messages_alike():
     chunk = inspect.signature(infer_chunk.run)
     chunk.bind(9)
     chunk.bind(9, owner="o", faults=1, job="abc", kind="infer", chunk=0, something_new=1)
+
+
+# --- node names ---------------------------------------------------------------------------
+
+def test_node_names_are_the_same_at_every_start_of_a_launcher():
+    """Flower's workers and the Prometheus series keep one name per slot across restarts."""
+    from medq.workers.plan import plan_workers
+
+    first, second = plan_workers([0, 2], 2, host="node7"), plan_workers([0, 2], 2, host="node7")
+    assert [p.nodename for p in first] == ["gpu0@node7", "gpu2@node7", "cpu0@node7", "cpu1@node7"]
+    assert [(p.nodename, p.own_queue) for p in first] == [(p.nodename, p.own_queue) for p in second]
+    assert [p.nodename for p in plan_workers([0], 0, host="node7", prefix="b")] == ["b-gpu0@node7"]
+
+
+def _supervisor(store, tmp_path, plans, **env):
+    from medq.workers.supervisor import Supervisor
+
+    settings = load_settings({"MEDQ_HOME": str(tmp_path), "MEDQ_DATABASE_URL": store.url,
+                              "MEDQ_WORKER_TTL": "2", "MEDQ_ADMIT_INTERVAL": "0.2", **env})
+    return Supervisor(plans, settings, app=None)
+
+
+def test_a_second_launcher_with_the_same_slots_on_a_live_host_is_refused(store, tmp_path):
+    """Two launchers on one host with the same slots would share node names, queues and leases:
+    while the first is alive the second refuses to start, naming the way out; the first keeps
+    its registry rows even against a second that slipped past at the same moment."""
+    from medq.workers.plan import plan_workers
+
+    plans = plan_workers([], 1, host="node7")
+    first, second = _supervisor(store, tmp_path, plans), _supervisor(store, tmp_path, plans)
+    assert first.wait_for_names() is None
+    assert admission.register_workers(store, first.launcher_id, [("cpu0@node7", "w.cpu0@node7", "cpu")], ttl=2) == []
+    stop = threading.Event()
+
+    def keep_alive():  # the first launcher's admission rounds
+        while not stop.wait(0.2):
+            admission.register_workers(store, first.launcher_id, [("cpu0@node7", "w.cpu0@node7", "cpu")], ttl=2)
+
+    beat = threading.Thread(target=keep_alive)
+    beat.start()
+    try:
+        refused = second.wait_for_names()
+        assert refused and "cpu0@node7" in refused and "--name-prefix" in refused
+        assert admission.register_workers(store, second.launcher_id, [("cpu0@node7", "w.cpu0@node7", "cpu")],
+                                          ttl=2) == ["cpu0@node7"]
+    finally:
+        stop.set()
+        beat.join()
+    with store.session() as s:
+        assert s.get(admission.Worker, "cpu0@node7").launcher == first.launcher_id
+
+
+def test_a_launcher_restarted_after_a_crash_takes_its_names_at_once(store, tmp_path):
+    """The dead launcher's rows (this host, its process gone) are not waited for."""
+    from medq.workers.plan import plan_workers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()[:32]}:{int(gone.stdout)}:0123456789abcdef"
+    admission.register_workers(store, dead, [("cpu0@node7", "w.cpu0@node7", "cpu")])
+    restarted = _supervisor(store, tmp_path, plan_workers([], 1, host="node7"))
+    started = clock.monotonic()
+    assert restarted.wait_for_names() is None and clock.monotonic() - started < 1
+    assert admission.register_workers(store, restarted.launcher_id, [("cpu0@node7", "w.cpu0@node7", "cpu")],
+                                      ttl=2) == []
