@@ -27,7 +27,7 @@ from medq.common.store import inference as store_ops
 from medq.common.store.jobs import cancel_requested
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import Heartbeat, interrupted
+from medq.tasks.runtime import Heartbeat, ProgressEvents, interrupted
 from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
@@ -52,12 +52,18 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0, 
         return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
+    events = ProgressEvents(self, settings.progress_interval)
+
+    def progress(done: int, total: int) -> None:
+        events.send(f"chunk {claim.index}: {done}/{total} studies", now=done == total, job_id=claim.job_id,
+                    chunk=claim.index, studies_done=done, studies_total=total)
+
     beat = Heartbeat(settings, f"chunk {chunk_id}",
                      renew=lambda: store_ops.renew_chunk_lease(store, chunk_id, owner, settings.lease_seconds),
                      cancelled=lambda: cancel_requested(store, claim.job_id))
     try:
         with beat:
-            stats = run_claimed_chunk(store, claim, settings, beat.should_stop)
+            stats = run_claimed_chunk(store, claim, settings, beat.should_stop, progress)
     except JobError as exc:
         return _finish(store, chunk_id, owner, "failed", str(exc))
     except Exception as exc:
@@ -75,9 +81,10 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0, 
     return state
 
 
-def run_claimed_chunk(store, claim, settings, should_stop):
+def run_claimed_chunk(store, claim, settings, should_stop, progress=None):
     """The chunk's pending studies through its family's predictor, each batch recorded (and,
-    with --send-to, its DICOM outputs stored on the PACS after the record)."""
+    with --send-to, its DICOM outputs stored on the PACS after the record); ``progress(done,
+    total)`` after each batch: studies recorded in this run, of those pending at its start."""
     from medq.common.inference.chunk import run_chunk
     from medq.common.inference.sources import open_source
     from medq.common.specs import InferSpec
@@ -94,13 +101,18 @@ def run_claimed_chunk(store, claim, settings, should_stop):
         return ChunkStats(done=0, failed=0, skipped=0, seconds=0.0, studies_per_s=0.0)
     predictor = _predictor(spec, claim.plan or {})
     archive = open_source(spec.archive, settings, spec.query, check=False)
+    done = 0
 
     def record(outcomes) -> None:
+        nonlocal done
         rows = [outcome.to_row() for outcome in outcomes]
         retrying("record studies", lambda: store_ops.record_studies(
             store, rows, claim.job_id if pacs is not None else None))
         if pacs is not None:
             send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(items))
 
     return run_chunk(items, archive, predictor, spec.loader_workers, record, should_stop)
 

@@ -17,6 +17,8 @@ from medq.common.settings import load_settings
 from medq.common.store import Store, admission, jobs
 from medq.common.store import inference as ops
 from medq.tasks import names
+from tests.unit.infer_jobs import home  # noqa: F401  (fixtures of the chunk task's test)
+from tests.unit.test_infer_task import job  # noqa: F401
 
 NOON = time(12, 0)
 
@@ -152,3 +154,64 @@ def test_a_launcher_restarted_after_a_crash_takes_its_names_at_once(store, tmp_p
     assert restarted.wait_for_names() is None and clock.monotonic() - started < 1
     assert admission.register_workers(store, restarted.launcher_id, [("cpu0@node7", "w.cpu0@node7", "cpu")],
                                       ttl=2) == []
+
+
+# --- progress in Flower ---------------------------------------------------------------------
+
+def _flower_view(events: list[tuple[str, dict]]) -> dict:
+    """What Flower's task page and its /api/task/info show of a task after these events: Flower
+    keeps Celery's event state (its EventsState is celery.events.state.State) and shows only the
+    task's own fields (``Task._fields``, ``as_dict``), not the extra fields of an event."""
+    from celery.events.state import State
+
+    state = State()
+    now = clock.time()
+    state.event({"type": "task-received", "uuid": "t1", "hostname": "cpu0@node7", "timestamp": now,
+                 "name": names.TRAIN_MEMBER, "args": "[4]", "kwargs": "{'job': 'j1'}", "local_received": now,
+                 "clock": 1})
+    state.event({"type": "task-started", "uuid": "t1", "hostname": "cpu0@node7", "timestamp": now + 0.1,
+                 "local_received": now, "clock": 1})
+    for i, (kind, fields) in enumerate(events):
+        state.event({"type": kind, "uuid": "t1", "hostname": "cpu0@node7", "timestamp": now + 1 + i,
+                     "local_received": now, "clock": 2 + i, **fields})
+    return state.tasks["t1"].as_dict()
+
+
+class _Task:
+    def __init__(self):
+        self.sent = []
+
+    def send_event(self, kind, **fields):
+        self.sent.append((kind, fields))
+
+
+def test_a_members_progress_shows_in_flowers_task_view():
+    from medq.common.training.kit import Progress
+    from medq.tasks.runtime import ProgressEvents, member_summary
+
+    task = _Task()
+    events = ProgressEvents(task, interval=60)
+    step = Progress(epoch=3, total_epochs=20, phase="finetune", step=40, steps_per_epoch=125, train_loss=0.01234,
+                    val_loss=None, val_error_px=None, images_per_s=45.25, epoch_done=False)
+    events.send(member_summary(step), epoch=3)
+    events.send("not yet: within the interval", epoch=3)
+    view = _flower_view(task.sent)
+    assert view["state"] == "PROGRESS"
+    assert view["result"] == "epoch 3/20 (finetune), step 40/125, train loss 0.01234, 45.2 images/s"
+    assert len(task.sent) == 1
+    events.send("epoch 3/20 done", now=True)  # an epoch's end is sent at once
+    assert len(task.sent) == 2
+
+
+def test_an_inference_chunk_sends_studies_done_of_total(home, job, monkeypatch):
+    from celery.app.task import Task
+
+    from tests.unit.infer_jobs import run_chunks
+
+    sent = []
+    monkeypatch.setattr(Task, "send_event", lambda self, kind, **fields: sent.append((kind, fields)), raising=True)
+    assert run_chunks(home, job) == ["succeeded"]
+    progress = [fields for kind, fields in sent if kind == "task-progress"]
+    assert progress and progress[-1]["result"] == "chunk 0: 4/4 studies"
+    assert (progress[-1]["studies_done"], progress[-1]["studies_total"], progress[-1]["job_id"]) == (4, 4, job)
+    assert _flower_view([("task-progress", progress[-1])])["result"] == "chunk 0: 4/4 studies"
