@@ -172,9 +172,14 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
 def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
                          send: Callable[[int, str], None]) -> list[int]:
     """Chunks of open jobs of ``priority`` queued since before ``older_than`` are sent again (the
-    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless."""
+    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless.
+    A queued chunk with no time of sending (a row an older medq wrote) is not "long ago": it is
+    stamped now, and waits its resend time from here like one just sent."""
     now = utcnow()
-    waiting = (Chunk.state == "queued") & (Chunk.updated_at < older_than)
+    waiting = (Chunk.state == "queued") & Chunk.updated_at.is_not(None) & (Chunk.updated_at < older_than)
+    with store.session() as s:
+        s.execute(update(Chunk).where(Chunk.state == "queued", Chunk.updated_at.is_(None)).values(updated_at=now)
+                  .execution_options(synchronize_session=False))
     with store.session() as s:
         job_ids = list(s.scalars(select(Chunk.job_id).join(Job, Job.id == Chunk.job_id).where(
             waiting, Job.priority == priority, Job.state.in_(OPEN_JOB),

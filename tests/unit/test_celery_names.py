@@ -215,3 +215,36 @@ def test_an_inference_chunk_sends_studies_done_of_total(home, job, monkeypatch):
     assert progress and progress[-1]["result"] == "chunk 0: 4/4 studies"
     assert (progress[-1]["studies_done"], progress[-1]["studies_total"], progress[-1]["job_id"]) == (4, 4, job)
     assert _flower_view([("task-progress", progress[-1])])["result"] == "chunk 0: 4/4 studies"
+
+
+# --- the resend wait --------------------------------------------------------------------------
+
+def test_purged_work_is_sent_again_only_after_the_resend_wait(store, memory_app):
+    """`celery purge` (or a broker restart) empties the queues; the store still says the member
+    is admitted and the chunks queued. Nothing is sent again before MEDQ_RESEND_AFTER has
+    passed since each was sent, and a chunk with no time of sending (NULL) waits as if it had
+    just been sent rather than counting as long ago; after the wait, each is sent once more."""
+    from kombu.transport.memory import Channel
+    from sqlalchemy import update
+
+    from medq.common.store.models import Chunk
+    from medq.tasks.send import send_chunk
+    from medq.workers.dispatch import dispatch_once
+    from medq.workers.reaper import resend_lost
+
+    _, (member,) = jobs.create_job(store, "ensemble", {}, {"split": {}}, [0], 4)
+    admission.register_workers(store, "L1", [("cpu0@node7", "w.cpu0@node7", "cpu")])
+    dispatch_once(store, memory_app, memory_app.conf.medq_settings)
+    ops.create_infer_job(store, "infer000001", {}, {}, "normal", None)
+    ops.add_studies(store, "infer000001", [ops.PlannedStudy(f"/a/{i}.png") for i in range(2)], chunk_size=1)
+    ops.dispatch_chunks(store, NOON, lambda chunk_id, priority: send_chunk(memory_app, chunk_id, priority))
+    with store.session() as s:  # the second chunk as an older medq left it: queued, no time of sending
+        s.execute(update(Chunk).where(Chunk.index == 1).values(updated_at=None))
+    Channel.queues.clear()  # celery purge
+    wait = 1.5
+    assert resend_lost(store, memory_app, grace_s=wait) == ([], [])
+    admission.register_workers(store, "L1", [("cpu0@node7", "w.cpu0@node7", "cpu")])  # the launcher is alive
+    clock.sleep(wait + 0.2)
+    members, chunks = resend_lost(store, memory_app, grace_s=wait)
+    assert members == [member] and len(chunks) == 2
+    assert resend_lost(store, memory_app, grace_s=wait)[1] == []  # their queue is no longer empty
