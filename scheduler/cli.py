@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -292,8 +293,11 @@ def cancel(job) -> None:
 @click.option("--cpu", "cpu", default=0, help="number of CPU worker processes")
 @click.option("--queues", default="", help="extra queues to consume, comma-separated")
 @click.option("--logs", type=click.Path(path_type=Path), default=None, help="write each worker's log here")
-def worker(gpus, cpu, queues, logs) -> None:
-    """Start workers: one Celery process per GPU (CUDA_VISIBLE_DEVICES=k), or N CPU ones."""
+@click.option("--name-prefix", default="", help="node names PREFIX-gpu0@host (default gpu0@host): only for a "
+              "second launcher on the same host with the same slots")
+def worker(gpus, cpu, queues, logs, name_prefix) -> None:
+    """Start workers: one Celery process per GPU (CUDA_VISIBLE_DEVICES=k), or N CPU ones, named
+    gpu0@host, cpu1@host: the same names every start."""
     import logging
 
     from medq.common.secrets import install_log_scrubbing
@@ -308,7 +312,9 @@ def worker(gpus, cpu, queues, logs) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     install_log_scrubbing(settings)
     extra = tuple(q for q in queues.split(",") if q)
-    plans = plan_workers(indices, cpu, extra_queues=extra)
+    if name_prefix and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name_prefix):
+        raise click.BadParameter("letters, digits, '.', '_' and '-' only (at most 40)", param_hint="--name-prefix")
+    plans = plan_workers(indices, cpu, extra_queues=extra, prefix=name_prefix)
     for key, value in settings.describe().items():
         click.echo(f"{key}: {value}", err=True)
     sys.exit(Supervisor(plans, settings, app, log_dir=logs).run())

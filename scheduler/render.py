@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -32,11 +33,12 @@ def console(stderr: bool = False) -> Console:
 
 
 def _worker(name: str | None) -> str:
-    """'cpu1-12345@host' -> 'cpu1@host' (the launcher's pid only keeps node names unique)."""
+    """The worker's node name; one of an older medq, which carried its launcher's pid
+    ('cpu1-12345@host'), shown as today's ('cpu1@host')."""
     if not name:
         return "-"
     node, _, host = name.partition("@")
-    return escape(f"{node.split('-')[0]}@{host}" if host else node)
+    return escape(f"{re.sub(r'-[0-9]+$', '', node)}@{host}" if host else node)
 
 
 def _state(state: str) -> str:

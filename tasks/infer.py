@@ -26,7 +26,7 @@ from medq.common.store import inference as store_ops
 from medq.common.store.jobs import cancel_requested
 from medq.tasks import names
 from medq.tasks.app import app
-from medq.tasks.runtime import Heartbeat, interrupted
+from medq.tasks.runtime import Heartbeat, ProgressEvents, interrupted
 from medq.tasks.store_retry import StoreUnavailable, recorded, retry_later, retrying
 
 log = logging.getLogger("medq.worker")
@@ -36,8 +36,10 @@ NOT_THE_MODELS = ("archive", "chunk", "window", "priority", "skip_done", "loader
 
 
 @app.task(name=names.INFER_CHUNK, bind=True)
-def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) -> str:
-    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``)."""
+def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0, job: str = "", kind: str = "",
+                chunk: int | None = None, **_readable) -> str:
+    """``owner`` and ``faults`` come with a retry after a transient fault (``_retry``); ``job``,
+    ``kind`` and ``chunk`` (its index) are for people reading Flower or ``celery inspect``."""
     settings = app.conf.medq_settings
     store = open_store(settings)
     owner = owner or uuid.uuid4().hex
@@ -49,12 +51,18 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) 
         return retry_later(self, exc)
     if not claim.run:
         return f"skipped: {claim.reason}"
+    events = ProgressEvents(self, settings.progress_interval)
+
+    def progress(done: int, total: int) -> None:
+        events.send(f"chunk {claim.index}: {done}/{total} studies", now=done == total, job_id=claim.job_id,
+                    chunk=claim.index, studies_done=done, studies_total=total)
+
     beat = Heartbeat(settings, f"chunk {chunk_id}",
                      renew=lambda: store_ops.renew_chunk_lease(store, chunk_id, owner, settings.lease_seconds),
                      cancelled=lambda: cancel_requested(store, claim.job_id))
     try:
         with beat:
-            stats = run_claimed_chunk(store, claim, settings, beat.should_stop)
+            stats = run_claimed_chunk(store, claim, settings, beat.should_stop, progress)
     except JobError as exc:
         return _finish(store, chunk_id, owner, "failed", str(exc))
     except Exception as exc:
@@ -72,9 +80,10 @@ def infer_chunk(self, chunk_id: int, owner: str | None = None, faults: int = 0) 
     return state
 
 
-def run_claimed_chunk(store, claim, settings, should_stop):
+def run_claimed_chunk(store, claim, settings, should_stop, progress=None):
     """The chunk's pending studies through its family's predictor, each batch recorded (and,
-    with --send-to, its DICOM outputs stored on the PACS after the record)."""
+    with --send-to, its DICOM outputs stored on the PACS after the record); ``progress(done,
+    total)`` after each batch: studies recorded in this run, of those pending at its start."""
     from medq.common.inference.chunk import run_chunk
     from medq.common.inference.sources import open_source
     from medq.common.specs import InferSpec
@@ -91,13 +100,18 @@ def run_claimed_chunk(store, claim, settings, should_stop):
         return ChunkStats(done=0, failed=0, skipped=0, seconds=0.0, studies_per_s=0.0)
     predictor = _predictor(spec, claim.plan or {})
     archive = open_source(spec.archive, settings, spec.query, check=False)
+    done = 0
 
     def record(outcomes) -> None:
+        nonlocal done
         rows = [outcome.to_row() for outcome in outcomes]
         retrying("record studies", lambda: store_ops.record_studies(
             store, rows, claim.job_id if pacs is not None else None))
         if pacs is not None:
             send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(items))
 
     return run_chunk(items, archive, predictor, spec.loader_workers, record, should_stop)
 
@@ -163,7 +177,8 @@ def _retry(task, store, chunk_id: int, owner: str, claim, faults: int, exc: Base
              lambda: store_ops.hold_chunk(store, chunk_id, owner, lease, f"transient fault {count}: {reason}; "
                                                                          f"trying again in {delay} s"),
              "its lease will lapse and the reaper queues it again")
-    raise task.retry(args=[chunk_id], kwargs={"owner": owner, "faults": count}, countdown=delay, max_retries=None)
+    raise task.retry(args=[chunk_id], kwargs={**(task.request.kwargs or {}), "owner": owner, "faults": count},
+                     countdown=delay, max_retries=None)
 
 
 def _finish(store, chunk_id: int, owner: str, state: str, error: str | None = None) -> str:

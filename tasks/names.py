@@ -17,7 +17,7 @@ REPORT_QUEUE = "report"  # reports: every worker takes them when free, before tr
 
 
 def worker_queue(nodename: str) -> str:
-    """The queue only one worker consumes, named by its Celery node name (``w.gpu0-4711@host``):
+    """The queue only one worker consumes, named by its Celery node name (``w.gpu0@host``):
     the admission dispatcher sends a member to the worker it chose through it."""
     return f"w.{nodename}"
 

@@ -88,6 +88,41 @@ class Heartbeat:
                 failures = 0
 
 
+class ProgressEvents:
+    """Progress as Celery ``task-progress`` events, at most one per MEDQ_PROGRESS_INTERVAL unless
+    ``now``. Flower turns the event into the task's state (PROGRESS) but its task view and API
+    show only Celery's own task fields, so a one-line summary travels in ``result``, which both
+    show beside the args and kwargs (the task's real result replaces it when it ends); the
+    numbers travel as fields of their own for other event consumers. No result backend needed."""
+
+    def __init__(self, task, interval: float):
+        self.task, self.interval, self._last = task, interval, 0.0
+
+    def send(self, summary: str, now: bool = False, **fields: Any) -> None:
+        moment = time.monotonic()
+        if not now and moment - self._last < self.interval:
+            return
+        self._last = moment
+        try:
+            self.task.send_event("task-progress", result=summary, **fields)
+        except Exception:  # events are a convenience; never fail the work over them
+            log.debug("could not send a progress event", exc_info=True)
+
+
+def member_summary(p) -> str:
+    """A member's progress in one line: 'epoch 3/20 (finetune), step 40/125, train loss 0.0123, 45.2 images/s'."""
+    parts = [f"epoch {p.epoch}/{p.total_epochs}" + (f" ({p.phase})" if p.phase else "")]
+    if p.steps_per_epoch:
+        parts.append(f"step {p.step}/{p.steps_per_epoch}")
+    if _finite(p.train_loss) is not None:
+        parts.append(f"train loss {p.train_loss:.4g}")
+    if p.epoch_done and _finite(p.val_loss) is not None:
+        parts.append(f"val loss {p.val_loss:.4g}")
+    if _finite(p.images_per_s):
+        parts.append(f"{p.images_per_s:.1f} images/s")
+    return ", ".join(parts)
+
+
 class MemberRun:
     """One attempt at an ensemble member: claim, heartbeat with progress, finish."""
 
@@ -102,7 +137,7 @@ class MemberRun:
         self._latest: dict[str, Any] = {}
         self._epochs: list[dict[str, Any]] = []  # finished epochs the store has not taken yet
         self._epochs_lock = threading.Lock()
-        self._last_event = 0.0
+        self.events = ProgressEvents(task, settings.progress_interval)
         self.preempted = threading.Event()  # asked to yield its worker: it stops and goes back to the queue
         self.heartbeat = Heartbeat(settings, f"member {member_id}", renew=self._renew, cancelled=self._stop_asked)
 
@@ -162,14 +197,8 @@ class MemberRun:
             with self._epochs_lock:
                 self._epochs.append(epoch_record(p, self.claim.attempt))
             self.heartbeat.poke()  # into the store within milliseconds, beside its checkpoint
-        now = time.monotonic()
-        if p.epoch_done or now - self._last_event >= self.settings.progress_interval:
-            self._last_event = now
-            try:
-                self.task.send_event("task-progress", member_id=self.member_id, job_id=self.claim.job_id,
-                                     seed=self.claim.seed, **self._latest)
-            except Exception:  # events are a convenience; never fail training over them
-                log.debug("could not send a progress event", exc_info=True)
+        self.events.send(member_summary(p), now=p.epoch_done, member_id=self.member_id, job_id=self.claim.job_id,
+                         seed=self.claim.seed, **self._latest)
 
     def should_stop(self) -> bool:
         return self.heartbeat.should_stop()

@@ -31,9 +31,11 @@ TRANSIENT_RETRY_DELAYS = (10, 60, 300)  # seconds between the retries of a membe
 
 
 @app.task(name=names.TRAIN_MEMBER, bind=True, max_retries=len(TRANSIENT_RETRY_DELAYS))
-def train_member(self, member_id: int, admission: int | None = None, job: str = "", seed: int | None = None) -> str:
+def train_member(self, member_id: int, admission: int | None = None, job: str = "", kind: str = "",
+                 seed: int | None = None, **_readable) -> str:
     """``admission``: the store's admission this message carries (common/store/admission.py);
-    ``job`` and ``seed`` are for people reading Flower or ``celery inspect``."""
+    ``job``, ``kind`` and ``seed`` (and any other keyword a newer sender adds) are for people
+    reading Flower or ``celery inspect``: the member is loaded by its id."""
     settings = app.conf.medq_settings
     try:
         run = MemberRun(self, member_id, settings, admission)

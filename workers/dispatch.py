@@ -23,7 +23,8 @@ def dispatch_once(store: Store, app, settings) -> admission.Round:
     decided = admission.admit(store, settings.sharing, settings.local_time(), settings.worker_ttl)
     for item in decided.admitted:
         try:
-            send_member(app, item.member_id, item.queue, item.admission, job=item.job_id, seed=item.seed)
+            send_member(app, item.member_id, item.queue, item.admission, job=item.job_id, kind=item.kind,
+                        seed=item.seed)
         except Exception as exc:
             log.warning("member %s admitted to %s but not sent (%s); it waits for the next round",
                         item.member_id, item.queue, brief(exc))

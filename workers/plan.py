@@ -24,16 +24,25 @@ class WorkerPlan:
         return "gpu" if self.label.startswith("gpu") else "cpu"
 
 
-def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queues: tuple[str, ...] = ()) -> list[WorkerPlan]:
+def node_name(label: str, host: str, prefix: str = "") -> str:
+    """A worker's Celery node name, by its slot and host (``gpu0@node7``, ``cpu1@node7``): the
+    same every time a launcher starts there, so Flower, the Prometheus series and the store's
+    worker registry keep one name per slot. ``prefix`` (``medq worker --name-prefix b``:
+    ``b-gpu0@node7``) sets apart a second launcher on the same host; without one, the second is
+    refused while the first is alive (workers/supervisor.py)."""
+    return f"{prefix}-{label}@{host}" if prefix else f"{label}@{host}"
+
+
+def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queues: tuple[str, ...] = (),
+                 prefix: str = "") -> list[WorkerPlan]:
     """One process per GPU (CUDA_VISIBLE_DEVICES=k, so inside it the device is cuda:0), or
     ``cpu`` CPU processes sharing the cores. Each consumes a queue of its own (the admission
     dispatcher sends members there), the shared queues of inference and reports, and the
     shared ``gpu`` queue (members sent by a medq from before admission)."""
     host = host or socket.gethostname()
-    tag = os.getpid()  # several launchers on one host get distinct node names
     plans = []
     for index in gpus:
-        nodename = f"gpu{index}-{tag}@{host}"
+        nodename = node_name(f"gpu{index}", host, prefix)
         plans.append(WorkerPlan(
             label=f"gpu{index}",
             queues=(*names.consume_order((names.worker_queue(nodename),)), *extra_queues),
@@ -45,7 +54,7 @@ def plan_workers(gpus: list[int], cpu: int, host: str | None = None, extra_queue
         ))
     threads = str(max(1, (os.cpu_count() or 1) // max(1, cpu))) if cpu else "1"
     for index in range(cpu):
-        nodename = f"cpu{index}-{tag}@{host}"
+        nodename = node_name(f"cpu{index}", host, prefix)
         plans.append(WorkerPlan(
             label=f"cpu{index}",
             queues=(*names.consume_order((names.worker_queue(nodename), names.CPU_QUEUE)), *extra_queues),

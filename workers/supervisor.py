@@ -42,6 +42,27 @@ def _die_with_parent() -> None:
         pass
 
 
+def launcher_id() -> str:
+    """A launcher's id in the worker registry: its host and process id (a launcher restarted on
+    the same host tells a dead predecessor's rows at once) and a random part."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+
+
+def launcher_gone(launcher: str) -> bool:
+    """True when ``launcher`` (a ``launcher_id``) was a process of this host that no longer runs."""
+    host, _, rest = launcher.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:32] or not pid.isdigit():
+        return False  # another host's (or an older medq's id): only its silence tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 @dataclass
 class Child:
     plan: WorkerPlan
@@ -59,7 +80,8 @@ class Supervisor:
         self.store = open_store(settings)  # migrates once, before any worker starts
         self.stopping = 0
         self.failures: dict[str, int] = {}  # consecutive failed rounds, by round ("reaper", "admission")
-        self.launcher_id = uuid.uuid4().hex
+        self.launcher_id = launcher_id()
+        self.collided: list[str] = []  # node names another live launcher turned out to run
         self.ticked_at = time.monotonic()  # the loop's last turn (/healthz)
         self.admitted_at: float | None = None  # the last admission round that worked (/readyz)
         self.metrics = None
@@ -80,6 +102,10 @@ class Supervisor:
         """Supervise until a signal (or ``until()`` returns True). Returns an exit code."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        refused = self.wait_for_names()
+        if refused:
+            log.error("%s", refused)
+            return 1
         if self.settings.metrics_port:
             try:
                 self.start_metrics()
@@ -104,7 +130,38 @@ class Supervisor:
                 time.sleep(min(0.5, self.settings.admit_interval))
         finally:
             self.shutdown()
-        return 0
+        return 1 if self.collided else 0
+
+    def wait_for_names(self) -> str | None:
+        """Our node names are stable (``gpu0@host``): another launcher alive on this host with
+        the same slots would share them, and each other's queues and leases. Rows of a launcher
+        of this host whose process is gone are dropped at once (a restart after a crash); any
+        other holder must stop saying it is alive within MEDQ_WORKER_TTL. Returns the reason
+        to refuse to start, or None."""
+        nodes = [c.plan.nodename for c in self.children]
+        deadline = time.monotonic() + self.settings.worker_ttl + 2 * self.settings.admit_interval
+        said = False
+        while True:
+            try:
+                held = admission.names_in_use(self.store, self.launcher_id, nodes, self.settings.worker_ttl)
+                for other in {other for other, _ in held.values() if launcher_gone(other)}:
+                    admission.forget_launcher(self.store, other)
+                    held = {name: h for name, h in held.items() if h[0] != other}
+            except Exception as exc:  # the store away: the registry's own guard catches a collision later
+                log.warning("could not check that our node names are free (%s)", brief(exc))
+                return None
+            if not held:
+                return None
+            if time.monotonic() >= deadline:
+                return (f"refusing to start: {', '.join(sorted(held))} already run by another launcher that is "
+                        f"alive (seen {min(ago for _, ago in held.values()):.0f} s ago); stop it first, or give "
+                        f"this one its own node names with `medq worker --name-prefix NAME`")
+            if not said:
+                log.warning("%s in use by another launcher (seen %.0f s ago); waiting up to %.0f s for it to "
+                            "go silent", ", ".join(sorted(held)), min(ago for _, ago in held.values()),
+                            deadline - time.monotonic())
+                said = True
+            time.sleep(0.5)
 
     def _admit(self) -> None:
         """Say which of our workers are alive (the registry the dispatcher reads), then run one
@@ -113,7 +170,12 @@ class Supervisor:
                  if c.process is not None and c.process.poll() is None]
 
         def work() -> None:
-            admission.register_workers(self.store, self.launcher_id, alive)
+            held = admission.register_workers(self.store, self.launcher_id, alive, ttl=self.settings.worker_ttl)
+            if held:  # two launchers started at the same moment with the same slots: the later one stops
+                log.error("another launcher runs %s too (it started at the same moment); stopping this launcher; "
+                          "give one of them `medq worker --name-prefix NAME`", ", ".join(held))
+                self.collided, self.stopping = held, max(self.stopping, 1)
+                return
             dispatch_once(self.store, self.app, self.settings)
 
         if self._round("admission", work, say_every=60):
@@ -224,7 +286,9 @@ class Supervisor:
         except Exception as exc:
             log.warning("could not take this launcher's workers out of the registry (%s); they expire in %.0f s",
                         brief(exc), self.settings.worker_ttl)
-        nodes = [c.plan.nodename for c in self.children if c.process is not None and c.process.poll() is None]
+        # members on a name another launcher also runs may be that launcher's: not ours to hand over
+        nodes = [c.plan.nodename for c in self.children if c.process is not None and c.process.poll() is None
+                 and c.plan.nodename not in self.collided]
         hand_over = self.settings.shutdown_yield_timeout > 0
         asked = self._ask_hand_over(nodes) if hand_over else set()
         self._signal_all(signal.SIGTERM)

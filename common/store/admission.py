@@ -41,6 +41,7 @@ class Admitted:
     borrowed: bool = False
     job_id: str = ""
     seed: int = 0
+    kind: str = ""  # the job's kind, for people reading Celery and Flower
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,16 @@ class Round:
 
 # --- the workers registry: launchers say which workers they run, and that they are alive ---
 
-def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, str, str]]) -> None:
+def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, str, str]],
+                     ttl: float | None = None) -> list[str]:
     """``workers``: (Celery node name, its own queue, "gpu" or "cpu") of the launcher's live
-    worker processes. Rows of this launcher not listed (a worker that died) are removed."""
+    worker processes. Rows of this launcher not listed (a worker that died) are removed. With
+    ``ttl``, a name another launcher said it runs within ``ttl`` seconds stays that launcher's
+    (node names are stable, so two launchers on one host could otherwise share one): the names
+    not taken for that reason are returned."""
     now = utcnow()
     rows = {name: (queue, device) for name, queue, device in workers}
+    held: list[str] = []
     with store.session() as s:
         known = {w.name: w for w in s.scalars(select(Worker).where(Worker.launcher == launcher))}
         for name, worker in known.items():
@@ -65,8 +71,22 @@ def register_workers(store: Store, launcher: str, workers: Iterable[tuple[str, s
             worker = known.get(name) or s.get(Worker, name)
             if worker is None:
                 s.add(Worker(name=name, queue=queue, launcher=launcher, device=device, seen_at=now))
+            elif ttl is not None and worker.launcher != launcher and worker.seen_at > now - timedelta(seconds=ttl):
+                held.append(name)
             else:
                 worker.queue, worker.launcher, worker.device, worker.seen_at = queue, launcher, device, now
+    return held
+
+
+def names_in_use(store: Store, launcher: str, names: Iterable[str], ttl: float) -> dict[str, tuple[str, float]]:
+    """Of ``names``, those another launcher said it runs within ``ttl`` seconds: name ->
+    (that launcher, seconds since it said so)."""
+    now = utcnow()
+    with store.session() as s:
+        rows = s.execute(select(Worker.name, Worker.launcher, Worker.seen_at)
+                         .where(Worker.name.in_(list(names)), Worker.launcher != launcher,
+                                Worker.seen_at > now - timedelta(seconds=ttl))).all()
+    return {name: (other, (now - seen).total_seconds()) for name, other, seen in rows}
 
 
 def forget_launcher(store: Store, launcher: str) -> None:
@@ -92,7 +112,7 @@ def admit(store: Store, sharing: Sharing, now_local: time, ttl: float = 15.0) ->
     with store.session() as s:
         _lock_round(s)
         now = utcnow()  # after the lock: a round that waited for another sees that one's admissions as made
-        rows: dict[str, tuple[int, str, int, int]] = {}
+        rows: dict[str, tuple[int, str, int, int, str]] = {}
         waiting = _waiting_members(s, rows)
         if not waiting:
             return Round()
@@ -103,9 +123,9 @@ def admit(store: Store, sharing: Sharing, now_local: time, ttl: float = 15.0) ->
                        yielding=yielding, explain=False)
         admitted = []
         for chosen, worker in zip(decided.admit, free):
-            member_id, job_id, seed, number = rows[chosen.key]
+            member_id, job_id, seed, number, kind = rows[chosen.key]
             if _take(s, member_id, number, worker.queue, chosen.borrowed, now):
-                admitted.append(Admitted(member_id, worker.queue, number + 1, chosen.borrowed, job_id, seed))
+                admitted.append(Admitted(member_id, worker.queue, number + 1, chosen.borrowed, job_id, seed, kind))
         preempted = _preempt(s, decided.preempt, runs, {item.key: item for item in waiting}, now)
     return Round(tuple(admitted), tuple(preempted))
 
@@ -122,19 +142,19 @@ def _lock_round(s) -> None:
 
 def _waiting_members(s, rows_out: dict | None = None) -> list[Waiting]:
     """The members waiting for admission, oldest job first and by seed within a job;
-    ``rows_out`` gets key -> (member id, job id, seed, admission number)."""
+    ``rows_out`` gets key -> (member id, job id, seed, admission number, job kind)."""
     rows = s.execute(select(Member.id, Member.job_id, Member.seed, Member.admission, Job.project, Job.priority,
-                            Job.created_at)
+                            Job.created_at, Job.kind)
                      .join(Job, Job.id == Member.job_id)
                      .where(Member.state == State.QUEUED.value, Member.admitted_at.is_(None),
                             Job.cancel_requested.is_(False))
                      .order_by(Job.created_at, Member.job_id, Member.seed)).all()
     waiting = []
-    for member_id, job_id, seed, number, project, priority, created in rows:
+    for member_id, job_id, seed, number, project, priority, created, kind in rows:
         key = f"member {member_id}"
         waiting.append(Waiting(key, project or "default", priority or "normal", created.timestamp()))
         if rows_out is not None:
-            rows_out[key] = (member_id, job_id, seed, number or 0)
+            rows_out[key] = (member_id, job_id, seed, number or 0, kind)
     return waiting
 
 

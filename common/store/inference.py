@@ -25,6 +25,18 @@ BATCH = 1000
 CHUNK_ENDED = ("succeeded", "failed", "cancelled")
 
 
+class ChunkRef(int):
+    """The chunk id a chunk sender gets (``send(chunk_id, priority)``), naming the chunk as well
+    (its job and index) so that its message can say which chunk it is in Celery and Flower. It
+    is the row's id everywhere else: a sender, or a caller of the functions returning these,
+    that needs only the id uses it as an int."""
+
+    def __new__(cls, chunk_id: int, job_id: str, index: int) -> "ChunkRef":
+        ref = super().__new__(cls, chunk_id)
+        ref.job_id, ref.index = job_id, index
+        return ref
+
+
 def path_hash(path: str) -> str:
     """The study key derived from its archive path (the path itself may name a patient)."""
     return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -137,7 +149,7 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
                     job_id: str | None = None) -> int:
     """Queue the waiting chunks of every inference job whose window is open (or lifted).
 
-    ``send(chunk_id, priority)`` is called after the commit (outbox order): a worker that
+    ``send(chunk_id, priority)`` (a ``ChunkRef``) is called after the commit (outbox order): a worker that
     receives a chunk finds it queued. A send that fails leaves its chunk queued without a
     message, and the resend sweep sends it once its queue is empty."""
     now = utcnow()
@@ -150,10 +162,10 @@ def dispatch_chunks(store: Store, now_local: time, send: Callable[[int, str], No
         if State(job.state).ended or job.cancel_requested or not (job.window_lifted or
                                                                  window_open(job.window, now_local)):
             return []
-        queued = s.scalars(update(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
-                           .values(state="queued", updated_at=now).returning(Chunk.id)
+        queued = s.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.state == "waiting")
+                           .values(state="queued", updated_at=now).returning(Chunk.id, Chunk.index)
                            .execution_options(synchronize_session=False)).all()
-        return [(chunk_id, job.priority or "normal") for chunk_id in sorted(queued)]
+        return [(ChunkRef(chunk_id, job.id, index), job.priority or "normal") for chunk_id, index in sorted(queued)]
 
     todo = each_job_locked(store, job_ids, queue)
     for chunk_id, priority in todo:

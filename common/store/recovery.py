@@ -20,7 +20,7 @@ from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.store.db import Store
 from medq.common.store.jobs import EVAL_DISPATCH_GRACE, cancel_reason, close_members_phase, end_member
 from medq.common.store.locking import each_job_locked
-from medq.common.store.inference import CHUNK_ENDED, cancel_chunks, close_job
+from medq.common.store.inference import CHUNK_ENDED, ChunkRef, cancel_chunks, close_job
 from medq.common.store.models import Attempt, Chunk, EvalState, Job, Member, State, utcnow
 from medq.common.store.counters import bump
 
@@ -153,12 +153,13 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
             close_job(s, job, now)
             return []
         reaped = []
-        for chunk_id, worker in s.execute(select(Chunk.id, Chunk.worker).where(Chunk.job_id == job.id, lapsed)).all():
+        for chunk_id, index, worker in s.execute(select(Chunk.id, Chunk.index, Chunk.worker)
+                                                 .where(Chunk.job_id == job.id, lapsed)).all():
             if s.execute(update(Chunk).where(Chunk.id == chunk_id, lapsed)
                          .values(state="queued", lease_owner=None, lease_expires_at=None,
                                  error=f"lease lapsed on {worker}", updated_at=now)
                          .execution_options(synchronize_session=False)).rowcount:
-                reaped.append((chunk_id, job.priority or "normal"))
+                reaped.append((ChunkRef(chunk_id, job.id, index), job.priority or "normal"))
                 bump(s, "lease_reaps", "chunk")
         return reaped
 
@@ -171,9 +172,14 @@ def reap_lapsed_chunks(store: Store, send: Callable[[int, str], None]) -> list[i
 def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
                          send: Callable[[int, str], None]) -> list[int]:
     """Chunks of open jobs of ``priority`` queued since before ``older_than`` are sent again (the
-    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless."""
+    caller has seen their queue empty: the broker lost the messages). A duplicate is harmless.
+    A queued chunk with no time of sending (a row an older medq wrote) is not "long ago": it is
+    stamped now, and waits its resend time from here like one just sent."""
     now = utcnow()
-    waiting = (Chunk.state == "queued") & (Chunk.updated_at < older_than)
+    waiting = (Chunk.state == "queued") & Chunk.updated_at.is_not(None) & (Chunk.updated_at < older_than)
+    with store.session() as s:
+        s.execute(update(Chunk).where(Chunk.state == "queued", Chunk.updated_at.is_(None)).values(updated_at=now)
+                  .execution_options(synchronize_session=False))
     with store.session() as s:
         job_ids = list(s.scalars(select(Chunk.job_id).join(Job, Job.id == Chunk.job_id).where(
             waiting, Job.priority == priority, Job.state.in_(OPEN_JOB),
@@ -182,8 +188,9 @@ def resend_queued_chunks(store: Store, priority: str, older_than: datetime,
     def mark(s, job) -> list[int]:
         if State(job.state).ended or job.cancel_requested:
             return []
-        ids = list(s.scalars(update(Chunk).where(Chunk.job_id == job.id, waiting).values(updated_at=now)
-                             .returning(Chunk.id).execution_options(synchronize_session=False)).all())
+        ids = [ChunkRef(chunk_id, job.id, index) for chunk_id, index in s.execute(
+            update(Chunk).where(Chunk.job_id == job.id, waiting).values(updated_at=now)
+            .returning(Chunk.id, Chunk.index).execution_options(synchronize_session=False)).all()]
         bump(s, "resends", "chunk", len(ids))
         return ids
 

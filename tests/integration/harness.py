@@ -40,11 +40,15 @@ class Cluster:
         return subprocess.run([sys.executable, "-m", "medq.scheduler", *args], env=self.env, cwd=ROOT, text=True,
                               capture_output=True, timeout=timeout)
 
-    def start_workers(self, n: int, name: str) -> subprocess.Popen:
-        """`medq worker --cpu n` in its own process group, logging under home/logs-<name>."""
+    def start_workers(self, n: int, name: str, name_prefix: str | None = None) -> subprocess.Popen:
+        """`medq worker --cpu n` in its own process group, logging under home/logs-<name>. Its node
+        names are ``<name>-cpu0@host``: the launchers of a test stand for launchers of several
+        hosts, and may run at the same time (``name_prefix=""``: the real default, ``cpu0@host``)."""
         logs = self.home / f"logs-{name}"
         logs.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "medq.scheduler", "worker", "--cpu", str(n), "--logs", str(logs)],
+        prefix = name if name_prefix is None else name_prefix
+        proc = subprocess.Popen([sys.executable, "-m", "medq.scheduler", "worker", "--cpu", str(n), "--logs", str(logs),
+                                 *(["--name-prefix", prefix] if prefix else [])],
                                 env=self.env, cwd=ROOT, stdout=open(logs / "launcher.log", "ab"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.launchers.append(proc)

@@ -31,7 +31,7 @@ def test_one_worker_per_gpu_pinned_by_cuda_visible_devices():
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["0", "3"]
     assert all(p.env["MEDQ_DEVICE"] == "cuda:0" for p in plans)
     own = plans[1].own_queue
-    assert own.startswith("w.gpu3-") and own.endswith("@node7") and own == f"w.{plans[1].nodename}"
+    assert own == "w.gpu3@node7" and own == f"w.{plans[1].nodename}"
     assert plans[1].queues == ("infer.high", "report", own, "gpu", "infer.normal", "infer.low")
     assert len({p.own_queue for p in plans}) == 2  # the dispatcher's way to one worker
     cmd = worker_command(plans[1], load_settings({}))
