@@ -339,31 +339,17 @@ def demo(seeds, n_workers, images, epochs, image_size, gpus) -> None:
                       image_size=image_size))
 
 
-@main.group()
-def db() -> None:
-    """The results store."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the store's migrations (also done automatically on first use)."""
-    from medq.common.store.db import Store
-    from medq.common.store.migrate import upgrade
-
-    settings = load_settings()
-    upgrade(Store(settings.resolved_database_url))
-    click.echo(f"store at {settings.describe()['database']} is at the newest schema")
-
-
 from medq.scheduler.bench import bench  # noqa: E402  (a command group of its own)
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
 from medq.scheduler.cli_ops import config, doctor, flower, gc, metrics  # noqa: E402
+from medq.scheduler.cli_db import db  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)
 main.add_command(queue)
+main.add_command(db)
 for command in (config, doctor, flower, gc, metrics):
     main.add_command(command)
 
