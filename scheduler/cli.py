@@ -13,8 +13,8 @@ import click
 from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.errors import MedqError
 from medq.common.settings import load_settings
-from medq.scheduler.cli_support import (complete_job, current_store, print_infer_summary, resolve_job, resume_training,
-                                         server_problem)
+from medq.scheduler.cli_support import (complete_job, current_store, print_infer_summary, reading_store, resolve_job,
+                                         resume_training, server_problem)
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
@@ -98,7 +98,7 @@ def status(job, as_json, limit) -> None:
     """Jobs, or one job's members: state, epoch, loss, validation error, worker, device."""
     from medq.common.store.views import find_job, list_jobs
 
-    store = current_store()
+    store = reading_store()
     if job:
         view = find_job(store, job)
         if view is None:
@@ -158,7 +158,7 @@ def watch(job, every, interval) -> None:
     from medq.scheduler.render import console
     from medq.scheduler.watch import watch_job
 
-    store = current_store()
+    store = reading_store()
     state = watch_job(store, resolve_job(store, job), console(), interval=interval, every=every)
     sys.exit(0 if state == "succeeded" else 1)
 
@@ -193,7 +193,7 @@ def results(job, fmt, output, as_json, as_csv, failed) -> None:
     fmt = chosen[0] if chosen else ("csv" if failed else "table")
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet writes a binary file: give -o FILE")
-    store = current_store()
+    store = reading_store()
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
     check_format(view["kind"], fmt, failed, INFER_KIND, REPORT_KIND)
