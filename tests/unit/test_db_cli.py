@@ -229,3 +229,12 @@ def test_medq_own_upgrade_leaves_the_process_logging_alone(tmp_path):
     assert store.revision() == SCHEMA_HEAD
     store.dispose()
     assert (list(root.handlers), root.level, alembic_logger.level, list(alembic_logger.handlers)) == before
+
+
+def test_a_store_that_does_not_answer_is_still_named_as_such_not_as_a_schema_problem(env):
+    env("MEDQ_DATABASE_URL", f"postgresql+psycopg://medq:{PG_PASSWORD}@127.0.0.1:1/medq?connect_timeout=2")
+    for args in (["status"], ["db", "current"]):
+        failed = medq(*args)
+        assert failed.exit_code == 3, failed.output
+        assert "error: cannot use the database at postgresql+psycopg://medq:***@127.0.0.1:1/medq" in failed.stderr
+        assert PG_PASSWORD not in failed.output
