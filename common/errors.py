@@ -48,6 +48,11 @@ class TrainingDiverged(JobError):
     """The loss became NaN or infinite."""
 
 
+class SchemaError(MedqError):
+    """The store's schema is not the one this medq needs (none yet, older, or newer) and the
+    command may not change it; the message says what to run."""
+
+
 class Cancelled(MedqError):
     """The job was cancelled by a user; not a failure."""
 

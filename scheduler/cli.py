@@ -13,8 +13,8 @@ import click
 from medq.common.specs import INFER_KIND, REPORT_KIND
 from medq.common.errors import MedqError
 from medq.common.settings import load_settings
-from medq.scheduler.cli_support import (complete_job, current_store, print_infer_summary, resolve_job, resume_training,
-                                         server_problem)
+from medq.scheduler.cli_support import (complete_job, current_store, print_infer_summary, reading_store, resolve_job,
+                                         resume_training, server_problem)
 
 ENDED = {"succeeded", "failed", "cancelled"}
 
@@ -98,7 +98,7 @@ def status(job, as_json, limit) -> None:
     """Jobs, or one job's members: state, epoch, loss, validation error, worker, device."""
     from medq.common.store.views import find_job, list_jobs
 
-    store = current_store()
+    store = reading_store()
     if job:
         view = find_job(store, job)
         if view is None:
@@ -158,7 +158,7 @@ def watch(job, every, interval) -> None:
     from medq.scheduler.render import console
     from medq.scheduler.watch import watch_job
 
-    store = current_store()
+    store = reading_store()
     state = watch_job(store, resolve_job(store, job), console(), interval=interval, every=every)
     sys.exit(0 if state == "succeeded" else 1)
 
@@ -193,7 +193,7 @@ def results(job, fmt, output, as_json, as_csv, failed) -> None:
     fmt = chosen[0] if chosen else ("csv" if failed else "table")
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet writes a binary file: give -o FILE")
-    store = current_store()
+    store = reading_store()
     job_id = resolve_job(store, job)
     view = job_results(store, job_id)
     check_format(view["kind"], fmt, failed, INFER_KIND, REPORT_KIND)
@@ -339,31 +339,17 @@ def demo(seeds, n_workers, images, epochs, image_size, gpus) -> None:
                       image_size=image_size))
 
 
-@main.group()
-def db() -> None:
-    """The results store."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the store's migrations (also done automatically on first use)."""
-    from medq.common.store.db import Store
-    from medq.common.store.migrate import upgrade
-
-    settings = load_settings()
-    upgrade(Store(settings.resolved_database_url))
-    click.echo(f"store at {settings.describe()['database']} is at the newest schema")
-
-
 from medq.scheduler.bench import bench  # noqa: E402  (a command group of its own)
 from medq.scheduler.cli_submit import data, submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
 from medq.scheduler.cli_ops import config, doctor, flower, gc, metrics  # noqa: E402
+from medq.scheduler.cli_db import db  # noqa: E402
 
 main.add_command(data)
 main.add_command(submit)
 main.add_command(queue)
+main.add_command(db)
 for command in (config, doctor, flower, gc, metrics):
     main.add_command(command)
 

@@ -17,10 +17,10 @@ def queue(as_json) -> None:
     come from MEDQ_SHARES and MEDQ_QUOTAS."""
     from medq.common.settings import load_settings
     from medq.common.store.queue_view import queue_view
-    from medq.scheduler.cli_support import current_store
+    from medq.scheduler.cli_support import reading_store
 
     settings = load_settings()
-    view = queue_view(current_store(), settings.sharing, settings.local_time(), settings.worker_ttl)
+    view = queue_view(reading_store(), settings.sharing, settings.local_time(), settings.worker_ttl)
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return

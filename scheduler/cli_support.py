@@ -31,9 +31,19 @@ def server_problem(exc: BaseException) -> str | None:
 
 
 def current_store():
+    """The store for a command that writes (submit, cancel, resume): migrated on first use."""
     from medq.common.store import open_store
 
     return open_store(load_settings())
+
+
+def reading_store():
+    """The store for a command that only reads (status, results, watch, queue): never migrated.
+    A schema that is not this medq's newest is refused naming `medq db upgrade` (exit code 2); a
+    new user's embedded store is made (see open_store)."""
+    from medq.common.store import open_store
+
+    return open_store(load_settings(), migrate=False)
 
 
 def resolve_job(store, job: str) -> str:

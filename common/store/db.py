@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from medq.common.errors import SpecError
+from medq.common.errors import SchemaError, SpecError
+from medq.common.secrets import mask_url
 from medq.common.settings import Settings, load_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -64,6 +65,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.at_head = False  # the schema was found (or brought) at this medq's newest
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -85,18 +87,44 @@ class Store:
                 yield session
 
     def ensure_schema(self) -> None:
-        """Bring the schema to the newest migration (cheap when it is already there)."""
+        """Bring the schema to the newest migration (cheap when it is already there). A schema
+        newer than this medq's is refused, not touched."""
         from medq.common.store.models import SCHEMA_HEAD
 
-        if self.schema_version() != SCHEMA_HEAD:
+        current = self.schema_version()
+        if current is not None and current > SCHEMA_HEAD:
+            raise SchemaError(schema_problem(self.url, current))
+        if current != SCHEMA_HEAD:
             from medq.common.store.migrate import upgrade
 
             upgrade(self)
+        self.at_head = True
+
+    def require_schema(self) -> None:
+        """Check, changing nothing, that the schema is this medq's newest: SchemaError otherwise,
+        naming the store (password masked), its revision and what to run."""
+        from medq.common.store.models import SCHEMA_HEAD
+
+        if missing_sqlite_file(self.url):
+            raise SchemaError(schema_problem(self.url, None, missing=True))
+        current = self.revision()
+        if current != SCHEMA_HEAD:
+            raise SchemaError(schema_problem(self.url, current))
+        self.at_head = True
+
+    def revision(self) -> str | None:
+        """The schema's Alembic revision, None for a store without one. Reads only (no write
+        lock); unlike schema_version, a server that cannot be reached raises."""
+        with self.engine.connect() as conn:
+            conn.execution_options(medq_read_only=True)
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     def schema_version(self) -> str | None:
+        """The revision, or None when there is none or the store cannot be read."""
         try:
-            with self.engine.connect() as conn:
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return self.revision()
         except Exception:
             return None
 
@@ -104,17 +132,52 @@ class Store:
         self.engine.dispose()
 
 
+def missing_sqlite_file(url: str) -> bool:
+    """A SQLite URL whose file does not exist (connecting would make an empty one)."""
+    parsed = make_url(url)
+    return (parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+            and not Path(parsed.database).exists())
+
+
+def schema_problem(url: str, current: str | None, *, missing: bool = False) -> str:
+    """What is wrong with a store's schema, and what to run about it."""
+    from medq.common.store.models import SCHEMA_HEAD
+
+    where = mask_url(url)
+    if missing:
+        return f'there is no store at {where} yet; run "medq db upgrade" (or submit a job)'
+    if current is None:
+        return f'the store at {where} has no schema yet; run "medq db upgrade" (or submit a job)'
+    if current > SCHEMA_HEAD:
+        return (f"the store at {where} is at revision {current}, newer than this medq's {SCHEMA_HEAD}; "
+                f"upgrade medq on this host")
+    return f'the store at {where} is at revision {current}, medq needs {SCHEMA_HEAD}; run "medq db upgrade"'
+
+
 _STORES: dict[tuple[int, str], Store] = {}
 
 
 def open_store(settings: Settings | None = None, *, migrate: bool = True) -> Store:
-    """The process's store for the configured URL (a new engine after a fork)."""
+    """The process's store for the configured URL (a new engine after a fork).
+
+    ``migrate=True`` (commands that write, workers): the schema is brought to the newest
+    migration. ``migrate=False`` (commands that only read): nothing is changed; a schema that is
+    missing, older or newer than this medq's raises SchemaError naming "medq db upgrade". The
+    one exception is a new user's embedded store (MEDQ_DATABASE_URL unset, no schema yet): it is
+    made, as the first submit would, so that `medq status` on a fresh machine lists no jobs.
+    """
     settings = settings or load_settings()
-    key = (os.getpid(), settings.resolved_database_url)
+    url = settings.resolved_database_url
+    key = (os.getpid(), url)
     store = _STORES.get(key)
     if store is None:
-        store = Store(settings.resolved_database_url)
-        if migrate:
-            store.ensure_schema()
-        _STORES[key] = store
+        if not migrate and settings.database_url and missing_sqlite_file(url):
+            raise SchemaError(schema_problem(url, None, missing=True))  # and make no file or folder
+        store = _STORES[key] = Store(url)
+    if store.at_head:
+        return store
+    if migrate or (not settings.database_url and store.revision() is None):
+        store.ensure_schema()
+    else:
+        store.require_schema()
     return store

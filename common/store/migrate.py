@@ -1,7 +1,11 @@
-"""Alembic migrations, run programmatically (no alembic.ini needed)."""
+"""Alembic migrations, run programmatically: by workers and submitting commands on first use, and
+by `medq db`. The configuration is built here, not read from alembic.ini, so that Alembic never
+sets up logging inside a medq process; alembic.ini (beside this file) is for the `alembic`
+command (`alembic -c common/store/alembic.ini ...`) and names the same scripts."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +19,11 @@ if TYPE_CHECKING:  # db.py runs the migrations on first use; this module needs o
     from medq.common.store.db import Store
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
 def alembic_config() -> Config:
-    config = Config()
+    config = Config(stdout=sys.stdout)  # this moment's stdout (Alembic's default is the one at its import)
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
@@ -28,7 +33,16 @@ def script_head() -> str:
 
 
 def upgrade(store: "Store", revision: str = "head") -> None:
+    _run(store, command.upgrade, revision)
+
+
+def downgrade(store: "Store", revision: str) -> None:
+    """Back to ``revision`` (a revision, ``-1``, or ``base``): what later migrations added is dropped."""
+    _run(store, command.downgrade, revision)
+
+
+def _run(store: "Store", step, revision: str) -> None:
     config = alembic_config()
-    with store.engine.begin() as connection:
+    with store.engine.begin() as connection:  # env.py runs on this connection, in this transaction
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        step(config, revision)
