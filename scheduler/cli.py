@@ -340,7 +340,8 @@ def demo(seeds, n_workers, images, epochs, image_size, gpus) -> None:
 
 
 from medq.scheduler.bench import bench  # noqa: E402  (a command group of its own)
-from medq.scheduler.cli_submit import data, submit  # noqa: E402
+from medq.scheduler.cli_data import data  # noqa: E402
+from medq.scheduler.cli_submit import submit  # noqa: E402
 
 from medq.scheduler.cli_queue import queue  # noqa: E402
 from medq.scheduler.cli_ops import config, doctor, flower, gc, metrics  # noqa: E402
