@@ -91,7 +91,7 @@ def _list_max_sqlite(element, compiler, **kw) -> str:
 def _list_max_postgres(element, compiler, **kw) -> str:
     column, key = (compiler.process(clause, **kw) for clause in element.clauses)
     return (f"(SELECT max(CAST(item AS double precision)) "
-            f"FROM json_array_elements_text({column} -> CAST({key} AS TEXT)) AS item)")
+            f"FROM jsonb_array_elements_text({column} -> CAST({key} AS TEXT)) AS item)")  # jsonb since 0010
 
 
 @dataclass(frozen=True)

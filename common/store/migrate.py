@@ -42,7 +42,9 @@ def downgrade(store: "Store", revision: str) -> None:
 
 
 def _run(store: "Store", step, revision: str) -> None:
+    from medq.common.store.db import migrating
+
     config = alembic_config()
-    with store.engine.begin() as connection:  # env.py runs on this connection, in this transaction
+    with migrating(store.engine) as connection:  # env.py runs on this connection, in this transaction
         config.attributes["connection"] = connection
         step(config, revision)

@@ -7,10 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, false, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0009"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0010"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -53,9 +54,10 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator):
-    """Stored as naive UTC on every backend, returned as aware UTC."""
+    """A moment: ``timestamptz`` on PostgreSQL (psql shows it with its zone), UTC text on SQLite;
+    aware UTC in Python on both."""
 
-    impl = DateTime
+    impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
@@ -63,15 +65,22 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store; use common.store.models.utcnow()")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        if value is None:
+            return None
+        return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# JSON documents: jsonb on PostgreSQL (indexable, queryable with ->>), JSON text on SQLite
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+    type_annotation_map = {dict[str, Any]: JSONDocument, datetime: UTCDateTime}
 
 
 class Job(Base):
@@ -93,7 +102,7 @@ class Job(Base):
     # Inference jobs: the queue's priority, a nightly window ("22:00-06:00"), and whether
     # `medq resume` lifted the window.
     priority: Mapped[str | None] = mapped_column(String(8))
-    window: Mapped[str | None] = mapped_column(String(16))
+    window: Mapped[str | None] = mapped_column("run_window", String(16))  # "window" is a reserved word
     window_lifted: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Who the job is for (--project, MEDQ_PROJECT or the user): the unit of fair share and quotas.
     project: Mapped[str | None] = mapped_column(String(64))
@@ -251,11 +260,11 @@ class Chunk(Base):
     """A slice of an inference job's archive: the unit a worker runs, leased like a member."""
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("job_id", "index"),)
+    __table_args__ = (UniqueConstraint("job_id", "chunk_index"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    index: Mapped[int]
+    index: Mapped[int] = mapped_column("chunk_index")  # "index" is a reserved word
     # waiting (outside its window), queued, running, succeeded, failed, cancelled
     state: Mapped[str] = mapped_column(String(16), default="waiting")
     attempts: Mapped[int] = mapped_column(default=0)

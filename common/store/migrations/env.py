@@ -46,13 +46,13 @@ def run_migrations_online() -> None:
         run_migrations(connection)
         return
     from medq.common.secrets import mask_url
-    from medq.common.store.db import make_engine
+    from medq.common.store.db import make_engine, migrating
 
     url = store_url()
     log.info("store at %s", mask_url(url))
     engine = make_engine(url)
     try:
-        with engine.begin() as connection:
+        with migrating(engine) as connection:
             run_migrations(connection)
     finally:
         engine.dispose()
