@@ -126,6 +126,15 @@ class Settings(BaseSettings):
             sources.append(_TomlFile(settings_cls, environ[PREFIX + "CONFIG"]))
         return tuple(sources)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value, info):
+        """A TOML number for a text setting (``pacs_password = 12345678``) is that text."""
+        if cls.model_fields[info.field_name].annotation is str and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            return str(value)
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -156,6 +165,10 @@ class Settings(BaseSettings):
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in self.shown().items())})"
 
     __str__ = __repr__
+
+    def __repr_args__(self):
+        """What pydantic's and rich's pretty printers show: the masked values too."""
+        return list(self.shown().items())
 
     def shown(self) -> dict[str, object]:
         """Every field's value as a person may see it: secrets ``***``, URLs' passwords masked."""
@@ -240,7 +253,8 @@ class _Environ(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self):
-        return {key.lower(): value for key, value in self._given.items() if value != ""}
+        # MEDQ_HOME, not medq_home: only upper-case names are medq's (as before pydantic-settings)
+        return {key.lower(): value for key, value in self._given.items() if value != "" and key == key.upper()}
 
 
 class _TomlFile(TomlConfigSettingsSource):
@@ -262,10 +276,11 @@ def _nearest(name: str) -> str:
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """``MEDQ_*`` variables that name no setting (and are none of medq's other variables)."""
+    """``MEDQ_*`` variables that name no setting (and are none of medq's other variables), and
+    any not in upper case (``medq_home`` is not read: the names are ``MEDQ_HOME``)."""
     fields = {PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(key for key in environ if key.upper().startswith(PREFIX) and key.upper() not in fields
-                  and key.upper() not in NOT_SETTINGS)
+    return sorted(key for key in environ if key.upper().startswith(PREFIX)
+                  and (key != key.upper() or (key not in fields and key not in NOT_SETTINGS)))
 
 
 def source_of(name: str, environ: Mapping[str, str] | None = None) -> str:
@@ -301,8 +316,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _first_problem(exc: ValidationError, env: Mapping[str, str]) -> str:
+    """The first bad value, named by its variable or file; a secret's value is never shown."""
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else ""
     field = Settings.model_fields.get(name)
     kind = getattr(field.annotation, "__name__", str(field.annotation)) if field else "value"
-    return f"{source_of(name, env)}: {error['input']!r} is not a valid {kind}"
+    shown = "the value given" if name in SECRET_FIELDS | URL_FIELDS else repr(error["input"])
+    return f"{source_of(name, env)}: {shown} is not a valid {kind}"

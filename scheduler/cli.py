@@ -29,16 +29,19 @@ class MedqGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort as exc:  # a question declined (1), or Ctrl-C (130, as shells count it)
             click.echo("aborted", err=True)
-            sys.exit(1)
+            sys.exit(130 if isinstance(exc.__context__, KeyboardInterrupt) else 1)
         except click.ClickException as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # `medq`, `medq db`: the help
+                exc.show()
+                sys.exit(exc.exit_code)
             if isinstance(exc, click.UsageError) and exc.ctx is not None:
                 click.echo(f"{exc.ctx.get_usage()}\nTry '{exc.ctx.command_path} --help' for help.\n", err=True)
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
-        sys.exit(0)
+        sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) comes back as n
 
     def invoke(self, ctx):
         try:
@@ -46,8 +49,8 @@ class MedqGroup(click.Group):
         except MedqError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
+            raise  # a closed pipe (`| head`): click's own quiet exit, not a broker that went away
         except Exception as exc:
             problem = server_problem(exc)
             if problem is None:

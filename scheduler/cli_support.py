@@ -105,15 +105,28 @@ def resume_and_announce(job: str, kind: str, wait: bool) -> None:
 
 def complete_job(ctx, param, incomplete: str):
     """Shell completion of job ids (`medq status 3f<TAB>`): the newest jobs whose id starts so,
-    with their kind and state as help. Quiet when the store cannot be read."""
+    with their kind and state as help. Quiet (no warning lands on the command line) and
+    harmless: nothing when the store cannot be read, and no store is made or migrated."""
+    import logging
+
     from click.shell_completion import CompletionItem
 
+    quiet = logging.getLogger("medq.settings")
+    level, quiet.level = quiet.level, logging.ERROR
     try:
-        from medq.common.store import open_store
-        from medq.common.store.views import list_jobs
+        from medq.common.store.db import Store, missing_sqlite_file
+        from medq.common.store.views import find_jobs_by_prefix
 
-        jobs = list_jobs(open_store(load_settings(), migrate=False), limit=200)
+        url = load_settings().resolved_database_url
+        if missing_sqlite_file(url):
+            return []
+        store = Store(url)
+        try:
+            jobs = find_jobs_by_prefix(store, incomplete, limit=100)
+        finally:
+            store.dispose()
     except Exception:
         return []
-    return [CompletionItem(j["job_id"], help=f"{j['kind']} {j['state']}") for j in jobs
-            if j["job_id"].startswith(incomplete)]
+    finally:
+        quiet.level = level
+    return [CompletionItem(j["job_id"], help=f"{j['kind']} {j['state']}") for j in jobs]

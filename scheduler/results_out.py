@@ -25,6 +25,8 @@ def check_format(kind: str, fmt: str, failed: bool, infer_kind: str, report_kind
     """Options that do not apply to the job's kind are refused, not ignored."""
     if failed and kind != infer_kind:
         raise click.UsageError(f"--failed applies to inference jobs, not to {kind} jobs")
+    if failed and fmt in ("table", "json"):
+        raise click.UsageError(f"--failed gives study records: use --format csv, jsonl or parquet, not {fmt}")
     if kind == report_kind and fmt not in ("table", "json"):
         raise click.UsageError(f"a report job's results are its pages: use --format table or json, not {fmt}")
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
@@ -42,8 +44,8 @@ def study_records(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[dic
 
 def training_records(view: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """A training job's results (``views.job_results``) as flat records: one per member, one per
-    combination of members, one per evaluation set; the columns are the union of their scalar
-    metrics, in first-seen order."""
+    combination of members, one per evaluation set; the columns: the member's, then the union of
+    their scalar metrics by name, then the error."""
     records: list[dict[str, Any]] = []
     for m in view["members"]:
         records.append({"row": f"seed {m['seed']}", "seed": m["seed"], "state": m["state"], "attempts": m["attempts"],
@@ -53,9 +55,9 @@ def training_records(view: dict[str, Any]) -> tuple[list[str], list[dict[str, An
         records.append({"row": combined["aggregation"], **_scalars(combined["metrics"])})
     for evaluation in view.get("sets", []):
         records.append({"row": f"set {evaluation['name']}", **_scalars(evaluation["metrics"])})
-    columns: list[str] = []
-    for record in records:
-        columns += [key for key in record if key not in columns]
+    fixed = ["row", "seed", "state", "attempts", "preemptions", "checkpoint"]
+    metrics = sorted({key for record in records for key in record} - {*fixed, "error"})  # the same on every store
+    columns = fixed + metrics + ["error"]
     return columns, [{c: record.get(c) for c in columns} for record in records]
 
 
@@ -86,22 +88,40 @@ def write_records(fmt: str, columns: list[str], records: Iterable[dict[str, Any]
 
 def _write_parquet(columns: list[str], records: Iterable[dict[str, Any]], out: IO, batch: int) -> int:
     """Parquet in row groups of ``batch`` records, so a million studies never sit in memory at
-    once. Column types come from the first row group; a column with no value in it is text."""
+    once. A column's type is fixed by the first row group: text if any value there is text or
+    none has a value yet, else a float (integers too: a later 1.5 is not cut to 1), else a bool.
+    Later values are written as that type (as text if it is text), so every row group agrees."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer, schema, n, rows = None, None, 0, []
+    writer, types, n, rows = None, None, 0, []
 
-    def flush():
-        nonlocal writer, schema
-        table = pa.Table.from_pylist(rows, schema=schema) if schema else pa.Table.from_pylist(
-            [{c: r.get(c) for c in columns} for r in rows])
-        if schema is None:
-            schema = pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
-                                for f in table.schema])
-            table = table.cast(schema)
-            writer = pq.ParquetWriter(out, schema)
-        writer.write_table(table)
+    def column_type(values: list[Any]) -> pa.DataType:
+        present = [v for v in values if v is not None]
+        if not present or any(isinstance(v, str) for v in present):
+            return pa.string()
+        if all(isinstance(v, bool) for v in present):
+            return pa.bool_()
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            return pa.float64()
+        return pa.string()
+
+    def cast(value: Any, kind: pa.DataType) -> Any:
+        if value is None:
+            return None
+        if kind == pa.string():
+            return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        if kind == pa.float64():
+            return float(value)
+        return bool(value)
+
+    def flush() -> None:
+        nonlocal writer, types
+        if types is None:
+            types = {c: column_type([r.get(c) for r in rows]) for c in columns}
+            writer = pq.ParquetWriter(out, pa.schema([pa.field(c, types[c]) for c in columns]))
+        arrays = [pa.array([cast(r.get(c), types[c]) for r in rows], type=types[c]) for c in columns]
+        writer.write_table(pa.Table.from_arrays(arrays, names=columns))
 
     for record in records:
         rows.append(record)

@@ -10,6 +10,7 @@ launcher: each row is taken with a guarded update, and a duplicate message is ha
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import timedelta
 
@@ -46,17 +47,31 @@ def reap_once(store: Store, app) -> tuple[list[recovery.Lapsed], list[str]]:
 
 
 GC_EVERY_S = 3600.0
-_last_gc: list[float] = []  # when this process last collected (monotonic)
+_gc = {"last": None, "thread": None}  # this process's last collection (monotonic) and its thread
 
 
-def collect_garbage(store: Store, settings, now: float | None = None) -> int:
+def collect_garbage(store: Store, settings, now: float | None = None, wait: bool = False) -> int:
     """With ``MEDQ_RETENTION_DAYS`` set: once an hour, what `medq gc` removes by default (resume
-    checkpoints of succeeded members of jobs that ended that long ago, half-written files).
-    Every launcher may do it; a file another took first is skipped. Returns the bytes freed."""
+    checkpoints of succeeded members of jobs that ended that long ago, half-written files), in a
+    thread of its own: a walk of a large shared artifact root must not hold up the launcher's
+    round (its health answer, its workers' liveness). Every launcher may do it; a file another
+    took first is skipped. Returns the bytes freed when ``wait``, else 0."""
     now = time.monotonic() if now is None else now
-    if not settings.retention_days or (_last_gc and now - _last_gc[-1] < GC_EVERY_S):
+    running = _gc["thread"] is not None and _gc["thread"].is_alive()
+    if not settings.retention_days or running or (_gc["last"] is not None and now - _gc["last"] < GC_EVERY_S):
         return 0
-    _last_gc[:] = [now]
+    _gc["last"] = now
+    freed: list[int] = []
+    _gc["thread"] = threading.Thread(target=lambda: freed.append(_collect(store, settings)), name="medq-gc",
+                                     daemon=True)
+    _gc["thread"].start()
+    if wait:
+        _gc["thread"].join()
+        return freed[0] if freed else 0
+    return 0
+
+
+def _collect(store: Store, settings) -> int:
     try:
         removals = retention.plan(store, settings.artifacts, timedelta(days=settings.retention_days))
         freed = retention.remove(store, removals)

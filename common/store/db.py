@@ -7,6 +7,7 @@ processes never deadlock upgrading a read lock to a write lock (the cause of mos
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,12 @@ from medq.common.settings import Settings, load_settings
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
+def _jsonb_text(value) -> str:
+    """JSON for PostgreSQL's jsonb, which refuses the NUL character (a DICOM string padded with
+    one, say): it is written as U+FFFD instead of failing the study's record."""
+    return json.dumps(value).replace("\\u0000", "\\ufffd")
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -30,7 +37,8 @@ def make_engine(url: str) -> Engine:
         # loop (and its liveness probe) on the operating system's TCP timeout
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
         try:
-            return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
+            return create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args,
+                                 json_serializer=_jsonb_text)
         except ModuleNotFoundError as exc:  # the driver is an extra: medq[postgres]
             extra = " (pip install 'medq[postgres]')" if exc.name == "psycopg" else ""
             raise SpecError(f"MEDQ_DATABASE_URL needs the database driver {exc.name!r}{extra}") from None
@@ -111,15 +119,22 @@ class Store:
 
     def ensure_schema(self) -> None:
         """Bring the schema to the newest migration (cheap when it is already there). A schema
-        newer than this medq's is refused, not touched."""
+        newer than this medq's is refused, not touched; so is a step that the older medq's
+        running workers cannot live with (a breaking revision): `medq db upgrade` takes it,
+        once they are stopped."""
         from medq.common.store.models import SCHEMA_HEAD
 
         current = self.schema_version()
         if current is not None and current > SCHEMA_HEAD:
             raise SchemaError(schema_problem(self.url, current))
         if current != SCHEMA_HEAD:
-            from medq.common.store.migrate import upgrade
+            from medq.common.store.migrate import breaking_between, upgrade
 
+            breaking = breaking_between(current) if current is not None else []
+            if breaking:
+                raise SchemaError(f"the store at {mask_url(self.url)} is at revision {current}; revision "
+                                  f"{', '.join(breaking)} changes columns the older medq uses, so it is not applied "
+                                  f'on first use: stop every worker of the older medq, then run "medq db upgrade"')
             upgrade(self)
         self.at_head = True
 

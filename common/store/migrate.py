@@ -32,6 +32,16 @@ def script_head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def breaking_between(current: str, head: str | None = None) -> list[str]:
+    """The revisions after ``current`` up to ``head`` that the older medq cannot run with (a
+    column renamed, a type changed: their module says ``breaking = True``). Workers and
+    submits do not apply these on their own: every process of the older medq must stop first,
+    then `medq db upgrade` runs them."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return sorted(script.revision for script in scripts.iterate_revisions(head or "head", current)
+                  if getattr(script.module, "breaking", False))
+
+
 def upgrade(store: "Store", revision: str = "head") -> None:
     _run(store, command.upgrade, revision)
 

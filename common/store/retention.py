@@ -3,15 +3,16 @@ from the artifact root, and removing it.
 
 Kept, always: every weights file (``best.pt``, the top-k ``best-NNNN.pt``, ``init.pt``): what
 inference, evaluation and reports load; the ``last.pt`` of every member that did not succeed
-(``medq resume`` goes on from it); everything of a job that has not ended; anything that is not
-a job's folder (the CT slice cache, a folder of the user's own).
+(``medq resume`` goes on from it); every file an inference job names as its model (``--model
+.../last.pt`` is allowed, and a failed or windowed job goes on later); everything of a job that
+has not ended; anything that is not a job's folder (the CT slice cache, a folder of the user's own).
 
 Removable:
 - ``last.pt`` of a succeeded member of a job that ended more than ``older_than`` ago: the
   resume state (weights, optimiser and scheduler state, random states; about three times the
   weights) of a run that will not be resumed. Its weights stay in ``best.pt``.
-- ``*.tmp``: a write that a killed process left half done (older than an hour, so that no
-  running write is touched).
+- ``*.tmp`` in a job's folder: a write that a killed process left half done (older than an
+  hour, so that no running write is touched).
 - with ``orphans``: a job's folder whose job is not in the store (a job deleted from it, or a
   store made anew), older than ``older_than``. Off unless asked for: a worker pointed at the
   wrong database would see every folder as an orphan.
@@ -59,6 +60,8 @@ def plan(store: Store, root: Path, older_than: timedelta, *, orphans: bool = Fal
         return []
     removals = _resume_states(store, root, now - older_than)
     removals += _partial_files(root, now)
+    models = _models_of_inference_jobs(store)
+    removals = [r for r in removals if str(r.path.resolve()) not in models]
     if orphans:
         removals += _orphan_folders(store, root, now - older_than)
     return removals
@@ -79,10 +82,20 @@ def _resume_states(store: Store, root: Path, ended_before: datetime) -> list[Rem
     return removals
 
 
+def _models_of_inference_jobs(store: Store) -> set[str]:
+    """Every checkpoint an inference job (of any state: a failed one may be resumed) predicts with."""
+    from medq.common.specs import INFER_KIND
+
+    with store.read_session() as s:
+        specs = s.scalars(select(Job.spec).where(Job.kind == INFER_KIND))
+        return {str(Path(p).resolve()) for spec in specs for p in (spec or {}).get("checkpoints", [])}
+
+
 def _partial_files(root: Path, now: datetime) -> list[Removal]:
     removals = []
     cutoff = (now - PARTIAL_AGE).timestamp()
-    for path in root.rglob("*.tmp"):
+    folders = [p for p in root.iterdir() if p.is_dir() and JOB_FOLDER.match(p.name)]
+    for path in (tmp for folder in folders for tmp in folder.rglob("*.tmp")):
         try:
             stat = path.stat()
         except OSError:

@@ -62,6 +62,14 @@ def find_job(store: Store, job_id: str) -> dict[str, Any] | None:
         return job_view(job) if job else None
 
 
+def find_jobs_by_prefix(store: Store, prefix: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest jobs whose id starts with ``prefix`` (shell completion): id, kind, state."""
+    with store.read_session() as s:
+        rows = s.execute(select(Job.id, Job.kind, Job.state).where(Job.id.like(f"{prefix}%"))
+                         .order_by(Job.created_at.desc()).limit(limit))
+        return [{"job_id": i, "kind": k, "state": st} for i, k, st in rows]
+
+
 def list_jobs(store: Store, limit: int = 20) -> list[dict[str, Any]]:
     with store.session() as s:
         jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))

@@ -83,3 +83,18 @@ def test_downgrades_and_upgrades_keep_every_row_of_tables_they_do_not_drop(store
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM members WHERE job_id = :id"), {"id": job_id}).scalar() == 2
         assert conn.execute(text("SELECT count(*) FROM chunks WHERE job_id = :id"), {"id": job_id}).scalar() == 1
+
+
+def test_a_nul_character_in_a_json_value_survives_the_upgrade_and_later_writes(store: Store):
+    """PostgreSQL's jsonb refuses U+0000, which its json kept (a DICOM string padded with a NUL):
+    the upgrade and every later write keep the value, with U+FFFD in its place."""
+    old_id, _ = jobs.create_job(store, "ensemble", {}, {"split": {}}, [0], 1)
+    downgrade(store, "0009")
+    with store.session() as s:  # as 0009's json column could hold it
+        s.execute(text("UPDATE jobs SET spec = :spec WHERE id = :id"), {"spec": '{"note": "a\\u0000b"}', "id": old_id})
+    upgrade(store)
+    from medq.common.store.views import find_job
+
+    assert find_job(store, old_id)["spec"]["note"] in ("a\ufffdb", "a\x00b")  # SQLite keeps the NUL
+    job_id, _ = jobs.create_job(store, "ensemble", {"note": "c\x00d"}, {"split": {}}, [0], 1)
+    assert find_job(store, job_id)["spec"]["note"] in ("c\ufffdd", "c\x00d")

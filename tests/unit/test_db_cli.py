@@ -171,17 +171,26 @@ def test_a_read_only_command_refuses_a_store_one_revision_behind_and_changes_not
     assert listed.exit_code == 0 and [j["job_id"] for j in json.loads(listed.stdout)] == [job_id]
 
 
-def test_submitting_and_workers_still_migrate_after_a_read_was_refused(behind):
+def test_submitting_and_workers_migrate_after_a_read_was_refused_unless_the_step_breaks_older_workers(behind):
     from medq.common.errors import SchemaError
     from medq.common.settings import load_settings
     from medq.common.store import open_store
+    from medq.common.store.migrate import breaking_between
 
     url, _ = behind
     with pytest.raises(SchemaError):
         open_store(load_settings(), migrate=False)  # what status does
     assert revision(url) == PREVIOUS
-    open_store(load_settings())  # what submit and the workers do, in the same process
+    if breaking_between(PREVIOUS):  # 0010 renames columns a running older worker uses
+        with pytest.raises(SchemaError, match=f"revision {SCHEMA_HEAD} changes columns the older medq uses.*"
+                                              'stop every worker of the older medq, then run "medq db upgrade"'):
+            open_store(load_settings())
+        assert revision(url) == PREVIOUS  # nothing applied
+        assert medq("db", "upgrade").exit_code == 0  # the operator's step
+    else:
+        open_store(load_settings())  # what submit and the workers do, in the same process
     assert revision(url) == SCHEMA_HEAD
+    open_store(load_settings())  # and from then on, as before
 
 
 def test_a_new_user_gets_an_embedded_store_but_a_named_store_is_never_made_by_reading(env, tmp_path):

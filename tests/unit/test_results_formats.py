@@ -95,3 +95,23 @@ def test_options_that_do_not_apply_are_refused_not_ignored(ensemble_job, tmp_pat
     binary = medq("results", ensemble_job, "--format", "parquet")
     assert binary.exit_code == 2 and "give -o FILE" in binary.output
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_failed_studies_are_records_so_a_summary_format_is_refused(infer_job):
+    refused = medq("results", infer_job, "--failed", "--json")
+    assert refused.exit_code == 2 and "--failed gives study records: use --format csv, jsonl or parquet" in refused.output
+
+
+def test_parquet_columns_keep_one_type_across_row_groups(tmp_path):
+    """Coordinates empty in the first row group (PNG studies) and numbers later (DICOM), whole
+    numbers first and fractions later: the types of the first group hold, nothing is cut."""
+    import pyarrow.parquet as pq
+
+    from medq.scheduler.results_out import write_records
+
+    records = [{"x1_mm": None, "width": 512, "path": "a.png"}] * 3 + [{"x1_mm": "12.5", "width": 1.5, "path": "b.dcm"}]
+    with open(tmp_path / "t.parquet", "wb") as out:
+        assert write_records("parquet", ["x1_mm", "width", "path"], iter(records), out, batch=3) == 4
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert table.column("x1_mm").to_pylist() == [None, None, None, "12.5"]
+    assert table.column("width").to_pylist() == [512.0, 512.0, 512.0, 1.5]

@@ -56,6 +56,7 @@ def artifacts(home):
     orphan = _file(root / "0123456789ab" / "seed-0" / "last.pt", 2 * MB).parents[1]
     _age(orphan, 30)
     _file(root / "ct-nifti-slices" / "case1" / "slice-000.npy", MB)  # not a job's folder
+    _age(_file(root / "ct-nifti-slices" / "case1" / "slice-001.npy.tmp", MB), 1)  # nor are its partial files
     stale = _file(root / old / "seed-1" / "best.pt.tmp", MB)
     _age(stale, 1)
     _file(root / recent / "seed-0" / "best.pt.tmp", MB)  # a write in progress
@@ -77,7 +78,7 @@ def test_gc_frees_resume_checkpoints_of_succeeded_members_and_keeps_every_weight
             root / a["recent"] / "seed-0" / "last.pt",  # ended a day ago, under the 7 days
             root / a["running"] / "seed-0" / "last.pt",  # a job still running
             root / a["recent"] / "seed-0" / "best.pt.tmp",  # a write that may be in progress
-            a["orphan"], root / "ct-nifti-slices"]
+            a["orphan"], root / "ct-nifti-slices" / "case1" / "slice-001.npy.tmp"]
     assert all(p.exists() for p in kept), [p for p in kept if not p.exists()]
     with a["store"].session() as s:
         names = set(s.scalars(select(Artifact.name).where(Artifact.job_id == a["old"])))
@@ -97,12 +98,26 @@ def test_launchers_collect_once_an_hour_with_a_retention_setting(artifacts, home
     from medq.common.settings import load_settings
     from medq.workers import reaper
 
-    reaper._last_gc.clear()
-    assert reaper.collect_garbage(artifacts["store"], home, now=0.0) == 0  # MEDQ_RETENTION_DAYS unset: never
+    reaper._gc.update(last=None, thread=None)
+    assert reaper.collect_garbage(artifacts["store"], home, now=0.0, wait=True) == 0  # MEDQ_RETENTION_DAYS unset
     settings = load_settings({"MEDQ_HOME": str(home.home), "MEDQ_RETENTION_DAYS": "5"})
-    assert reaper.collect_garbage(artifacts["store"], settings, now=10.0) == 4 * MB
+    assert reaper.collect_garbage(artifacts["store"], settings, now=10.0, wait=True) == 4 * MB
     _file(artifacts["root"] / artifacts["old"] / "seed-0" / "last.pt", MB)
-    assert reaper.collect_garbage(artifacts["store"], settings, now=100.0) == 0  # within the hour
-    assert reaper.collect_garbage(artifacts["store"], settings, now=3700.0) == MB
+    assert reaper.collect_garbage(artifacts["store"], settings, now=100.0, wait=True) == 0  # within the hour
+    assert reaper.collect_garbage(artifacts["store"], settings, now=3700.0, wait=True) == MB
     with artifacts["store"].session() as s:
         assert s.scalar(select(Member.state).where(Member.job_id == artifacts["old"], Member.seed == 0)) == "succeeded"
+
+
+def test_a_resume_checkpoint_an_inference_job_predicts_with_is_kept(artifacts):
+    """`medq submit infer --model .../last.pt` is allowed; a job held by its window, or failed
+    and resumed later, must find its model."""
+    from medq.common.store.models import Job
+
+    model = artifacts["root"] / artifacts["old"] / "seed-0" / "last.pt"
+    job_id, _ = jobs.create_job(artifacts["store"], "infer", {"checkpoints": [str(model)]}, {}, [], 0)
+    with artifacts["store"].session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(state="failed", finished_at=utcnow()))
+    done = medq("gc")
+    assert done.exit_code == 0 and "freed 1.0 MiB in 1 item(s)" in done.output, done.output  # the stale .tmp only
+    assert model.exists()

@@ -100,3 +100,25 @@ def test_medq_config_shows_the_settings_in_effect_and_masks_every_secret(tmp_pat
     assert "MEDQ_LEASE_SECONDZ is not a medq setting" in done.stderr
     table = _medq("config", env=env)
     assert table.returncode == 0 and "Europe/Zurich" in table.stdout and "redis-pw-1" not in table.stdout
+
+
+def test_a_bad_secret_is_named_but_never_shown_and_a_numeric_password_in_the_file_is_text(tmp_path):
+    config = tmp_path / "medq.toml"
+    config.write_text("pacs_password = 12345678\n")
+    assert load_settings({"MEDQ_CONFIG": str(config)}).pacs_password == "12345678"
+    config.write_text('pacs_password = ["hunter2"]\n')
+    with pytest.raises(SpecError) as refused:
+        load_settings({"MEDQ_CONFIG": str(config)})
+    assert "hunter2" not in str(refused.value) and "the value given is not a valid str" in str(refused.value)
+    from rich.pretty import pretty_repr
+
+    shown = pretty_repr(load_settings({"MEDQ_REDIS_PASSWORD": "redis-pw-9"}))  # rich's and pydantic's printers
+    assert "redis-pw-9" not in shown and "redis_password='***'" in shown
+
+
+def test_only_upper_case_names_are_read_and_a_lower_case_one_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="medq.settings"):
+        s = load_settings({"medq_home": "/elsewhere", "MEDQ_LEASE_SECONDS": "90"})
+    assert str(s.home) != "/elsewhere" and s.lease_seconds == 90
+    assert any("medq_home is not a medq setting" in r.getMessage() and "MEDQ_HOME" in r.getMessage()
+               for r in caplog.records)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medq.common import subjects
-from medq.common.families.ct_lesions.schema import LESION_CLASSES, UNTRAINED
+from medq.common.families.ct_lesions.schema import CLASSES, LESION_CLASSES, UNTRAINED
 from medq.common.report import plots
 from medq.common.report.data import find_set
 from medq.common.report.page import Cell, Curve, CurvePlot, Figure, Metric, Note, PairedErrors, Section, Table
@@ -35,9 +35,11 @@ def _find(results: dict[str, Any], name: str) -> tuple[int, dict] | None:
 
 
 def _classes(metrics: dict) -> list[str]:
-    """Lesion classes first, then the rest (other lung, background) in stored order."""
+    """Lesion classes first, then the rest (other lung, background), in the family's class order
+    (not the stored one: PostgreSQL's jsonb keeps keys in an order of its own)."""
     names = list(metrics.get("per_class") or {})
-    return [c for c in LESION_CLASSES if c in names] + [c for c in names if c not in LESION_CLASSES]
+    known = [c for c in (*LESION_CLASSES, *CLASSES) if c in names]
+    return list(dict.fromkeys(known)) + sorted(c for c in names if c not in CLASSES)
 
 
 def _pretty(name: str) -> str:

@@ -19,6 +19,9 @@ revision: str = '0010'
 down_revision: Union[str, Sequence[str], None] = '0009'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+# A worker of the older medq would fail on the renamed columns, and on PostgreSQL write naive
+# times into timestamptz: workers and submits do not take this step on their own (migrate.py).
+breaking = True
 
 # every timestamp and JSON column as of 0009 (a migration lists what it changes; it does not read the models)
 TIMESTAMPS = {
@@ -54,8 +57,9 @@ def upgrade() -> None:
                             postgresql_using=f"{column} AT TIME ZONE 'UTC'")
     for table, columns in JSON_COLUMNS.items():
         for column in columns:
+            # jsonb refuses the NUL character that json keeps: it becomes U+FFFD
             op.alter_column(table, column, type_=postgresql.JSONB(), existing_type=sa.JSON(),
-                            postgresql_using=f"{column}::jsonb")
+                            postgresql_using=f"replace({column}::text, '\\u0000', '\\ufffd')::jsonb")
 
 
 def downgrade() -> None:
