@@ -66,29 +66,6 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-@contextmanager
-def migrating(engine: Engine) -> Iterator:
-    """A connection in one transaction for Alembic. On SQLite with its foreign keys off: a batch
-    migration copies a table and drops the old one, and with them on, that drop deletes every row
-    that refers to the table (ON DELETE CASCADE: a migration of ``jobs`` would empty ``members``,
-    ``chunks`` and ``studies``). They are checked before the commit and turned on again after."""
-    with engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:  # before BEGIN: SQLite ignores this pragma inside a transaction
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
-        try:
-            with connection.begin():
-                yield connection
-                if sqlite:
-                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    if broken:
-                        raise SchemaError(f"a migration left {len(broken)} row(s) whose foreign key points "
-                                          f"nowhere (first: table {broken[0][0]}); nothing was changed")
-        finally:
-            if sqlite:
-                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
-
-
 class Store:
     """An engine and its session factory; one session per unit of work."""
 

@@ -6,12 +6,16 @@ command (`alembic -c common/store/alembic.ini ...`) and names the same scripts."
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from medq.common.errors import SchemaError
 
 from medq.common.store.models import SCHEMA_HEAD as HEAD  # noqa: F401  (the schema head, for callers)
 
@@ -51,9 +55,30 @@ def downgrade(store: "Store", revision: str) -> None:
     _run(store, command.downgrade, revision)
 
 
-def _run(store: "Store", step, revision: str) -> None:
-    from medq.common.store.db import migrating
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction for Alembic. On SQLite with its foreign keys off: a batch
+    migration copies a table and drops the old one, and with them on, that drop deletes every row
+    that refers to the table (ON DELETE CASCADE: a migration of ``jobs`` would empty ``members``,
+    ``chunks`` and ``studies``). They are checked before the commit and turned on again after."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # before BEGIN: SQLite ignores this pragma inside a transaction
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise SchemaError(f"a migration left {len(broken)} row(s) whose foreign key points "
+                                          f"nowhere (first: table {broken[0][0]}); nothing was changed")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
+
+def _run(store: "Store", step, revision: str) -> None:
     config = alembic_config()
     with migrating(store.engine) as connection:  # env.py runs on this connection, in this transaction
         config.attributes["connection"] = connection

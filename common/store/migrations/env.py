@@ -46,7 +46,8 @@ def run_migrations_online() -> None:
         run_migrations(connection)
         return
     from medq.common.secrets import mask_url
-    from medq.common.store.db import make_engine, migrating
+    from medq.common.store.db import make_engine
+    from medq.common.store.migrate import migrating
 
     url = store_url()
     log.info("store at %s", mask_url(url))
