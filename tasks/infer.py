@@ -99,6 +99,7 @@ def run_claimed_chunk(store, claim, settings, should_stop, progress=None):
 
         return ChunkStats(done=0, failed=0, skipped=0, seconds=0.0, studies_per_s=0.0)
     predictor = _predictor(spec, claim.plan or {})
+    predictor.name_studies({study_id: store_ops.path_hash(path) for study_id, path in items})  # files by study key
     archive = open_source(spec.archive, settings, spec.query, check=False)
     done = 0
 

@@ -62,6 +62,13 @@ class StudyPredictor:
     def close(self) -> None:
         """Drop the models and give their memory back (a worker lives on after the task)."""
 
+    def name_studies(self, names: dict[int, str]) -> None:
+        """Study row id -> its key, for the chunk about to run: what its output files are named
+        by (a predictor with an ``outputs`` plan; one without writes no files)."""
+        outputs = getattr(self, "outputs", None)
+        if outputs is not None:
+            outputs.name_studies(names)
+
 
 def loader_processes(requested: int | None, device: torch.device) -> int:
     """Decoding processes for a chunk: as requested, else 2 beside a GPU (which would otherwise

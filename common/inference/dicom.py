@@ -98,7 +98,9 @@ def _decode(data: bytes) -> DecodedImage:
     check_image_size(ds.Columns, ds.Rows)
     _check_decoder(ds)
     pixels = to_display(ds, _decode_pixels(ds))
-    return DecodedImage(pixels=pixels, source_format="dicom", spacing_mm=spacing_mm(ds), uids=study_uids(ds),
+    spacing, source = spacing_and_source(ds)
+    return DecodedImage(pixels=pixels, source_format="dicom", spacing_mm=spacing, spacing_source=source,
+                        uids=study_uids(ds),
                         modality=str(ds.get("Modality") or "") or None, header=plain_header(header))
 
 
@@ -269,6 +271,13 @@ def _luma_to_uint8(rgb: np.ndarray, full_scale: float) -> np.ndarray:
 def spacing_mm(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm per pixel from PixelSpacing, else ImagerPixelSpacing; a value
     that is missing, not two numbers, zero or negative does not count (RG1_UNCR stores 0.000)."""
+    return spacing_and_source(ds)[0]
+
+
+def spacing_and_source(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """The spacing and the attribute it came from ("PixelSpacing", "ImagerPixelSpacing"): the
+    first is in the patient's plane, the second at the detector (a projection radiograph's
+    magnification is not taken out), so a reader of the millimetres needs to know which."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
         try:
@@ -276,8 +285,8 @@ def spacing_mm(ds: Dataset) -> tuple[float, float] | None:
         except (TypeError, ValueError):
             continue
         if all(math.isfinite(v) and v > 0 for v in (row, column)):
-            return row, column
-    return None
+            return (row, column), keyword
+    return None, None
 
 
 def study_uids(ds: Dataset) -> dict[str, str]:

@@ -31,6 +31,7 @@ class ImageInfo:
     source_format: str
     pixels: np.ndarray | None  # the original (H, W) uint8, kept only when overlays are drawn
     header: Any = None  # a DICOM source's dataset without pixels, kept only when a DICOM SR is written
+    spacing_source: str | None = None  # PixelSpacing or ImagerPixelSpacing (a DICOM source's)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class ImageDecoder(StudyDecoder):
         image = torch.from_numpy(np.ascontiguousarray(resized)).unsqueeze(0)
         return StudyImage(image, ImageInfo(decoded.size, decoded.spacing_mm, dict(decoded.uids), decoded.source_format,
                                            pixels if self.keep_pixels else None,
-                                           decoded.header if self.keep_header else None))
+                                           decoded.header if self.keep_header else None, decoded.spacing_source))
 
     def collate(self, items: list[StudyImage]) -> ImageBatch:
         return ImageBatch(torch.stack([item.image for item in items]), [item.info for item in items])

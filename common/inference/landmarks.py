@@ -4,7 +4,7 @@ A family subclasses ``LandmarkPredictor`` and gives ``locate(images, sizes)``: a
 model-size images to landmarks and spread in pixels of each original. The rest is shared: the
 ``ImageDecoder`` in the loader processes, quality checks (``points.LANDMARK_CHECKS`` plus the
 family's own ``checks``), millimetres from each image's spacing, the stored result, and, with
-an output folder, an overlay per done study at ``<out>/overlays/<study id>.png`` (joining the
+an output folder, an overlay per done study at ``<out>/overlays/<study key>.png`` (joining the
 family's ``overlay_pairs`` and ``overlay_axis``) and, for a DICOM source, a TID 1500 DICOM SR at
 ``<out>/sr/<study id>.dcm``: a point per landmark (the family's ``landmark_names``), the
 distances of its ``sr_distances`` pairs in mm where the image has a spacing, and the review flag
@@ -28,11 +28,6 @@ from medq.common.inference.overlay import write_overlay
 from medq.common.inference.points import (
     DEFAULT_SPREAD_LIMIT_FRACTION, LANDMARK_CHECKS, Check, landmark_result, qc_reasons,
 )
-
-
-def overlay_path(overlay_dir: Path, study_id: int) -> Path:
-    """Where a done study's overlay goes: ``<overlay_dir>/<study_id>.png``."""
-    return Path(overlay_dir) / f"{int(study_id)}.png"
 
 
 class LandmarkPredictor(StudyPredictor):
@@ -86,9 +81,9 @@ class LandmarkPredictor(StudyPredictor):
 
     def _done(self, study_id: int, info, landmarks: np.ndarray, spread: np.ndarray) -> StudyOutcome:
         reasons = self.qc(landmarks, spread, info.size)
-        result = landmark_result(landmarks, spread, info.spacing_mm, reasons)
+        result = landmark_result(landmarks, spread, info.spacing_mm, reasons, info.spacing_source)
         if self.overlay_dir is not None and info.pixels is not None:
-            path = overlay_path(self.overlay_dir, study_id)
+            path = self.outputs.path("overlay", study_id)
             write_overlay(info.pixels, landmarks, bool(reasons), path, self.overlay_pairs, self.overlay_axis)
             note_output(result, self.outputs, "overlay", path)
         if self.outputs.wants("sr"):

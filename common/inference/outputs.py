@@ -8,12 +8,14 @@ study done again after a crash gets the same objects, never a second copy in the
 A study's ``result`` names each file written, relative to ``--out``: ``outputs`` {name: path},
 ``dicom`` {name: SOP Instance UID} for the DICOM ones (what ``--send-to`` stores), and
 ``output_notes`` for an output asked for by name that this study's input cannot have.
-Files are named by the study's row id, never by the source's name.
+Files are named by the study's key (the ``key`` column of the CSV, a hash of its archive
+path), never by the source's name; a study planned without one falls back to its row id.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ class OutputPlan:
     checkpoints: tuple[str, ...] = ()
     seg_type: str = "binary"
     content: str = ""  # the spec's options that change an output's content (tta, aggregation, QC limit, seg type)
+    # study row id -> its key, for the chunk being run (name_studies): what its files are named by
+    names: dict[int, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_spec(cls, spec: Any, family: str, title: str) -> "OutputPlan":
@@ -48,9 +52,15 @@ class OutputPlan:
         """Whether ``name`` was listed by --outputs (a study that cannot have it says so)."""
         return self.chosen is not None and name in self.chosen
 
+    def name_studies(self, names: Mapping[int, str]) -> None:
+        """The keys of the studies about to be run (the plan lives across a worker's chunks)."""
+        self.names.clear()
+        self.names.update({int(k): str(v) for k, v in names.items()})
+
     def path(self, name: str, study_id: int) -> Path:
+        """``<out>/<folder>/<study key><suffix>``: ``overlays/3f2a….png``, ``seg/3f2a….dcm``."""
         folder, suffix = FILES[name]
-        return Path(self.out_dir) / folder / f"{int(study_id)}{suffix}"
+        return Path(self.out_dir) / folder / f"{self.names.get(int(study_id)) or int(study_id)}{suffix}"
 
     def relative(self, path: Path) -> str:
         return str(Path(path).relative_to(self.out_dir))

@@ -8,13 +8,15 @@ spread (K,) is the disagreement of the model's checkpoints or members, in the sa
   by passing more checks; every check returns reasons (strings, no patient data);
 - millimetres from a pixel spacing;
 - the stored result of a study: {landmarks_px, landmarks_mm, spread_px, qc_reasons};
-- the per-study CSV: the study's columns, then x1, y1, ... in px, in mm, and the spread.
+- the per-study CSV: the study's columns, then x1, y1, ... in px, in mm, and the spread
+  (counted from 1, as reasons count them, and named where the family names its landmarks).
 
 The number of landmarks is always passed in by the family; nothing here infers it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -33,7 +35,8 @@ def default_spread_limit(image_size: tuple[int, int]) -> float:
 
 
 def spread_reasons(points: np.ndarray, spread: np.ndarray, size: tuple[int, int], limit: float) -> list[str]:
-    return [SPREAD_REASON.format(limit=limit, index=int(i)) for i in np.flatnonzero(~(spread <= limit))]
+    """Landmarks are counted from 1 in reasons, as in the CSV's columns (x1, y1, ...)."""
+    return [SPREAD_REASON.format(limit=limit, index=int(i) + 1) for i in np.flatnonzero(~(spread <= limit))]
 
 
 def outside_reasons(points: np.ndarray, spread: np.ndarray, size: tuple[int, int], limit: float) -> list[str]:
@@ -42,7 +45,7 @@ def outside_reasons(points: np.ndarray, spread: np.ndarray, size: tuple[int, int
     outside = np.flatnonzero(~inside)  # NaN compares False, so it counts as outside
     if outside.size == 0:
         return []
-    return [f"{OUTSIDE_REASON}: landmark {', '.join(str(int(i)) for i in outside)}"]
+    return [f"{OUTSIDE_REASON}: landmark {', '.join(str(int(i) + 1) for i in outside)}"]
 
 
 LANDMARK_CHECKS: tuple[Check, ...] = (spread_reasons, outside_reasons)
@@ -68,10 +71,12 @@ def landmarks_mm(landmarks_px: np.ndarray, spacing_mm: tuple[float, float] | Non
 
 
 def landmark_result(landmarks_px: np.ndarray, spread_px: np.ndarray, spacing_mm: tuple[float, float] | None,
-                    reasons: Sequence[str]) -> dict[str, Any]:
-    """A done study's stored result (plain JSON)."""
+                    reasons: Sequence[str], spacing_source: str | None = None) -> dict[str, Any]:
+    """A done study's stored result (plain JSON); ``spacing_source``: the DICOM attribute the
+    millimetres come from (PixelSpacing or ImagerPixelSpacing)."""
     return {"landmarks_px": _floats(landmarks_px), "landmarks_mm": _floats(landmarks_mm(landmarks_px, spacing_mm)),
-            "spread_px": _floats(spread_px), "qc_reasons": [str(reason) for reason in reasons]}
+            "spread_px": _floats(spread_px), "qc_reasons": [str(reason) for reason in reasons],
+            "spacing_source": spacing_source if spacing_mm is not None else None}
 
 
 def _floats(values: Any) -> Any:
@@ -89,15 +94,23 @@ def _floats(values: Any) -> Any:
 
 OUTPUT_FIELDS = ["overlay", "sr", "sent", "output_notes"]  # files relative to --out; the PACS's answers
 STUDY_FIELDS = ["path", "key", "state", "reason", "study_uid", "series_uid", "sop_uid", "format", "width", "height",
-                "review", "review_reasons"]
+                "spacing_source", "review", "review_reasons"]
 
 
-def landmark_csv_columns(n_landmarks: int) -> list[str]:
-    """The header: the study's columns, then x1, y1, ... in px, in mm, and the spread per landmark."""
+def landmark_slug(name: str) -> str:
+    """'Lower incisal incision' -> 'lower_incisal_incision' (a CSV column's part)."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def landmark_csv_columns(n_landmarks: int, names: Sequence[str] = ()) -> list[str]:
+    """The header: the study's columns, then x, y per landmark in px, in mm, and its spread.
+    Landmarks are counted from 1 and, where the family names them, named: ``x1_sella``,
+    ``y1_sella``, ``x1_sella_mm``, ``spread1_sella_px``; without names ``x1``, ``y1``, ..."""
+    tags = [f"{i}_{landmark_slug(names[i - 1])}" if names else str(i) for i in range(1, n_landmarks + 1)]
     return (STUDY_FIELDS
-            + [f"{axis}{i}" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
-            + [f"{axis}{i}_mm" for i in range(1, n_landmarks + 1) for axis in ("x", "y")]
-            + [f"spread{i}_px" for i in range(1, n_landmarks + 1)] + OUTPUT_FIELDS)
+            + [f"{axis}{tag}" for tag in tags for axis in ("x", "y")]
+            + [f"{axis}{tag}_mm" for tag in tags for axis in ("x", "y")]
+            + [f"spread{tag}_px" for tag in tags] + OUTPUT_FIELDS)
 
 
 def _cell(value: Any) -> Any:
@@ -119,7 +132,7 @@ def landmark_csv_row(study: Any, n_landmarks: int) -> list[Any]:
     files = result.get("outputs") or {}
     return ([study.path, study.path_hash, study.state, study.reason or "", study.study_uid or "",
              study.series_uid or "", study.sop_uid or "", study.source_format or "", _cell(study.width),
-             _cell(study.height), "" if study.qc_flag is None else int(study.qc_flag),
+             _cell(study.height), result.get("spacing_source") or "", "" if study.qc_flag is None else int(study.qc_flag),
              "; ".join(result.get("qc_reasons") or [])]
             + [_cell(v) for point in px for v in point] + [_cell(v) for point in mm for v in point]
             + [_cell(v) for v in spread] + [files.get("overlay", ""), files.get("sr", ""), sent_cell(study),

@@ -37,6 +37,7 @@ class DecodedImage:
     uids: dict[str, str] = field(default_factory=dict)  # StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID
     modality: str | None = None
     header: Any = None  # a DICOM source's dataset without its pixel data (what DICOM outputs copy)
+    spacing_source: str | None = None  # the DICOM attribute spacing_mm came from: PixelSpacing or ImagerPixelSpacing
 
     @property
     def size(self) -> tuple[int, int]:

@@ -56,10 +56,13 @@ def test_an_hrnet_job_reports_mre_and_sdr_per_set_beside_the_untrained_model(clu
     out = cluster.medq("results", infer.stdout.splitlines()[0], "--csv")
     rows = {r["path"]: r for r in csv.DictReader(io.StringIO(out.stdout))}
     assert sorted(rows) == ["013.bmp", "014.bmp", "015.bmp", "ct_small"]
-    assert all(r["state"] == "done" and r["x19"] and r["spread19_px"] for r in rows.values())
-    assert "x20" not in rows["ct_small"]
-    assert float(rows["ct_small"]["x19_mm"]) == pytest.approx(float(rows["ct_small"]["x19"]) * 0.661468, rel=1e-3)
-    assert rows["013.bmp"]["x1_mm"] == ""  # a BMP carries no spacing
+    # the 19 landmarks named in the columns, counted from 1: x1_sella ... x19_articulare
+    assert all(r["state"] == "done" and r["x19_articulare"] and r["spread19_articulare_px"] for r in rows.values())
+    assert not any(column.startswith("x20") for column in rows["ct_small"])
+    assert float(rows["ct_small"]["x19_articulare_mm"]) == pytest.approx(float(rows["ct_small"]["x19_articulare"])
+                                                                         * 0.661468, rel=1e-3)
+    assert rows["ct_small"]["spacing_source"] == "PixelSpacing"
+    assert rows["013.bmp"]["x1_sella_mm"] == "" and rows["013.bmp"]["spacing_source"] == ""  # a BMP has no spacing
 
 
 def test_a_bad_annotation_is_refused_before_anything_is_enqueued(cluster, ceph, tmp_path):

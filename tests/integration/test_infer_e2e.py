@@ -87,6 +87,7 @@ def test_every_study_gets_one_record_and_every_failure_its_reason(cluster, archi
     assert cr["format"] == "dicom" and cr["study_uid"].startswith("1.") and cr["sop_uid"]
     ct = by_path["ct_without_extension"]
     assert ct["x1_mm"] and float(ct["x1_mm"]) == pytest.approx(float(ct["x1"]) * 0.661468, rel=1e-3)
+    assert ct["spacing_source"] == "PixelSpacing" and cr["spacing_source"] == ""  # RG1_UNCR's spacing is 0.000
 
     failed = _csv(cluster, job_id, "--failed")
     assert sorted(r["path"] for r in failed) == sorted(BAD)

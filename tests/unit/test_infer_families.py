@@ -168,5 +168,5 @@ def test_weighted_aggregation_runs_end_to_end_on_a_chest_ensemble_and_the_spread
         assert float(mean["x15"]) == pytest.approx(0.40 * width, abs=0.02)
         assert float(weighted["spread1_px"]) == pytest.approx(np.sqrt(1400 / 3) / 100 * width, abs=0.02)
         assert "ensemble spread above" not in weighted["review_reasons"]  # the 50 % limit
-        assert "ensemble spread above 9.0 px at landmark 0" in mean["review_reasons"]  # 3 % of 299 px
+        assert "ensemble spread above 9.0 px at landmark 1" in mean["review_reasons"]  # 3 % of 299 px
         assert "implausible geometry" in weighted["review_reasons"]  # every landmark at one point

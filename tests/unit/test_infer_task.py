@@ -159,3 +159,25 @@ def test_a_chunk_meeting_an_io_fault_hands_on_what_it_did_and_raises_transient(t
     with pytest.raises(TransientError, match="reading the archive: OSError: Stale file handle"):
         run_chunk(list(enumerate(names)), Flickering(), predictor, 0, handed.extend)
     assert [o.study_id for o in handed] == [0, 1] and {o.state for o in handed} == {"done"}  # 2 and 3 stay pending
+
+
+def test_outputs_are_named_by_the_study_key_not_a_row_id_or_the_source_name(home, tmp_path):
+    """An overlay is `overlays/<key>.png`, the key being the CSV's `key` column (a hash of the
+    archive path): the same study gets the same name in every job and store, and a file name
+    that carries a patient's name never reaches --out."""
+    from medq.common.families.chest.synth import synth_chest
+
+    synth_chest(tmp_path / "synth", n=2, seed=2)
+    images = tmp_path / "synth" / "images"
+    first = sorted(images.iterdir())[0]
+    first.rename(images / "DOE_JOHN.png")
+    member = random_member(tmp_path / "m" / "best.pt", seed=3)
+    done = medq("submit", "infer", "--archive", images, "--model", member, "--out", tmp_path / "out")
+    assert done.exit_code == 0, done.output
+    job_id = done.stdout.splitlines()[0]
+    assert run_chunks(home, job_id) == ["succeeded"]
+    rows = csv_rows(job_id)
+    assert len(rows) == 2 and all(r["state"] == "done" for r in rows)
+    for row in rows:
+        assert row["overlay"] == f"overlays/{row['key']}.png" and (tmp_path / "out" / row["overlay"]).is_file()
+    assert not [p for p in (tmp_path / "out").rglob("*") if "DOE" in p.name]

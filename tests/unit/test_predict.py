@@ -28,7 +28,6 @@ from medq.common.families.chest.qc import image_left_members, qc_flags
 from medq.common.inference import images as images_module
 from medq.common.inference.archive import open_archive
 from medq.common.inference.chunk import run_chunk
-from medq.common.inference.landmarks import overlay_path
 from medq.common.inference.outcome import StudyOutcome
 from medq.common.inference.overlay import FLAGGED_COLOUR, PASSED_COLOUR, write_overlay
 from medq.common.inference.types import DecodedImage
@@ -234,13 +233,14 @@ def test_chunk_predicts_good_studies_and_lists_bad_ones_with_reasons(members, st
     assert stats.studies_per_s > 0
     done = [o for o in outcomes if o.state == "done"]
     for o in done:
-        assert sorted(o.result) == ["landmarks_mm", "landmarks_px", "outputs", "qc_reasons", "spread_px"]
-        assert o.result["outputs"] == {"overlay": f"overlays/{o.study_id}.png"}  # a PNG source: no DICOM SR
+        assert sorted(o.result) == ["landmarks_mm", "landmarks_px", "outputs", "qc_reasons", "spacing_source", "spread_px"]
+        # run without the task's study keys: named by the row id (a PNG source: no DICOM SR)
+        assert o.result["outputs"] == {"overlay": f"overlays/{o.study_id}.png"}
         assert np.asarray(o.result["landmarks_px"]).shape == (N_LANDMARKS, 2)
         assert np.asarray(o.result["spread_px"]).shape == (N_LANDMARKS,)
         assert o.result["landmarks_mm"] is None  # PNG has no pixel spacing
         assert o.source_format == "png"
-        with Image.open(overlay_path(tmp_path / "overlays", o.study_id)) as overlay:
+        with Image.open(tmp_path / o.result["outputs"]["overlay"]) as overlay:
             assert overlay.mode == "RGB" and overlay.size == o.image_size
     assert done[5].image_size == (598, 598) and done[0].image_size == (299, 299)
     # the 2x-enlarged copy of the first study: landmarks twice as far from the origin
@@ -312,24 +312,24 @@ def test_the_image_left_member_of_each_pair_comes_from_the_real_annotations():
 def test_spread_above_the_limit_is_flagged_per_landmark():
     spread = np.zeros(N_LANDMARKS)
     spread[4] = 9.0  # the default limit at 299 px is 0.03 * 299 = 8.97 px
-    assert qc_flags(MEAN_SHAPE, spread, (299, 299)) == ["ensemble spread above 9.0 px at landmark 4"]
+    assert qc_flags(MEAN_SHAPE, spread, (299, 299)) == ["ensemble spread above 9.0 px at landmark 5"]
     spread[4] = 8.9
     assert qc_flags(MEAN_SHAPE, spread, (299, 299)) == []
     spread[[4, 7]] = 5.5
     assert qc_flags(MEAN_SHAPE, spread, (299, 299), spread_limit_px=5.0) == [
-        "ensemble spread above 5.0 px at landmark 4", "ensemble spread above 5.0 px at landmark 7"]
+        "ensemble spread above 5.0 px at landmark 5", "ensemble spread above 5.0 px at landmark 8"]
 
 
 def test_landmark_outside_the_image_is_flagged():
     shape = MEAN_SHAPE.copy()
     shape[7, 0] = 305.0
-    assert qc_flags(shape, np.zeros(N_LANDMARKS), (299, 299)) == ["landmark outside the image: landmark 7"]
+    assert qc_flags(shape, np.zeros(N_LANDMARKS), (299, 299)) == ["landmark outside the image: landmark 8"]
 
 
 def test_swapped_left_right_pair_is_flagged():
     shape = MEAN_SHAPE.copy()
     shape[[4, 5]] = shape[[5, 4]]
-    assert qc_flags(shape, np.zeros(N_LANDMARKS), (299, 299)) == ["left/right landmarks swapped: pair 4/5"]
+    assert qc_flags(shape, np.zeros(N_LANDMARKS), (299, 299)) == ["left/right landmarks swapped: pair 5/6"]
 
 
 def test_implausible_geometry_is_flagged():
@@ -340,7 +340,7 @@ def test_implausible_geometry_is_flagged():
     upside_down = MEAN_SHAPE.copy()
     upside_down[[0, 1], 1] = upside_down[[1, 0], 1]
     assert qc_flags(upside_down, np.zeros(N_LANDMARKS), (299, 299)) == [
-        "implausible geometry: the mediastinal axis 0-8-9-10-1 does not run top to bottom"]
+        "implausible geometry: the mediastinal axis 1-9-10-11-2 does not run top to bottom"]
 
 
 # --- overlays ----------------------------------------------------------------------------------

@@ -412,3 +412,17 @@ def test_a_truncated_bmp_fails_alone_with_a_reason():
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(buffer, format="BMP")
     with pytest.raises(StudyError, match="truncated or corrupt image"):
         decode_image(buffer.getvalue()[:300])
+
+
+def test_the_spacing_says_which_attribute_it_came_from():
+    """PixelSpacing is in the patient's plane, ImagerPixelSpacing at the detector: the CSV's
+    millimetres say which."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    assert decode_image(file_bytes("CT_small.dcm")).spacing_source == "PixelSpacing"
+    ds.ImagerPixelSpacing = [0.2, 0.25]
+    del ds.PixelSpacing
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    image = decode_image(out.getvalue())
+    assert image.spacing_mm == (0.2, 0.25) and image.spacing_source == "ImagerPixelSpacing"
+    assert decode_image(file_bytes("RG1_UNCR.dcm")).spacing_source is None  # its PixelSpacing is 0.000

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from medq.common.errors import SpecError
 from medq.common.families.base import FamilyInference
 from medq.common.inference.outputs import OutputPlan
-from medq.common.families.ceph.schema import N_LANDMARKS
+from medq.common.families.ceph.schema import LANDMARKS, N_LANDMARKS
 
 
 class CephInference(FamilyInference):
@@ -44,7 +44,7 @@ class CephInference(FamilyInference):
     def csv_columns(self, plan: dict[str, Any]) -> list[str]:
         from medq.common.inference.points import landmark_csv_columns
 
-        return landmark_csv_columns(N_LANDMARKS)
+        return landmark_csv_columns(N_LANDMARKS, LANDMARKS)  # x1_sella, ..., x19_articulare
 
     def csv_row(self, study: Any) -> list[Any]:
         from medq.common.inference.points import landmark_csv_row

@@ -46,7 +46,8 @@ def image_left_members() -> tuple[tuple[int, int], ...]:
 
 
 def swapped_reasons(points: np.ndarray, spread: np.ndarray, size: tuple[int, int], limit: float) -> list[str]:
-    swapped = [f"{left}/{right}" for left, right in image_left_members() if points[left, 0] > points[right, 0]]
+    swapped = [f"{left + 1}/{right + 1}" for left, right in image_left_members()  # counted from 1, as x1, y1 are
+               if points[left, 0] > points[right, 0]]
     return [f"{SWAPPED_REASON}: pair {', '.join(swapped)}"] if swapped else []
 
 
@@ -58,7 +59,8 @@ def geometry_reasons(points: np.ndarray, spread: np.ndarray, size: tuple[int, in
                        f"{MIN_LUNG_HEIGHT_FRACTION:.0%} of the image height")
     axis_y = points[list(MEDIASTINAL_AXIS), 1]
     if not np.all(np.diff(axis_y) > 0):
-        reasons.append(f"{GEOMETRY_REASON}: the mediastinal axis 0-8-9-10-1 does not run top to bottom")
+        reasons.append(f"{GEOMETRY_REASON}: the mediastinal axis "
+                       f"{'-'.join(str(i + 1) for i in MEDIASTINAL_AXIS)} does not run top to bottom")
     return reasons
 
 

@@ -4,11 +4,11 @@ For each study (a .npy volume or a DICOM series, ``common.families.ct_lesions.vo
 normalises with the HU statistics stored in the checkpoint, predicts slice batches at the model
 size, resizes the logits to each slice's own size and takes the arg-max. It writes
 
-- ``<out>/masks/<study id>.npz``: ``labels`` (S, H, W) uint8 class indices (compressed), with
+- ``<out>/masks/<study key>.npz``: ``labels`` (S, H, W) uint8 class indices (compressed), with
   ``classes``, ``spacing_mm`` (slice, row, column; empty when unknown) and, for a DICOM series,
   ``sop_instance_uids``: the slice each mask slice belongs to;
-- ``<out>/overlays/<study id>.png``: the slice with the most lesion, and its prediction;
-- ``<out>/masks/<study id>.nii.gz`` for a NIfTI source: the mask in its grid, with its affine;
+- ``<out>/overlays/<study key>.png``: the slice with the most lesion, and its prediction;
+- ``<out>/masks/<study key>.nii.gz`` for a NIfTI source: the mask in its grid, with its affine;
 - ``<out>/seg/<study id>.dcm`` and ``<out>/sr/<study id>.dcm`` for a DICOM series: a DICOM
   Segmentation (a segment per class, binary or fractional) and a TID 1500 SR of the lesion
   volumes and the lung involved that references it (``dicom_seg.py``);
@@ -136,10 +136,6 @@ class SegPredictor(StudyPredictor):
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def mask_path(out_dir: Path, study_id: int) -> Path:
-    return Path(out_dir) / "masks" / f"{int(study_id)}.npz"
 
 
 def _done(study_id: int, volume: CTVolume, labels: np.ndarray, outputs: OutputPlan,
