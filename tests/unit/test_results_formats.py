@@ -115,3 +115,12 @@ def test_parquet_columns_keep_one_type_across_row_groups(tmp_path):
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.column("x1_mm").to_pylist() == [None, None, None, "12.5"]
     assert table.column("width").to_pylist() == [512.0, 512.0, 512.0, 1.5]
+
+
+def test_watch_of_an_ended_inference_job_says_how_its_studies_went(infer_job):
+    """`medq watch` on an inference job in a log: its studies' line, then how the job ended."""
+    done = medq("watch", infer_job)
+    assert done.exit_code == 0  # a bad study fails alone: the job succeeded
+    lines = done.stdout.splitlines()
+    assert "4 done, 1 failed, 0 skipped, 0 left" in lines[0] and "100%" in lines[0], done.stdout
+    assert lines[-1].startswith(f"job {infer_job} succeeded after ") and "4 done, 1 failed" in lines[-1], lines[-1]
