@@ -266,13 +266,15 @@ class _TomlFile(TomlConfigSettingsSource):
         super().__init__(settings_cls, toml_file=path)
         unknown = sorted(set(self.toml_data) - set(settings_cls.model_fields))
         if unknown:
-            raise SpecError(f"{path}: unknown setting {unknown[0]!r}{_nearest(unknown[0])}; "
+            hint = _nearest(unknown[0].lower(), settings_cls.model_fields)
+            raise SpecError(f"{path}: unknown setting {unknown[0]!r}{hint}; "
                             f"valid: {', '.join(sorted(settings_cls.model_fields))}")
 
 
-def _nearest(name: str) -> str:
-    close = difflib.get_close_matches(name.lower(), list(Settings.model_fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _nearest(name: str, names, quote=repr) -> str:
+    """' (did you mean X?)' for the closest of ``names``, or ''."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {quote(close[0])}?)" if close else ""
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -301,8 +303,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name in unknown_variables(env):
         if name not in _WARNED:
             _WARNED.add(name)
-            close = difflib.get_close_matches(name.upper(), [PREFIX + f.upper() for f in Settings.model_fields], n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = _nearest(name.upper(), [PREFIX + f.upper() for f in Settings.model_fields], quote=str)
             log.warning("%s is not a medq setting and is ignored%s; `medq config` lists them", name, hint)
     token = _ENVIRON.set(env)
     try:

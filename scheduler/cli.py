@@ -226,9 +226,8 @@ def _infer_results(store, job_id: str, fmt: str, failed: bool, out) -> None:
     if fmt == "json":
         out.write(json.dumps(infer_view(store, job_id), indent=2) + "\n")
         return
-    if fmt == "table" and not failed:
-        for line in _infer_summary(store, job_id):
-            out.write(line + "\n")
+    if fmt == "table":  # (--failed with a table is refused by check_format)
+        print_infer_summary(store, job_id, out)
         out.write(f"per-study rows: medq results {job_id} --format csv|jsonl|parquet; "
                   f"failures: medq results {job_id} --failed\n")
         return
@@ -241,14 +240,7 @@ def _infer_results(store, job_id: str, fmt: str, failed: bool, out) -> None:
     studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
     columns = family.inference.csv_columns(plan)
     rows = study_rows(studies, family, lambda ids: sends_of(store, ids))
-    write_records("csv" if fmt == "table" else fmt, columns, study_records(columns, rows), out)
-
-
-def _infer_summary(store, job_id: str) -> list[str]:
-    from medq.common.store.views import infer_view
-    from medq.scheduler.infer_views import summary_lines
-
-    return summary_lines(infer_view(store, job_id), load_settings().timezone_label)
+    write_records(fmt, columns, study_records(columns, rows), out)
 
 
 def _file_console(out):

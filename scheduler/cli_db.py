@@ -30,8 +30,16 @@ def _open(must_exist: bool = True):
     return Store(url), settings.describe()["database"]
 
 
-def _revision_error(exc: Exception) -> click.BadParameter:
-    return click.BadParameter(str(exc), param_hint="REVISION")
+def _step(store, step, revision: str) -> str | None:
+    """``step(store, revision)`` (migrate.upgrade or downgrade); the revision after it. An
+    unknown or invalid REVISION is a usage error."""
+    from alembic.util import CommandError
+
+    try:
+        step(store, revision)
+    except CommandError as exc:
+        raise click.BadParameter(str(exc), param_hint="REVISION") from None
+    return store.revision()
 
 
 @db.command("current")
@@ -77,8 +85,6 @@ def db_history(verbose) -> None:
 def db_upgrade(revision) -> None:
     """Apply the store's migrations up to REVISION (default: head, this medq's newest). Workers and
     submitting commands also do this on first use; commands that only read never do."""
-    from alembic.util import CommandError
-
     from medq.common.store.db import schema_problem
     from medq.common.store.migrate import HEAD, upgrade
 
@@ -87,11 +93,7 @@ def db_upgrade(revision) -> None:
         before = store.revision()
         if before is not None and before > HEAD:
             raise SchemaError(schema_problem(store.url, before))
-        try:
-            upgrade(store, revision)
-        except CommandError as exc:
-            raise _revision_error(exc) from None
-        after = store.revision()
+        after = _step(store, upgrade, revision)
     finally:
         store.dispose()
     if after == before:
@@ -106,8 +108,6 @@ def db_upgrade(revision) -> None:
 def db_downgrade(revision, yes) -> None:
     """Undo migrations down to REVISION (a revision such as 0008, -1 for one step, or base for
     none). What the undone migrations added is dropped with its data. Asks first, unless --yes."""
-    from alembic.util import CommandError
-
     from medq.common.store.migrate import HEAD, downgrade
 
     store, where = _open()
@@ -118,11 +118,7 @@ def db_downgrade(revision, yes) -> None:
         if not yes:
             click.confirm(f"Downgrade the store at {where} from {before} to {revision}? What the later "
                           f"migrations added is dropped, with its data", abort=True, err=True)
-        try:
-            downgrade(store, revision)
-        except CommandError as exc:
-            raise _revision_error(exc) from None
-        after = store.revision()
+        after = _step(store, downgrade, revision)
     finally:
         store.dispose()
     click.echo(f"store at {where}: {before} -> {after or 'base (no schema)'}")

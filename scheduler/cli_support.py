@@ -55,12 +55,13 @@ def resolve_job(store, job: str) -> str:
     return found["job_id"]
 
 
-def print_infer_summary(store, job_id: str) -> None:
+def print_infer_summary(store, job_id: str, out=None) -> None:
+    """`medq status JOB` of an inference job, to ``out`` (standard output by default)."""
     from medq.common.store.views import infer_view
     from medq.scheduler.infer_views import summary_lines
 
     for line in summary_lines(infer_view(store, job_id), load_settings().timezone_label):
-        click.echo(line)
+        click.echo(line, file=out)
 
 
 def resume_training(job: str, kind: str | None = None) -> str:

@@ -10,6 +10,7 @@ with one line saying how the job ended.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -39,15 +40,18 @@ class Row:
 
 
 # -- the model: what the store says now ------------------------------------------------------
-def rows(store, job_id: str, units: dict[str, str] | None = None) -> tuple[dict, list[Row]]:
-    """The job, and its rows: the whole job first. Pure reads of the store."""
+def rows(store, job_id: str, unit: str | None = None) -> tuple[dict, list[Row]]:
+    """The job, and its rows: the whole job first. Pure reads of the store. ``unit``: the
+    validation figure's for this job (``_unit``), else its family's."""
     job = find_job(store, job_id)
     if job["kind"] == INFER_KIND:
         return job, _infer_rows(store, job)
-    metric = _metric(job["kind"])
-    unit = (units or {}).get(job_id, metric.unit if metric else "")
+    family = _family(job["kind"])
+    metric = family.member_metric if family else None
+    unit = unit if unit is not None else (metric.unit if metric else "")
     single = len(job["members"]) == 1
-    members = [_member_row(m, job, metric, unit, single) for m in job["members"]]
+    title = family.title if family else job["kind"]
+    members = [_member_row(m, metric, unit, title if single else f"seed {m['seed']}") for m in job["members"]]
     done = sum(r.completed for r in members)
     total = sum(r.total for r in members) or 1.0
     states = _count(m["state"] for m in job["members"])
@@ -59,7 +63,7 @@ def rows(store, job_id: str, units: dict[str, str] | None = None) -> tuple[dict,
     return job, [whole, *members]
 
 
-def _member_row(m: dict, job: dict, metric, unit: str, single: bool) -> Row:
+def _member_row(m: dict, metric, unit: str, label: str) -> Row:
     steps = max(1, m["steps_per_epoch"] or 1)
     total = max(1, m["total_epochs"]) * steps
     if m["state"] == "succeeded":
@@ -69,15 +73,14 @@ def _member_row(m: dict, job: dict, metric, unit: str, single: bool) -> Row:
     detail = f"{m['state']} epoch {m['epoch']}/{m['total_epochs']}"
     value = m.get(metric.column) if metric else None
     if value is not None:
-        label = metric.label.removesuffix(f" {unit}") if unit else metric.label
-        detail += f" {label} {value:.{metric.digits}f}" + (f" {unit}" if unit else "")
+        figure = metric.label.removesuffix(f" {unit}") if unit else metric.label
+        detail += f" {figure} {value:.{metric.digits}f}" + (f" {unit}" if unit else "")
     if m.get("images_per_s"):
         detail += f" {m['images_per_s']:.0f} img/s"
     if m.get("yielding"):
         detail += " (yielding)"
     if m["worker"]:
         detail += f" [{m['worker'].split('@')[0]}]"
-    label = _title(job["kind"]) if single else f"seed {m['seed']}"
     return Row(f"seed {m['seed']}", label, detail, float(min(done, total)), float(total), "steps",
                _parse(m["started_at"]), m["state"])
 
@@ -94,29 +97,19 @@ def _infer_rows(store, job: dict) -> list[Row]:
                 _parse(job["started_at"]), job["state"])]
 
 
-def _metric(kind: str):
+def _family(kind: str):
+    """The job kind's family, or None for a plug-in family this host does not load (no figure
+    then, still a bar)."""
     from medq.common.families.registry import family
 
     try:
-        return family(kind).member_metric
-    except Exception:  # a plug-in family this host does not load: no figure, still a bar
+        return family(kind)
+    except Exception:
         return None
 
 
-def _title(kind: str) -> str:
-    from medq.common.families.registry import family
-
-    try:
-        return family(kind).title
-    except Exception:
-        return kind
-
-
 def _count(states) -> str:
-    counts: dict[str, int] = {}
-    for state in states:
-        counts[state] = counts.get(state, 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in counts.items())
+    return ", ".join(f"{n} {state}" for state, n in Counter(states).items())
 
 
 def _parse(iso: str | None) -> datetime | None:
@@ -205,13 +198,13 @@ def plain_lines(progress: Progress, bars: dict[str, int], now: datetime | None =
 def watch_job(store, job_id: str, console: Console, interval: float = 1.0, every: float = 60.0) -> str:
     """Follow a job until it ends; returns its final state. On a terminal: live bars; otherwise
     plain lines every ``every`` seconds and at every change of state."""
-    units = _units(store, job_id)
+    unit = _unit(store, job_id)
     progress = new_progress(console)
     bars: dict[str, int] = {}
     last_print, last_states = 0.0, None
     with progress:
         while True:
-            job, rows_now = rows(store, job_id, units)
+            job, rows_now = rows(store, job_id, unit)
             _update(progress, bars, rows_now)
             states = tuple(r.state for r in rows_now) + tuple(m["state"] for m in job.get("members", []))
             ended = job["state"] in ENDED
@@ -226,17 +219,12 @@ def watch_job(store, job_id: str, console: Console, interval: float = 1.0, every
     return job["state"]
 
 
-def _units(store, job_id: str) -> dict[str, str]:
+def _unit(store, job_id: str) -> str | None:
     """The unit of the family's validation figure for this job's data (mm or px for HRNet)."""
-    from medq.common.families.registry import family
     from medq.common.store.models import Job
 
-    with store.session() as s:
+    with store.read_session() as s:  # watch only reads: no write lock on SQLite
         job = s.get(Job, job_id)
         kind, plan = job.kind, dict(job.plan or {})
-    if kind == INFER_KIND:
-        return {}
-    try:
-        return {job_id: family(kind).member_unit(plan)}
-    except Exception:
-        return {}
+    family = _family(kind) if kind != INFER_KIND else None
+    return family.member_unit(plan) if family else None

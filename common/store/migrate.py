@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # db.py runs the migrations on first use; this module needs o
     from medq.common.store.db import Store
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
 def alembic_config() -> Config:

@@ -94,8 +94,7 @@ def _models_of_inference_jobs(store: Store) -> set[str]:
 def _partial_files(root: Path, now: datetime) -> list[Removal]:
     removals = []
     cutoff = (now - PARTIAL_AGE).timestamp()
-    folders = [p for p in root.iterdir() if p.is_dir() and JOB_FOLDER.match(p.name)]
-    for path in (tmp for folder in folders for tmp in folder.rglob("*.tmp")):
+    for path in (tmp for folder in _job_folders(root) for tmp in folder.rglob("*.tmp")):
         try:
             stat = path.stat()
         except OSError:
@@ -106,7 +105,7 @@ def _partial_files(root: Path, now: datetime) -> list[Removal]:
 
 
 def _orphan_folders(store: Store, root: Path, older: datetime) -> list[Removal]:
-    folders = [p for p in root.iterdir() if p.is_dir() and JOB_FOLDER.match(p.name)]
+    folders = _job_folders(root)
     if not folders:
         return []
     with store.read_session() as s:
@@ -117,6 +116,11 @@ def _orphan_folders(store: Store, root: Path, older: datetime) -> list[Removal]:
             continue
         removals.append(Removal(folder, _tree_size(folder), "no such job in the store"))
     return removals
+
+
+def _job_folders(root: Path) -> list[Path]:
+    """The folders of the artifact root named like a job (nothing else there is touched)."""
+    return [p for p in root.iterdir() if p.is_dir() and JOB_FOLDER.match(p.name)]
 
 
 def remove(store: Store, removals: list[Removal]) -> int:
