@@ -2,7 +2,7 @@
 from what it prints and logs (a traceback included).
 
 The secrets are the settings' passwords (Redis, the PACS, Flower's basic auth and OAuth
-secret) and the passwords inside the broker, store and result-backend URLs. Torch-free and
+secret, the key of sealed study paths) and the passwords inside the broker, store and result-backend URLs. Torch-free and
 celery-free.
 """
 
@@ -52,11 +52,11 @@ def _query_secrets(url: str) -> list[str]:
 def secret_values(settings) -> list[str]:
     """Every secret value in ``settings``, longest first (so that a secret containing another
     is masked whole). Secrets read from files are included when the file can be read."""
-    found = [settings.redis_password, settings.pacs_password, settings.flower_oauth2_secret]
+    found = [settings.redis_password, settings.pacs_password, settings.flower_oauth2_secret, settings.path_key]
     for url in (settings.resolved_broker_url, settings.resolved_database_url, settings.result_backend):
         found += [url_password(url) or "", *_query_secrets(url)]
     found += [entry.partition(":")[2] for entry in flower_credentials(settings, missing_ok=True)]
-    for path in (settings.pacs_password_file, settings.flower_oauth2_secret_file):
+    for path in (settings.pacs_password_file, settings.flower_oauth2_secret_file, settings.path_key_file):
         found.append(_read_quietly(path))
     # one-character "secrets" would mask every such letter; nobody sets them on purpose
     return sorted({value for value in found if value and len(value) >= 3}, key=len, reverse=True)

@@ -32,7 +32,7 @@ from medq.common.secrets import mask_url
 PREFIX = "MEDQ_"
 log = logging.getLogger("medq.settings")
 
-SECRET_FIELDS = frozenset({"redis_password", "pacs_password", "flower_basic_auth", "flower_oauth2_secret"})
+SECRET_FIELDS = frozenset({"redis_password", "pacs_password", "flower_basic_auth", "flower_oauth2_secret", "path_key"})
 URL_FIELDS = frozenset({"broker_url", "database_url", "result_backend"})
 # MEDQ_* names that are not settings: the TOML file's path, and what medq's tests and deploy files read.
 NOT_SETTINGS = frozenset({"MEDQ_CONFIG", "MEDQ_TEST_POSTGRES_URL", "MEDQ_CHROMIUM", "MEDQ_RACE_ROUNDS",
@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     # The time zone of every time window (--window 22:00-06:00), an IANA name ("Europe/Zurich");
     # empty: the host's. Set it on every host of a cluster so that they agree.
     timezone: str = ""
+    # What the store keeps of a study's archive path (common/inference/study_paths.py): "full",
+    # "pseudonymised" (names replaced by keyed pseudonyms) or "none"; the last two need the key,
+    # the same on the submitter and every worker, never printed (or a file holding it).
+    study_paths: str = "full"
+    path_key: str = ""
+    path_key_file: str = ""
     # Plug-in model families beyond the built-in ones: "package.module:FAMILY,..." (the
     # submitter and every worker need the same list; common/families/registry.py).
     families: str = ""
@@ -157,6 +163,9 @@ class Settings(BaseSettings):
             if not getattr(self, name) >= 0:  # NaN too
                 raise SpecError(f"{PREFIX}{name.upper()} must be 0 or more, got {getattr(self, name)}")
         self.tz  # an unknown time zone is refused here, not at the first window
+        from medq.common.inference.study_paths import check_mode
+
+        check_mode(self.study_paths)
         return self
 
     def __repr__(self) -> str:
@@ -181,6 +190,14 @@ class Settings(BaseSettings):
                 value = mask_url(value)
             shown[name] = value
         return shown
+
+    def path_key_value(self) -> str:
+        """MEDQ_PATH_KEY, else the content of MEDQ_PATH_KEY_FILE (SpecError naming it if unreadable)."""
+        if self.path_key or not self.path_key_file:
+            return self.path_key
+        from medq.common.secrets import read_secret_file
+
+        return read_secret_file(self.path_key_file, "MEDQ_PATH_KEY_FILE")
 
     @property
     def tz(self) -> tzinfo:

@@ -185,8 +185,8 @@ def inference_job(store, n_studies: int, chunk: int = 256, workers: int = 4, see
     from sqlalchemy import insert
 
     from medq.common.families.chest.spec import EnsembleSpec
+    from medq.common.inference.study_paths import plain_hash as path_hash
     from medq.common.specs import INFER_KIND
-    from medq.common.store.inference import path_hash
     from medq.common.store.jobs import new_job_id
     from medq.common.store.models import Chunk, Job, Study
 

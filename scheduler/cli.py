@@ -231,6 +231,7 @@ def _infer_results(store, job_id: str, fmt: str, failed: bool, out) -> None:
         out.write(f"per-study rows: medq results {job_id} --format csv|jsonl|parquet; "
                   f"failures: medq results {job_id} --failed\n")
         return
+    from medq.common.inference.study_paths import named_columns
     from medq.common.store.sends import sends_of
     from medq.scheduler.infer_views import job_family, study_rows
     from medq.scheduler.results_out import study_records, write_records
@@ -238,7 +239,7 @@ def _infer_results(store, job_id: str, fmt: str, failed: bool, out) -> None:
     spec, plan = inference.job_spec_and_plan(store, job_id)
     family = job_family(spec, plan)
     studies = inference.iter_unsuccessful(store, job_id) if failed else inference.iter_studies(store, job_id)
-    columns = family.inference.csv_columns(plan)
+    columns = named_columns(family.inference.csv_columns(plan), plan)  # path, pseudonymised_path or path_withheld
     rows = study_rows(studies, family, lambda ids: sends_of(store, ids))
     write_records(fmt, columns, study_records(columns, rows), out)
 

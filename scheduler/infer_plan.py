@@ -12,6 +12,7 @@ from medq.common.errors import SpecError
 from medq.common.families import registry
 from medq.common.families.base import Family
 from medq.common.inference.sources import open_source
+from medq.common.inference.study_paths import StudyPaths
 from medq.common.inference.types import Entry
 from medq.common.settings import Settings
 from medq.common.sharing.projects import default_project
@@ -51,6 +52,7 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, proje
     """Returns (job id, studies, chunks). The model's family checks the options before any job
     exists (SpecError naming an option it cannot honour) and says what a study is.
     ``archive_path``: a folder, zip or tar, or a PACS's DICOMweb URL (with ``query``)."""
+    paths = StudyPaths.from_settings(settings)  # SpecError: a keyed mode without its key
     store = open_store(settings)
     checkpoints, model_job, family = resolve_model(store, model)
     family.inference.check(options, [Path(c) for c in checkpoints])
@@ -65,7 +67,8 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, proje
         options["chunk"] = family.inference.default_chunk
     spec = InferSpec(archive=location, checkpoints=tuple(checkpoints), model_job=model_job, **options)
     job_id = new_job_id()
-    store_ops.create_infer_job(store, job_id, spec.to_dict(), {"archive_kind": archive.kind, "family": family.kind},
+    plan = {"archive_kind": archive.kind, "family": family.kind, **paths.plan()}
+    store_ops.create_infer_job(store, job_id, spec.to_dict(), plan,
                                "high" if spec.preempt else spec.priority,  # --preempt: its chunks go to infer.high
                                spec.window, project=project or default_project(settings.project))
     done_elsewhere = (store_ops.done_by_earlier_jobs(store, spec.archive, list(spec.checkpoints), job_id)
@@ -73,7 +76,7 @@ def submit_infer(settings: Settings, archive_path: Path | str, model: str, proje
     studies = (store_ops.PlannedStudy(e.path) if isinstance(e, Entry)
                else store_ops.PlannedStudy(e.path, e.state, e.reason) for e in family.inference.studies(archive))
     try:
-        n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere)
+        n_studies, n_chunks = store_ops.add_studies(store, job_id, studies, spec.chunk, done_elsewhere, paths)
         from medq.tasks.app import app_for
         from medq.tasks.send import send_chunk
 

@@ -86,20 +86,23 @@ def run_claimed_chunk(store, claim, settings, should_stop, progress=None):
     total)`` after each batch: studies recorded in this run, of those pending at its start."""
     from medq.common.inference.chunk import run_chunk
     from medq.common.inference.sources import open_source
+    from medq.common.inference.study_paths import StudyPaths
     from medq.common.specs import InferSpec
 
     spec = InferSpec.from_dict(claim.spec)
     pacs = _send_target(spec, settings)
     if pacs is not None:  # what an earlier attempt recorded but did not send
         send_pending(store, pacs, claim.job_id, claim.index, Path(spec.out_dir))
-    items = retrying("read the chunk's studies",
-                     lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
+    opened = StudyPaths.for_job(claim.job_id, claim.plan or {}, settings).opener()  # JobError: not the job's key
+    rows = retrying("read the chunk's studies",
+                    lambda: store_ops.pending_studies(store, claim.job_id, claim.index))
+    items = [(study_id, opened(path, sealed)) for study_id, path, sealed, _ in rows]
     if not items:  # reopened only to send (a resume after the PACS refused): no model needed
         from medq.common.inference.outcome import ChunkStats
 
         return ChunkStats(done=0, failed=0, skipped=0, seconds=0.0, studies_per_s=0.0)
     predictor = _predictor(spec, claim.plan or {})
-    predictor.name_studies({study_id: store_ops.path_hash(path) for study_id, path in items})  # files by study key
+    predictor.name_studies({study_id: key for study_id, _, _, key in rows})  # output files by study key
     archive = open_source(spec.archive, settings, spec.query, check=False)
     done = 0
 

@@ -6,13 +6,13 @@ guarded so that a redelivered chunk, a resumed job or a second reaper never does
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import func, insert, select, update
 
+from medq.common.inference.study_paths import StudyPaths
 from medq.common.specs import INFER_KIND
 from medq.common.store.db import Store
 from medq.common.store.locking import each_job_locked, locked_job, row_and_locked_job
@@ -37,11 +37,6 @@ class ChunkRef(int):
         return ref
 
 
-def path_hash(path: str) -> str:
-    """The study key derived from its archive path (the path itself may name a patient)."""
-    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-
-
 def create_infer_job(store: Store, job_id: str, spec: dict[str, Any], plan: dict[str, Any], priority: str,
                      window: str | None, project: str | None = None) -> None:
     with store.session() as s:
@@ -57,20 +52,23 @@ class PlannedStudy:
 
 
 def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chunk_size: int,
-                done_elsewhere: Callable[[list[str]], dict[str, str]] | None = None) -> tuple[int, int]:
+                done_elsewhere: Callable[[list[str]], dict[str, str]] | None = None,
+                paths: StudyPaths = StudyPaths()) -> tuple[int, int]:
     """Insert the studies in batches, numbering chunks as they come; returns (studies, chunks).
 
     ``done_elsewhere(hashes)`` maps the hashes already done by an earlier job to its id
-    (--skip-done); those studies are recorded as skipped and take no chunk slot.
+    (--skip-done); those studies are recorded as skipped and take no chunk slot. ``paths``
+    (MEDQ_STUDY_PATHS) says what of each path is kept, and how studies are keyed.
     """
     total, pending, batch = 0, 0, []
+    key, shown, seal = paths.hasher(), paths.shower(), paths.sealer()
 
     def flush() -> None:
         if not batch:
             return
         seen = done_elsewhere([row["path_hash"] for row in batch]) if done_elsewhere else {}
         nonlocal pending
-        _distinct_keys(store, job_id, batch)
+        _distinct_keys(store, job_id, batch, key)
         now = utcnow()
         for row in batch:
             if row["path_hash"] in seen and row["state"] == "pending":
@@ -81,12 +79,14 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
             else:
                 row["chunk_index"] = -1  # nothing to run
             row["updated_at"] = now
+            path = row["path"]
+            row["path"], row["sealed_path"] = shown(path), seal(path)
         with store.session() as s:
             s.execute(insert(Study), batch)
         batch.clear()
 
     for study in studies:
-        batch.append({"job_id": job_id, "path": study.path, "path_hash": path_hash(study.path),
+        batch.append({"job_id": job_id, "path": study.path, "path_hash": key(study.path),
                       "state": study.state, "reason": study.reason, "row": total})
         total += 1
         if len(batch) >= BATCH:
@@ -112,7 +112,7 @@ def add_studies(store: Store, job_id: str, studies: Iterable[PlannedStudy], chun
 DUPLICATE = "duplicate name in archive: the first file of this name is the study"
 
 
-def _distinct_keys(store: Store, job_id: str, batch: list[dict[str, Any]]) -> None:
+def _distinct_keys(store: Store, job_id: str, batch: list[dict[str, Any]], key: Callable[[str], str]) -> None:
     """A name seen before in this job (two members of one name in a tar or zip) keeps its row
     apart under a key of its own, skipped with the reason; the first of the name is the study
     (``read`` returns the first, too). One query per batch: memory stays flat."""
@@ -122,7 +122,7 @@ def _distinct_keys(store: Store, job_id: str, batch: list[dict[str, Any]]) -> No
     for row in batch:
         number = row.pop("row")
         if row["path_hash"] in taken:
-            row["path_hash"] = path_hash(f"{row['path']}\0duplicate {number}")
+            row["path_hash"] = key(f"{row['path']}\0duplicate {number}")
             if row["state"] == "pending":
                 row["state"], row["reason"] = "skipped", DUPLICATE
         taken.add(row["path_hash"])
@@ -251,10 +251,11 @@ def hold_chunk(store: Store, chunk_id: int, owner: str, seconds: float, note: st
         return held
 
 
-def pending_studies(store: Store, job_id: str, chunk_index: int) -> list[tuple[int, str]]:
-    """The chunk's studies not yet done: a redelivered or resumed chunk does only these."""
+def pending_studies(store: Store, job_id: str, chunk_index: int) -> list[tuple[int, str, str | None, str]]:
+    """The chunk's studies not yet done, as (id, path, sealed path, key): a redelivered or resumed
+    chunk does only these. ``StudyPaths.opener()`` turns path and sealed path into the file's."""
     with store.session() as s:
-        return list(s.execute(select(Study.id, Study.path).where(
+        return list(s.execute(select(Study.id, Study.path, Study.sealed_path, Study.path_hash).where(
             Study.job_id == job_id, Study.chunk_index == chunk_index, Study.state == "pending")
             .order_by(Study.id)).all())
 

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_HEAD = "0010"  # the newest Alembic revision; a test checks it against the scripts
+SCHEMA_HEAD = "0011"  # the newest Alembic revision; a test checks it against the scripts
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -283,7 +283,10 @@ class Study(Base):
     """One file of an inference archive and what became of it.
 
     Keys are a hash of the archive-relative path and the DICOM UIDs, never patient names or
-    IDs. ``path`` is kept so the worker can read the file again; it is never logged.
+    IDs. ``path`` is what a person may see of the archive path (MEDQ_STUDY_PATHS: the path, its
+    pseudonym, or nothing); where it is not the path itself, ``sealed_path`` holds the path
+    encrypted for the worker that reads the file (``common/inference/study_paths.py``). Neither
+    is ever logged.
     """
 
     __tablename__ = "studies"
@@ -297,6 +300,7 @@ class Study(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     chunk_index: Mapped[int]
     path: Mapped[str] = mapped_column(Text)
+    sealed_path: Mapped[str | None] = mapped_column(Text)
     path_hash: Mapped[str] = mapped_column(String(32), index=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed, skipped
     reason: Mapped[str | None] = mapped_column(Text)

@@ -54,7 +54,7 @@ def night_job(store, job_id="night0000001", n=40, chunk=8, family="ensemble", re
             ops.finish_chunk(store, chunk_id, f"o{index}", "failed", "gave up after 3 attempts (worker lost)")
             continue
         records = []
-        for study_id, _ in ops.pending_studies(store, job_id, index):
+        for study_id, *_ in ops.pending_studies(store, job_id, index):
             i = study_id % 10
             uids = {"study_uid": f"1.2.826.0.1.{study_id}", "series_uid": f"1.2.826.0.2.{study_id}",
                     "sop_uid": f"1.2.826.0.3.{study_id}"}

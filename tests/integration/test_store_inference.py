@@ -59,7 +59,7 @@ def test_a_redelivered_chunk_does_only_what_is_left_and_writes_nothing_twice(sto
     assert ops.claim_chunk(store, first, "dead", "w1", "cpu", -1, 3, OPEN).run
     items = ops.pending_studies(store, job_id, 0)
     ops.record_studies(store, [{"study_id": sid, "state": "done", "result": {"landmarks_px": []}}
-                               for sid, _ in items[:2]])
+                               for sid, *_ in items[:2]])
     assert recovery.reap_lapsed_chunks(store, lambda c, p: None) == [first]
     assert ops.claim_chunk(store, first, "alive", "w2", "cpu", 60, 3, OPEN).run
     left = ops.pending_studies(store, job_id, 0)
@@ -75,7 +75,7 @@ def test_the_job_ends_when_its_chunks_end_and_resume_retries_a_failed_chunk(stor
     for chunk, state in ((a, "succeeded"), (b, "failed")):
         assert ops.claim_chunk(store, chunk, f"o{chunk}", "w", "cpu", 60, 3, OPEN).run
         if state == "succeeded":
-            ops.record_studies(store, [{"study_id": s, "state": "done"} for s, _ in ops.pending_studies(store, job_id, 0)])
+            ops.record_studies(store, [{"study_id": s, "state": "done"} for s, *_ in ops.pending_studies(store, job_id, 0)])
         ops.finish_chunk(store, chunk, f"o{chunk}", state, "disk error" if state == "failed" else None)
     view = infer_view(store, job_id)
     assert view["state"] == "failed" and "resume" in view["error"]
@@ -92,7 +92,7 @@ def test_cancel_ends_waiting_chunks(store):
 
 def test_skip_done_marks_files_an_earlier_job_did(store):
     job_id, _ = _job(store, n=3)
-    ops.record_studies(store, [{"study_id": s, "state": "done"} for s, _ in ops.pending_studies(store, job_id, 0)][:2])
+    ops.record_studies(store, [{"study_id": s, "state": "done"} for s, *_ in ops.pending_studies(store, job_id, 0)][:2])
     ops.create_infer_job(store, "job000000002", {"archive": "/a", "checkpoints": ["/m"]}, {}, "normal", None)
     lookup = ops.done_by_earlier_jobs(store, "/a", ["/m"], "job000000002")
     total, chunks = ops.add_studies(store, "job000000002", iter([ops.PlannedStudy(f"p{i}.png") for i in range(4)]),

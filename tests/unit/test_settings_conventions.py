@@ -86,15 +86,17 @@ def test_medq_config_shows_the_settings_in_effect_and_masks_every_secret(tmp_pat
     config.write_text('lease_seconds = 30\nproject = "labA"\n')
     env = {"MEDQ_HOME": str(tmp_path), "MEDQ_CONFIG": str(config), "MEDQ_LEASE_SECONDS": "45",
            "MEDQ_REDIS_PASSWORD": "redis-pw-1", "MEDQ_DATABASE_URL": "postgresql+psycopg://medq:db-pw-2@db/medq",
-           "MEDQ_TIMEZONE": "Europe/Zurich", "MEDQ_LEASE_SECONDZ": "5"}
+           "MEDQ_TIMEZONE": "Europe/Zurich", "MEDQ_LEASE_SECONDZ": "5",
+           "MEDQ_STUDY_PATHS": "pseudonymised", "MEDQ_PATH_KEY": "path-key-3-of-some-length"}
     done = _medq("config", "--json", env=env)
     assert done.returncode == 0, done.stderr
-    assert "redis-pw-1" not in done.stdout + done.stderr and "db-pw-2" not in done.stdout + done.stderr
+    for secret in ("redis-pw-1", "db-pw-2", "path-key-3"):
+        assert secret not in done.stdout + done.stderr
     shown = {row["variable"]: row for row in json.loads(done.stdout)["settings"]}
     assert shown["MEDQ_LEASE_SECONDS"] == {"variable": "MEDQ_LEASE_SECONDS", "value": "45", "source": "MEDQ_LEASE_SECONDS"}
     assert shown["MEDQ_PROJECT"]["value"] == "labA" and shown["MEDQ_PROJECT"]["source"] == str(config)
     assert shown["MEDQ_MAX_ATTEMPTS"]["source"] == "default"
-    assert shown["MEDQ_REDIS_PASSWORD"]["value"] == "***"
+    assert shown["MEDQ_REDIS_PASSWORD"]["value"] == shown["MEDQ_PATH_KEY"]["value"] == "***"
     assert shown["MEDQ_DATABASE_URL"]["value"] == "postgresql+psycopg://medq:***@db/medq"
     assert json.loads(done.stdout)["ignored"] == ["MEDQ_LEASE_SECONDZ"]
     assert "MEDQ_LEASE_SECONDZ is not a medq setting" in done.stderr

@@ -1,0 +1,27 @@
+"""studies.sealed_path: the archive path encrypted where studies.path is its pseudonym (MEDQ_STUDY_PATHS)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-04
+
+"""
+from typing import Sequence, Union
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision: str = '0011'
+down_revision: Union[str, Sequence[str], None] = '0010'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('sealed_path', sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_column('sealed_path')
