@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     def path_key_value(self) -> str:
         """MEDQ_PATH_KEY, else the content of MEDQ_PATH_KEY_FILE (SpecError naming it if unreadable)."""
         if self.path_key or not self.path_key_file:
-            return self.path_key
+            return self.path_key.strip()  # as the file's: `echo KEY` and a file with a newline agree
         from medq.common.secrets import read_secret_file
 
         return read_secret_file(self.path_key_file, "MEDQ_PATH_KEY_FILE")

@@ -1,10 +1,9 @@
-"""Output of inference jobs: the per-study CSV, the failure list, the progress summary."""
+"""Output of inference jobs: the per-study rows (``medq results``' CSV, JSON lines, Parquet), the failure list."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from medq.common.families.base import Family
 
@@ -15,17 +14,6 @@ def job_family(spec: dict, plan: dict) -> Family:
 
     kind = plan.get("family")
     return registry.family(kind) if kind else registry.family_of_checkpoint(Path(spec["checkpoints"][0]))
-
-
-def write_csv(out: IO[str], studies: Iterable, family: Family, plan: dict, sends_of=None) -> int:
-    """One row per study, in the columns of the model's family (its ``inference.csv_columns``)."""
-    writer = csv.writer(out)
-    writer.writerow(family.inference.csv_columns(plan))
-    n = 0
-    for row in study_rows(studies, family, sends_of):
-        writer.writerow(row)
-        n += 1
-    return n
 
 
 def study_rows(studies: Iterable, family: Family, sends_of=None) -> Iterator[list]:

@@ -7,7 +7,7 @@ Hospital exports name files after patients (``npy/patient_DOE_JOHN_vol0.npy``). 
   archive);
 - ``pseudonymised``: ``studies.path`` is the path with every word that is not a generic one
   (``patient``, ``vol``, ``dcm``, ... ``GENERIC``) and every number of more than four digits
-  replaced by a keyed pseudonym (``npy/patient_p1c0e5a7f_p77b0e2d1_vol0.npy``: the same name
+  replaced by a keyed pseudonym (``npy/patient_p1c0e5a7f09b2_p77b0e2d1c4a_vol0.npy``: the same name
   gets the same pseudonym, so one patient's files still group); DICOM UIDs are kept;
 - ``none``: ``studies.path`` is empty.
 
@@ -15,8 +15,10 @@ In the last two the study key is an HMAC-SHA256 under the key, and the path itse
 only sealed (``studies.sealed_path``: Fernet, AES-128-CBC with HMAC, under a key derived from
 ``MEDQ_PATH_KEY``) for the worker that reads the file: the store, its backups and every CSV or
 report hold no name. The submitter and every worker need the same key; the job's plan records
-the mode and the key's fingerprint, and a worker with another key (or none) refuses the job by
-name. Losing the key loses nothing done, only the ability to run the job's pending studies.
+the mode and the key's fingerprint, and a worker with another key (or none) hands the chunk back
+(a transient fault: retried, then failed naming the key). Losing the key loses nothing done,
+only the ability to run the job's pending studies. The job's ``--archive`` location itself is
+kept as given: name it after a date or a batch, not a patient.
 """
 
 from __future__ import annotations
@@ -26,28 +28,40 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from medq.common.errors import JobError, SpecError
+from medq.common.errors import JobError, SpecError, TransientError
 
 MODES = ("full", "pseudonymised", "none")
 #: the first CSV column's name in each mode: a reader of the file knows what the column holds
 COLUMN = {"full": "path", "pseudonymised": "pseudonymised_path", "none": "path_withheld"}
-MIN_KEY_CHARS = 16
+MIN_KEY_CHARS = 32  # secrets.token_urlsafe(32) gives 43; a database dump must not be a guessing oracle
 MAX_KEPT_DIGITS = 4  # instance and slice numbers; longer numbers (record numbers, dates) are pseudonymised
+PSEUDONYM_HEX = 12  # 48 bits: distinct names do not collide into one pseudonym before millions of words
 
 # Words of archive layouts and file names that name no one; every other word is pseudonymised.
+# Words that are also names (Ko, Im, Post, Head, Case, Val) are not here: they are kept only
+# with a number after them (IM0001, case12), in NUMBERED.
 GENERIC = frozenset("""
     patient patients study studies series image images img imgs scan scans slice slices vol volume volumes
-    frame frames instance instances case cases subject subjects sample samples data dataset archive export
-    exports raw processed input inputs output outputs train training test testing val valid validation
-    ct cta mr mri cr dx dr us pt nm xa mg ot sr seg rtstruct pr ko dicom dcm dicm ima im npy npz nii gz nifti
-    png jpg jpeg tif tiff bmp json txt zip tar tgz chest thorax lung lungs ceph cephalometric skull head
+    frame frames instance instances cases subject subjects data dataset archive export
+    exports raw processed input inputs output outputs train training test testing valid validation
+    ct cta mr mri cr dx dr us pt nm xa mg ot sr seg rtstruct pr dicom dcm dicm npy npz nii gz nifti
+    png jpg jpeg tif tiff bmp json txt zip tar tgz chest thorax lung lungs ceph cephalometric skull
     xray cxr covid lesion lesions mask masks label labels ap pa lat lateral frontal left right axial
-    coronal sagittal pre post contrast native sop uid
+    coronal sagittal pre contrast native sop uid
 """.split())
-_UID = r"\d+(?:\.\d+){3,}"  # a DICOM UID (kept: the CSV's join key)
-_WORD = re.compile(rf"(?P<uid>{_UID})|(?P<word>[^\W_]+)")
+NUMBERED = GENERIC | {"im", "ima", "case", "sample", "val", "se", "ser"}
+# A DICOM UID (kept: the CSV's join key): a root of 0, 1 or 2, then at least two more parts
+# without leading zeros, ten characters or more (2.25.<uuid>; not a date such as 2.3.2026). Any other run of digits joined by - . or spaces (a date, a phone or
+# social security number) is one token, pseudonymised when it holds more than MAX_KEPT_DIGITS;
+# so are dates written as folders (2026/11/30), where each folder alone would be a short number.
+_UID = r"(?<![\d.])(?=[\d.]{10})[012](?:\.(?:0|[1-9]\d*)){2,}(?![\d])"
+_DATE = r"\d{4}/\d{1,2}/\d{1,2}(?!\d)|\d{1,2}/\d{1,2}/\d{4}(?!\d)"  # a date as folders: 2026/11/30
+_NUMBERS = r"\d+(?:[-. ]\d+)+"
+_NUMBER = re.compile(r"\d+(?:[-./ ]\d+)*")
+_WORD = re.compile(rf"(?P<uid>{_UID})|(?P<word>{_DATE}|{_NUMBERS}|[^\W_]+)")
 _GENERIC_NUMBERED = re.compile(rf"([a-z]+)(\d{{1,{MAX_KEPT_DIGITS}}})")
 
 
@@ -57,15 +71,24 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+@lru_cache(maxsize=4)
+def _stretched(secret: bytes) -> bytes:
+    """The key stretched by scrypt (about 0.1 s, 16 MiB), once per process: each guess at a
+    weak key, checked against a fingerprint or a sealed path in a database dump, costs as much."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=b"medq study paths", length=32, n=2**14, r=8, p=1).derive(secret)
+
+
 def _derive(secret: bytes, purpose: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medq " + purpose).derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medq " + purpose).derive(_stretched(secret))
 
 
 def pseudonymise(path: str, key: bytes) -> str:
-    """``path`` with each word that may name someone replaced by ``p`` and 8 hex digits of its
+    """``path`` with each word that may name someone replaced by ``p`` and 12 hex digits of its
     HMAC under ``key`` (case-insensitive: DOE and Doe are one pseudonym); separators, generic
     words, numbers of up to four digits and DICOM UIDs are kept."""
 
@@ -73,7 +96,8 @@ def pseudonymise(path: str, key: bytes) -> str:
         word = match.group("word")
         if word is None or _kept(word.lower()):
             return match.group(0)
-        return "p" + hmac.new(key, word.lower().encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:8]
+        digest = hmac.new(key, word.lower().encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        return "p" + digest[:PSEUDONYM_HEX]
 
     return _WORD.sub(replace, path)
 
@@ -81,10 +105,10 @@ def pseudonymise(path: str, key: bytes) -> str:
 def _kept(word: str) -> bool:
     if word in GENERIC:
         return True
-    if word.isdigit():  # str.isdigit: any script's digits
-        return len(word) <= MAX_KEPT_DIGITS
-    numbered = _GENERIC_NUMBERED.fullmatch(word)  # vol0, slice0012, im1
-    return bool(numbered) and numbered.group(1) in GENERIC
+    if _NUMBER.fullmatch(word):  # 0001, 12.5; not 1975-03-14, 123-45-6789, 20260101 (any script's digits)
+        return sum(c.isdigit() for c in word) <= MAX_KEPT_DIGITS
+    numbered = _GENERIC_NUMBERED.fullmatch(word)  # vol0, slice0012, IM0001
+    return bool(numbered) and numbered.group(1) in NUMBERED
 
 
 @dataclass(frozen=True)
@@ -108,18 +132,20 @@ class StudyPaths:
     @classmethod
     def for_job(cls, job_id: str, plan: dict[str, Any], settings: Any) -> "StudyPaths":
         """The job's mode (from its plan: a job planned before this setting existed is ``full``),
-        with this host's key, refused by name where it is not the key the job was planned with."""
+        with this host's key. A worker without the job's key is a fault of that worker, not of the
+        job: TransientError, so the chunk is handed back and retried (by a worker with the key)
+        and fails with the reason only after its retries."""
         mode = plan.get("study_paths", "full")
         if mode == "full":
             return cls()
         secret = settings.path_key_value().encode("utf-8")
         if len(secret) < MIN_KEY_CHARS:
-            raise JobError(f"job {job_id} keeps its study paths sealed (MEDQ_STUDY_PATHS={mode}): this worker "
-                           "needs the MEDQ_PATH_KEY the job was submitted with")
+            raise TransientError(f"job {job_id} keeps its study paths sealed (MEDQ_STUDY_PATHS={mode}): this "
+                                 "worker needs the MEDQ_PATH_KEY the job was submitted with")
         paths = cls(mode, secret)
         if paths.key_id != plan.get("path_key_id"):
-            raise JobError(f"job {job_id}: this worker's MEDQ_PATH_KEY is not the key the job was submitted with "
-                           f"(fingerprint {paths.key_id}, the job's {plan.get('path_key_id')})")
+            raise TransientError(f"job {job_id}: this worker's MEDQ_PATH_KEY is not the key the job was submitted "
+                                 f"with (fingerprint {paths.key_id}, the job's {plan.get('path_key_id')})")
         return paths
 
     def plan(self) -> dict[str, str]:

@@ -15,6 +15,9 @@ revision: str = '0011'
 down_revision: Union[str, Sequence[str], None] = '0010'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+# A worker of the older medq would read a pseudonym as the file's path and fail the study for
+# good: workers and submits do not take this step on their own (migrate.py); stop them first.
+breaking = True
 
 
 def upgrade() -> None:
